@@ -1,0 +1,1 @@
+"""mpu.arch — see DESIGN.md for this layer's job."""

@@ -1,0 +1,1 @@
+"""mpu.client — see DESIGN.md for this layer's job."""

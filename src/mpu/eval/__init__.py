@@ -1,0 +1,1 @@
+"""mpu.eval — see DESIGN.md for this layer's job."""

@@ -1,0 +1,1 @@
+"""mpu.io — see DESIGN.md for this layer's job."""

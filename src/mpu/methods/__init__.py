@@ -1,0 +1,1 @@
+"""mpu.methods — see DESIGN.md for this layer's job."""

@@ -1,0 +1,1 @@
+"""mpu.pipeline — see DESIGN.md for this layer's job."""

@@ -1,0 +1,1 @@
+"""mpu.privacy — see DESIGN.md for this layer's job."""

@@ -1,0 +1,1 @@
+"""mpu.protocol — see DESIGN.md for this layer's job."""

@@ -1,0 +1,1 @@
+"""mpu.server — see DESIGN.md for this layer's job."""
