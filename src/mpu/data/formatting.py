@@ -76,7 +76,9 @@ def encode_qa(
         prefix = "".join(f"Question: {q}\nAnswer: {a}\n\n" for q, a in icl)
         prompt_text = prefix + f"Question: {question}\nAnswer: "
         prompt_ids = tokenizer(prompt_text, add_special_tokens=True)["input_ids"][:max_length]
-        full_ids = tokenizer(prompt_text + answer, add_special_tokens=True)["input_ids"][:max_length]
+        full_ids = tokenizer(prompt_text + answer, add_special_tokens=True)["input_ids"][
+            :max_length
+        ]
     if eos is not None and (not full_ids or full_ids[-1] != eos):
         full_ids = [*full_ids, eos]
     n_prompt = min(len(prompt_ids), len(full_ids))
@@ -101,7 +103,9 @@ def encode_completion(
     text = text or ""
     joined = prefix + (" " if insert_space and prefix else "") + text
     prefix_ids = tokenizer(prefix, add_special_tokens=True)["input_ids"]
-    full_ids = tokenizer(joined, add_special_tokens=True)["input_ids"][: len(prefix_ids) + max_length]
+    full_ids = tokenizer(joined, add_special_tokens=True)["input_ids"][
+        : len(prefix_ids) + max_length
+    ]
     n_prompt = min(max(1, len(prefix_ids)), len(full_ids))
     labels = [IGNORE_INDEX] * n_prompt + list(full_ids[n_prompt:])
     return Encoded(list(full_ids), labels, list(prefix_ids))
