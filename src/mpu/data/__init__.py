@@ -1,0 +1,50 @@
+"""mpu.data — benchmark loaders (real or synthetic, one code path) and the synthetic generators.
+
+`load_split(source, config, split)` reads TOFU / MUSE / WMDP from a hub id or a local folder;
+`make_dataset(benchmark, out_dir, seed)` writes a synthetic stand-in in the same layout.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from mpu.data.loaders import load_idk, load_split, read_manifest, require_fields, schema_for
+
+__all__ = [
+    "BENCHMARKS",
+    "load_idk",
+    "load_split",
+    "make_dataset",
+    "read_manifest",
+    "require_fields",
+    "schema_for",
+]
+
+BENCHMARKS = ("tofu", "muse", "wmdp")
+
+
+def make_dataset(benchmark: str, out_dir: str | Path, *, seed: int = 0) -> Path:
+    """Generate a synthetic benchmark into `out_dir` (manifest, per-split jsonl, idk for TOFU)."""
+    from mpu.data import synth_corpora, synth_tofu
+    from mpu.data.store import write_dataset
+    from mpu.errors import ConfigError
+
+    if benchmark == "tofu":
+        splits = synth_tofu.generate_tofu(seed)
+        return write_dataset(
+            out_dir,
+            "tofu",
+            splits,
+            seed=seed,
+            generator_version=synth_tofu.GENERATOR_VERSION,
+            idk=synth_tofu.idk_answers(),
+        )
+    if benchmark == "muse":
+        splits = synth_corpora.generate_muse(seed)
+        version = synth_corpora.MUSE_VERSION
+    elif benchmark == "wmdp":
+        splits = synth_corpora.generate_wmdp(seed)
+        version = synth_corpora.WMDP_VERSION
+    else:
+        raise ConfigError(f"unknown benchmark {benchmark!r}; choose one of {', '.join(BENCHMARKS)}")
+    return write_dataset(out_dir, benchmark, splits, seed=seed, generator_version=version)

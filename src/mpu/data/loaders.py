@@ -1,0 +1,213 @@
+"""Load TOFU / MUSE / WMDP splits, real or synthetic, through one code path (`datasets`).
+
+A source is either a local folder or a Hugging Face hub id (`locuslab/TOFU`,
+`muse-bench/MUSE-News`, `cais/wmdp`, ...). Local folders may hold our synthetic layout
+(`DIR/{config}/{split}.jsonl`) or real data saved as JSON / JSON lines / Parquet
+(`DIR/{config}/{split}.parquet`, `DIR/{config}/{split}-00000-of-00001.parquet`, or, for TOFU's
+single-split configs, `DIR/{config}.json`). Every returned dataset carries an integer `index`
+column (the row position) and is checked against the schema of METRICS.md §7, so a missing
+split or field fails here, with the file named, rather than deep inside a metric.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from mpu.errors import DataError
+
+QA = {"question": str, "answer": str}
+PERTURBED = {
+    **QA,
+    "paraphrased_answer": str,
+    "paraphrased_question": str,
+    "perturbed_answer": list,
+}
+UTILITY_PERTURBED = {**QA, "perturbed_answer": list}
+TEXT = {"text": str}
+
+# (config regex, split regex) -> required fields with their Python types.
+SCHEMAS: tuple[tuple[str, str, Mapping[str, type]], ...] = (
+    # TOFU
+    (r"forget\d\d_perturbed|retain_perturbed", r"train", PERTURBED),
+    (r"(real_authors|world_facts)_perturbed", r"train", UTILITY_PERTURBED),
+    (r"full|forget\d\d|retain\d\d|holdout\d\d|real_authors|world_facts", r"train", QA),
+    # MUSE
+    (r"raw|scal|sust", r".*", TEXT),
+    (r"knowmem", r".*", QA),
+    (r"verbmem", r".*", {"prompt": str, "gt": str}),
+    (r"privleak", r".*", TEXT),
+    # WMDP
+    (r"wmdp-(bio|chem|cyber)", r".*", {"question": str, "choices": list, "answer": int}),
+    (r".*-(forget|retain)-corpus", r".*", TEXT),
+)
+
+_LOCAL_PATTERNS = (
+    "{config}/{split}.jsonl",
+    "{config}/{split}.json",
+    "{config}/{split}.parquet",
+    "{config}/{split}-*.parquet",
+    "data/{config}/{split}-*.parquet",
+    "{config}/{split}-*.json*",
+)
+
+
+def schema_for(config: str, split: str) -> Mapping[str, type] | None:
+    """Fields (with types) the metrics need from (config, split); None for unknown configs."""
+    for config_re, split_re, fields in SCHEMAS:
+        if re.fullmatch(config_re, config) and re.fullmatch(split_re, split):
+            return fields
+    return None
+
+
+def require_fields(ds: Any, fields: Iterable[str] | Mapping[str, type], where: str) -> None:
+    """Raise DataError naming `where` if a field is absent or (for a mapping) of the wrong type.
+
+    Types are checked on the first row, and list fields must have the same length in every
+    row (a fixed K of perturbed answers, as the metrics assume).
+    """
+    names = list(fields)
+    missing = [f for f in names if f not in ds.column_names]
+    if missing:
+        raise DataError(f"{where}: missing field(s) {missing}; present: {sorted(ds.column_names)}")
+    if len(ds) == 0:
+        raise DataError(f"{where}: the split is empty")
+    if isinstance(fields, Mapping):
+        first = ds[0]
+        for name, typ in fields.items():
+            value = first[name]
+            ok = isinstance(value, typ) and not (typ is int and isinstance(value, bool))
+            if not ok:
+                raise DataError(
+                    f"{where}: field {name!r} should be {typ.__name__}, "
+                    f"got {type(value).__name__} in row 0"
+                )
+            if typ is list:
+                lengths = {len(v) for v in ds[name]}
+                if len(lengths) != 1:
+                    raise DataError(
+                        f"{where}: field {name!r} has lists of different lengths {sorted(lengths)}"
+                    )
+
+
+def _find_local(root: Path, config: str, split: str) -> list[Path]:
+    for pattern in _LOCAL_PATTERNS:
+        hits = sorted(root.glob(pattern.format(config=config, split=split)))
+        if hits:
+            return hits
+    if split == "train":  # TOFU-style single files: DIR/{config}.json[l] / .parquet
+        for ext in ("jsonl", "json", "parquet"):
+            p = root / f"{config}.{ext}"
+            if p.is_file():
+                return [p]
+    return []
+
+
+def _available(root: Path) -> list[str]:
+    found = sorted(
+        str(p.relative_to(root).with_suffix(""))
+        for p in root.rglob("*")
+        if p.suffix in (".jsonl", ".json", ".parquet") and p.name != "manifest.json"
+    )
+    return found[:30]
+
+
+def _load_files(files: list[Path]):
+    import datasets
+
+    builder = "parquet" if files[0].suffix == ".parquet" else "json"
+    try:
+        return datasets.load_dataset(builder, data_files=[str(f) for f in files], split="train")
+    except Exception as exc:  # datasets raises many types for malformed files
+        raise DataError(f"{files[0]}: cannot be read as {builder}: {exc}".splitlines()[0]) from None
+
+
+def load_split(
+    source: str | Path,
+    config: str,
+    split: str = "train",
+    *,
+    fields: Iterable[str] | Mapping[str, type] | None = None,
+):
+    """Load one (config, split) as a `datasets.Dataset` with an added integer `index` column.
+
+    `source` is a local data dir or a hub id (passed to `datasets.load_dataset(source,
+    name=config, split=split)`; only when the user asks for it — nothing here downloads by
+    default). `fields` overrides the schema check; by default the METRICS.md §7 schema of the
+    config is required.
+    """
+    root = Path(source)
+    if root.exists():
+        if not root.is_dir():
+            raise DataError(f"{root}: a data source must be a folder or a hub id")
+        files = _find_local(root, config, split)
+        if not files:
+            raise DataError(
+                f"{root}: no split {config}/{split} (looked for {config}/{split}.jsonl, "
+                f".json, .parquet); available: {_available(root) or 'nothing'}"
+            )
+        ds = _load_files(files)
+        where = str(files[0])
+    else:
+        if not re.fullmatch(r"[\w.-]+(/[\w.-]+)?", str(source)):
+            raise DataError(f"{source}: no such folder (and not a hub id)")
+        import datasets
+
+        try:
+            ds = datasets.load_dataset(str(source), name=config, split=split)
+        except Exception as exc:
+            raise DataError(
+                f"{source}: cannot load config {config!r} split {split!r}: {exc}".splitlines()[0]
+            ) from None
+        where = f"{source}:{config}/{split}"
+    required = schema_for(config, split) if fields is None else fields
+    if required is not None:
+        require_fields(ds, required, where)
+    if "index" in ds.column_names:
+        ds = ds.remove_columns("index")
+    return ds.add_column("index", list(range(len(ds))))
+
+
+def load_idk(source: str | Path) -> list[str]:
+    """IDK refusal answers: `idk.jsonl` in a data dir (or the file itself), one per line.
+
+    Lines are stripped and used verbatim (upstream behaviour); a line that is a JSON object
+    with a `text` field, or a JSON string, is decoded first.
+    """
+    path = Path(source)
+    if path.is_dir():
+        path = path / "idk.jsonl"
+    if not path.is_file():
+        raise DataError(f"{path}: IDK answers file not found")
+    answers = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        line = line.strip()
+        if not line:
+            continue
+        if line[0] in '{"':
+            try:
+                obj = json.loads(line)
+                line = obj["text"] if isinstance(obj, dict) else str(obj)
+            except (ValueError, KeyError, TypeError):
+                pass
+        answers.append(line.strip())
+    if not answers:
+        raise DataError(f"{path}: no IDK answers in the file")
+    return answers
+
+
+def read_manifest(root: str | Path) -> dict:
+    """The manifest of a synthetic data dir (DataError if absent or malformed)."""
+    path = Path(root) / "manifest.json"
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DataError(f"{path}: not found (is {root} a data dir from `mpu data make`?)") from None
+    except ValueError as exc:
+        raise DataError(f"{path}: invalid JSON: {exc}") from None
+    if not isinstance(manifest, dict) or manifest.get("benchmark") not in ("tofu", "muse", "wmdp"):
+        raise DataError(f"{path}: 'benchmark' must be one of tofu, muse, wmdp")
+    return manifest
