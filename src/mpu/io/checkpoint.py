@@ -1,0 +1,224 @@
+"""Hugging Face model folders as streams of tensors: read one, write one, keep the sharding.
+
+A checkpoint is `config.json` plus either `model.safetensors` or sharded files listed in
+`model.safetensors.index.json`. Everything else in the folder (tokenizer, generation config,
+chat template) is an auxiliary file copied verbatim into every folder we derive from it.
+PyTorch `.bin` weights are refused: they execute code on load.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+
+from mpu.errors import CheckpointError
+from mpu.io.safetensors_stream import SafetensorsReader, SafetensorsWriter, TensorSpec
+
+SINGLE = "model.safetensors"
+INDEX = "model.safetensors.index.json"
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
+TICKET_FILE = "mpu-ticket.json"
+
+
+def _atomic_write_bytes(path: Path, data: bytes, mode: int = 0o644) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: str | Path, obj: object, *, mode: int = 0o644) -> None:
+    """Write JSON via temp file + fsync + rename, created with `mode` (0o600 for secrets)."""
+    _atomic_write_bytes(
+        Path(path), (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode(), mode
+    )
+
+
+def read_json(path: str | Path, what: str = "file") -> dict:
+    path = Path(path)
+    try:
+        with open(path) as f:
+            obj = json.load(f)
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: {what} not found") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{path}: {what} is not valid JSON ({exc})") from None
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{path}: {what} must be a JSON object")
+    return obj
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+class Checkpoint:
+    """Read-only view of a model folder's weights, tensor by tensor, in file order."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        if not self.path.is_dir():
+            raise CheckpointError(f"{self.path}: not a model folder (directory not found)")
+        if not (self.path / "config.json").is_file():
+            raise CheckpointError(f"{self.path}: not a model folder (no config.json)")
+        if (self.path / INDEX).is_file():
+            index = read_json(self.path / INDEX, "safetensors index")
+            weight_map = index.get("weight_map")
+            if not isinstance(weight_map, dict) or not weight_map:
+                raise CheckpointError(f"{self.path / INDEX}: missing or empty weight_map")
+            files: dict[str, list[str]] = {}
+            for name, fname in weight_map.items():
+                files.setdefault(fname, []).append(name)
+        elif (self.path / SINGLE).is_file():
+            files = {SINGLE: []}
+        else:
+            others = sorted(p.name for p in self.path.iterdir() if p.suffix in WEIGHT_SUFFIXES)
+            hint = f" (found {', '.join(others)}; convert to safetensors)" if others else ""
+            raise CheckpointError(f"{self.path}: no model.safetensors or {INDEX}{hint}")
+        self.readers: dict[str, SafetensorsReader] = {}
+        self.file_of: dict[str, str] = {}
+        for fname, listed in files.items():
+            reader = SafetensorsReader(self.path / fname)
+            if listed and set(listed) != set(reader.names()):
+                extra = sorted(set(listed) ^ set(reader.names()))[:3]
+                raise CheckpointError(f"{self.path / fname}: index and file disagree on {extra}")
+            self.readers[fname] = reader
+            for name in reader.names():
+                if name in self.file_of:
+                    raise CheckpointError(f"{self.path}: tensor {name!r} stored twice")
+                self.file_of[name] = fname
+
+    @property
+    def config(self) -> dict:
+        return read_json(self.path / "config.json", "config.json")
+
+    def names(self) -> list[str]:
+        return list(self.file_of)
+
+    def spec(self, name: str) -> TensorSpec:
+        return self.readers[self.file_of[name]].specs[name]
+
+    def read(self, name: str) -> torch.Tensor:
+        if name not in self.file_of:
+            raise CheckpointError(f"{self.path}: no tensor named {name!r}")
+        return self.readers[self.file_of[name]].read(name)
+
+    def layout(self) -> list[tuple[str, list[TensorSpec]]]:
+        """(file name, tensor specs in file order) per weight file."""
+        return [(f, list(r.specs.values())) for f, r in self.readers.items()]
+
+    def weight_files(self) -> list[Path]:
+        return [self.path / f for f in self.readers]
+
+    def aux_files(self) -> list[Path]:
+        skip = {INDEX, TICKET_FILE, *self.readers}
+        return sorted(
+            p
+            for p in self.path.iterdir()
+            if p.is_file() and p.name not in skip and p.suffix not in WEIGHT_SUFFIXES
+        )
+
+    def sha256(self) -> dict[str, str]:
+        return {f: sha256_file(self.path / f) for f in self.readers}
+
+    def iter_tensors(self) -> Iterator[tuple[str, torch.Tensor]]:
+        for name in self.names():
+            yield name, self.read(name)
+
+
+class CheckpointWriter:
+    """Writes a model folder with a given sharded layout, one tensor at a time, in order.
+
+    Files go into a hidden staging folder beside `out`; `commit()` renames it into place, so a
+    crash never leaves a half-written model folder under the final name.
+    """
+
+    def __init__(
+        self,
+        out: str | Path,
+        layout: list[tuple[str, list[TensorSpec]]],
+        *,
+        aux_from: Checkpoint | None = None,
+        config_updates: dict | None = None,
+        metadata: dict[str, str] | None = None,
+    ):
+        self.out = Path(out)
+        if self.out.exists() and any(self.out.iterdir()):
+            raise CheckpointError(f"{self.out}: output folder exists and is not empty")
+        self.stage = self.out.with_name(f".{self.out.name}.staging-{uuid.uuid4().hex[:8]}")
+        self.stage.mkdir(parents=True)
+        self._layout = layout
+        self._metadata = {"format": "pt", **(metadata or {})}
+        self._file_idx = -1
+        self._remaining: list[str] = []
+        self._writer: SafetensorsWriter | None = None
+        if aux_from is not None:
+            for p in aux_from.aux_files():
+                shutil.copy2(p, self.stage / p.name)
+            config = aux_from.config
+            config.update(config_updates or {})
+            atomic_write_json(self.stage / "config.json", config)
+        if len(layout) > 1:
+            weight_map = {s.name: f for f, specs in layout for s in specs}
+            total = sum(s.nbytes for _, specs in layout for s in specs)
+            atomic_write_json(
+                self.stage / INDEX, {"metadata": {"total_size": total}, "weight_map": weight_map}
+            )
+
+    def add(self, name: str, tensor: torch.Tensor) -> None:
+        if not self._remaining:
+            if self._writer is not None:
+                self._writer.commit()
+            self._file_idx += 1
+            if self._file_idx >= len(self._layout):
+                raise CheckpointError(f"{self.out}: unexpected extra tensor {name!r}")
+            fname, specs = self._layout[self._file_idx]
+            self._writer = SafetensorsWriter(self.stage / fname, specs, self._metadata)
+            self._remaining = [s.name for s in specs]
+        self._remaining.pop(0)
+        assert self._writer is not None
+        self._writer.add(name, tensor)
+
+    def commit(self) -> Path:
+        if self._writer is not None:
+            self._writer.commit()
+        if self._file_idx != len(self._layout) - 1 or self._remaining:
+            self.abort()
+            raise CheckpointError(f"{self.out}: not every tensor of the layout was written")
+        if self.out.exists():
+            self.out.rmdir()  # empty, checked in __init__
+        os.replace(self.stage, self.out)
+        return self.out
+
+    def abort(self) -> None:
+        if self._writer is not None:
+            self._writer.abort()
+        shutil.rmtree(self.stage, ignore_errors=True)
+
+
+def retype_layout(
+    layout: list[tuple[str, list[TensorSpec]]], dtype_of: dict[str, torch.dtype]
+) -> list[tuple[str, list[TensorSpec]]]:
+    """The same layout with some tensors stored in another dtype."""
+    return [
+        (f, [TensorSpec(s.name, dtype_of.get(s.name, s.dtype), s.shape) for s in specs])
+        for f, specs in layout
+    ]
