@@ -1,0 +1,170 @@
+"""Client data: row validation, encoding, and the seeded order shared by all copies.
+
+One order per `order_seed` fixes, for every epoch, the forget permutation, the retain item
+paired with each forget item and the IDK refusal drawn for it (METHODS.md §6 "Ours"), so the
+m copies of a round see identical batches (MPU.md §6, B21). Each stream has its own
+generator seeded by (order_seed, stream, epoch): an epoch's order does not depend on which
+other streams a method reads.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from mpu.data.formatting import Encoded, collate, encode_completion, encode_qa, pad_id_of
+from mpu.errors import DataError
+
+_STREAMS = {"forget": 0, "retain": 1, "idk": 2}
+
+
+def _row_kind(row: Any, where: str) -> str:
+    if not isinstance(row, dict):
+        raise DataError(
+            f"{where}: expected a dict with question/answer or text, got {type(row).__name__}"
+        )
+    if "question" in row or "answer" in row:
+        for key in ("question", "answer"):
+            if not isinstance(row.get(key), str):
+                raise DataError(f"{where}: field {key!r} missing or not a string")
+        return "qa"
+    if isinstance(row.get("text"), str):
+        return "text"
+    raise DataError(
+        f"{where}: needs 'question' and 'answer' (QA) or 'text' (corpus), has {sorted(row)}"
+    )
+
+
+def check_rows(rows: Sequence[dict] | None, name: str) -> list[str]:
+    """Kinds ('qa' / 'text') of each row; DataError when empty or a field is missing."""
+    if rows is None or len(rows) == 0:
+        raise DataError(f"{name} set is empty: nothing to train on")
+    return [_row_kind(r, f"{name} row {i}") for i, r in enumerate(rows)]
+
+
+def encode_rows(
+    tokenizer, rows: Sequence[dict], *, max_length: int
+) -> tuple[list[Encoded], list[dict], int]:
+    """Encode rows (QA via `encode_qa`, text via `encode_completion`); drop answerless items.
+
+    Returns the kept items, their rows and how many were dropped because no answer token survived
+    (METHODS.md §8: such items make SimNPO divide by zero and CE undefined).
+    """
+    out: list[Encoded] = []
+    for r in rows:
+        if "text" in r and "question" not in r:
+            enc = encode_completion(tokenizer, "", r["text"], max_length=max_length)
+        else:
+            enc = encode_qa(tokenizer, r["question"], r["answer"], max_length=max_length)
+        out.append(enc)
+    keep = [i for i, e in enumerate(out) if e.n_answer_tokens > 0]
+    return [out[i] for i in keep], [rows[i] for i in keep], len(out) - len(keep)
+
+
+def _generator(seed: int, stream: str, epoch: int) -> torch.Generator:
+    state = np.random.SeedSequence([seed, _STREAMS[stream], epoch]).generate_state(2, np.uint32)
+    return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
+
+
+@dataclass(frozen=True)
+class MicroBatch:
+    """Indices of one micro-batch: forget items, their paired retain items and IDK lines."""
+
+    forget: tuple[int, ...]
+    retain: tuple[int, ...]
+    idk: tuple[int, ...]
+
+
+def epoch_batches(
+    n_forget: int, n_retain: int, n_idk: int, batch_size: int, *, seed: int, epoch: int
+) -> list[MicroBatch]:
+    """The micro-batches of one epoch (last one may be short), deterministic in (seed, epoch)."""
+    perm = torch.randperm(n_forget, generator=_generator(seed, "forget", epoch)).tolist()
+    pair = (
+        torch.randint(n_retain, (n_forget,), generator=_generator(seed, "retain", epoch)).tolist()
+        if n_retain
+        else []
+    )
+    idk = (
+        torch.randint(n_idk, (n_forget,), generator=_generator(seed, "idk", epoch)).tolist()
+        if n_idk
+        else []
+    )
+    out = []
+    for i in range(0, n_forget, batch_size):
+        f = tuple(perm[i : i + batch_size])
+        out.append(
+            MicroBatch(
+                f,
+                tuple(pair[j] for j in f) if pair else (),
+                tuple(idk[j] for j in f) if idk else (),
+            )
+        )
+    return out
+
+
+class BatchBuilder:
+    """Turns a `MicroBatch` into the tensors a loss reads (`forget`, `retain`, `alternate`)."""
+
+    def __init__(
+        self,
+        tokenizer,
+        forget: list[Encoded],
+        forget_rows: list[dict],
+        retain: list[Encoded],
+        idk_answers: list[str],
+        *,
+        max_length: int,
+    ) -> None:
+        self.tokenizer = tokenizer
+        self.pad = pad_id_of(tokenizer)
+        self.forget, self.forget_rows, self.retain = forget, forget_rows, retain
+        self.idk, self.max_length = idk_answers, max_length
+        self._alt: dict[tuple[int, int], Encoded] = {}
+        self._digest = hashlib.sha256()
+
+    def _collate(self, items: list[Encoded]) -> dict[str, torch.Tensor]:
+        return collate(
+            [e.input_ids for e in items], pad_id=self.pad, labels=[e.labels for e in items]
+        )
+
+    def _alternate(self, i: int, j: int) -> Encoded:
+        if (i, j) not in self._alt:
+            q = self.forget_rows[i]["question"]
+            self._alt[(i, j)] = encode_qa(
+                self.tokenizer, q, self.idk[j].strip(), max_length=self.max_length
+            )
+        return self._alt[(i, j)]
+
+    def build(self, mb: MicroBatch) -> dict[str, dict[str, torch.Tensor]]:
+        self._digest.update(repr((mb.forget, mb.retain, mb.idk)).encode())
+        batch = {"forget": self._collate([self.forget[i] for i in mb.forget])}
+        if mb.retain:
+            batch["retain"] = self._collate([self.retain[j] for j in mb.retain])
+        if mb.idk:
+            batch["alternate"] = self._collate(
+                [self._alternate(i, j) for i, j in zip(mb.forget, mb.idk, strict=True)]
+            )
+        return batch
+
+    @property
+    def order_digest(self) -> str:
+        """SHA-256 of every micro-batch's indices so far: equal digests ⇔ identical data order."""
+        return self._digest.hexdigest()
+
+
+def iterate(
+    n_forget: int, n_retain: int, n_idk: int, batch_size: int, *, seed: int
+) -> Iterator[tuple[int, int, MicroBatch, int]]:
+    """Endless (epoch, index in epoch, micro-batch, micro-batches in epoch) stream."""
+    epoch = 0
+    while True:
+        mbs = epoch_batches(n_forget, n_retain, n_idk, batch_size, seed=seed, epoch=epoch)
+        for k, mb in enumerate(mbs):
+            yield epoch, k, mb, len(mbs)
+        epoch += 1

@@ -1,0 +1,158 @@
+"""`ClientTrainConfig`: every knob of the client's local unlearning run.
+
+Fields left at None take the value of the chosen profile (`mpu.methods.profiles`:
+`openunlearning` = stock OpenUnlearning, `paper` = the MPU reference client) on the chosen
+benchmark; `effective()` returns the fully resolved config that is logged with every
+copy's result (MPU.md F5/B18: no hidden defaults).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from mpu.config import field
+from mpu.errors import ConfigError
+from mpu.methods import build_method_config, get_method, training_defaults
+from mpu.methods.profiles import BENCHMARKS, PROFILES
+
+OPTIMIZERS = ("adamw", "sgd")
+SCHEDULES = ("constant", "linear")
+ACCUMULATIONS = ("hf", "epoch_flush")
+PRECISIONS = ("fp32", "bf16-mixed", "pure_bf16")
+REFERENCES = ("copy", "clean")
+
+
+def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
+    if value is not None and value not in allowed:
+        raise ConfigError(f"ClientTrainConfig.{name}={value!r}: choose one of {', '.join(allowed)}")
+
+
+@dataclass
+class ClientTrainConfig:
+    """Client unlearning run: method, profile, optimizer, schedule, batching, precision, scope."""
+
+    method: str = field(
+        "GradDiff", help="unlearning method (mpu.methods.METHODS; case-insensitive)"
+    )
+    profile: str = field("openunlearning", help="defaults profile: openunlearning | paper")
+    benchmark: str = field("tofu", help="which stock column of the profile: tofu | muse | wmdp")
+    hparams: dict[str, Any] = field({}, help="method hyperparameter overrides, e.g. {beta: 0.2}")  # noqa: RUF009
+    retain_loss: str | None = field(None, help="retain loss NLL | KL (shortcut for hparams)")
+    optimizer: str | None = field(None, help="adamw (default) | sgd")
+    lr: float | None = field(None, help="peak learning rate (both profiles: 1e-5 on TOFU)")
+    weight_decay: float | None = field(None, help="decoupled (AdamW) / L2 (SGD) weight decay")
+    decay_norms_and_biases: bool | None = field(
+        None, help="decay biases and norm gains too (paper: yes, torch default; HF Trainer: no)"
+    )
+    betas: list[float] | None = field(None, help="AdamW betas (0.9, 0.999)")  # noqa: RUF009
+    eps: float | None = field(None, help="AdamW epsilon (1e-8)")
+    momentum: float = field(0.0, help="SGD momentum (0 = plain SGD)")
+    schedule: str | None = field(None, help="constant | linear (decay to 0), both after warm-up")
+    warmup_epochs: float | None = field(
+        None, help="warm-up length in epochs: ⌊w·N_f/(b·g)⌋ steps (OpenUnlearning: 1.0)"
+    )
+    warmup_steps: int | None = field(None, help="warm-up steps; overrides warmup_epochs")
+    schedule_offset_steps: int = field(
+        0, help="global step this call starts at (round r of a schedule spanning R·E epochs)"
+    )
+    total_steps: int = field(0, help="steps of the whole schedule (0 = this call's steps)")
+    epochs: int | None = field(None, help="epochs over the forget set (per round in MPU)")
+    max_steps: int | None = field(None, help="optimizer steps; > 0 overrides epochs (WMDP: 80)")
+    batch_size: int | None = field(None, help="micro-batch size b (8)")
+    grad_accum: int | None = field(None, help="gradient accumulation g (4)")
+    accumulation: str | None = field(
+        None,
+        help="hf: counter runs across epochs, no flush (HF Trainer 4.45); "
+        "epoch_flush: leftover micro-batches stepped at each epoch end (MPU client)",
+    )
+    max_grad_norm: float | None = field(None, help="global-norm clipping (1.0); 0 = off")
+    precision: str | None = field(
+        None,
+        help="fp32 | bf16-mixed (fp32 master weights and state, bf16 autocast) | pure_bf16 "
+        "(bf16 weights and AdamW state, as the MPU client)",
+    )
+    trainable: str = field(
+        "all", help="trainable scope: all | decoder (decoder blocks) | a regex on parameter names"
+    )
+    reference: str = field(
+        "copy",
+        help="reference model: copy (the client's own starting copy) | clean (caller passes "
+        "the clean model: reproduces the paper, breaks the threat model)",
+    )
+    seed: int = field(0, help="torch seed (dropout, RMU-independent RNG)")
+    max_length: int = field(512, help="token limit per item (TOFU 512, MUSE 2048)")
+
+    def __post_init__(self) -> None:
+        _choice("profile", self.profile, PROFILES)
+        _choice("benchmark", self.benchmark, BENCHMARKS)
+        _choice("optimizer", self.optimizer, OPTIMIZERS)
+        _choice("schedule", self.schedule, SCHEDULES)
+        _choice("accumulation", self.accumulation, ACCUMULATIONS)
+        _choice("precision", self.precision, PRECISIONS)
+        _choice("reference", self.reference, REFERENCES)
+        _choice("retain_loss", self.retain_loss, ("NLL", "KL"))
+        for name in ("epochs", "batch_size", "grad_accum"):
+            v = getattr(self, name)
+            if v is not None and v < 1:
+                raise ConfigError(f"ClientTrainConfig.{name}={v}: must be >= 1")
+        for name in (
+            "lr",
+            "weight_decay",
+            "eps",
+            "max_grad_norm",
+            "warmup_epochs",
+            "max_steps",
+            "warmup_steps",
+        ):
+            v = getattr(self, name)
+            if v is not None and v < 0:
+                raise ConfigError(f"ClientTrainConfig.{name}={v}: must be >= 0")
+        if self.schedule_offset_steps < 0 or self.total_steps < 0:
+            raise ConfigError("ClientTrainConfig.schedule_offset_steps/total_steps: must be >= 0")
+        if self.betas is not None and (
+            len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas)
+        ):
+            raise ConfigError(f"ClientTrainConfig.betas={self.betas}: two values in [0, 1)")
+        if self.trainable not in ("all", "decoder"):
+            try:
+                re.compile(self.trainable)
+            except re.error as exc:
+                raise ConfigError(
+                    f"ClientTrainConfig.trainable={self.trainable!r}: {exc}"
+                ) from None
+        hp = dict(self.hparams)
+        if self.retain_loss is not None:
+            if hp.get("retain_loss_type", self.retain_loss) != self.retain_loss:
+                raise ConfigError(
+                    "ClientTrainConfig: retain_loss and hparams.retain_loss_type differ"
+                )
+            hp["retain_loss_type"] = self.retain_loss
+        self.method = get_method(self.method).name
+        self.method_config()  # unknown / invalid hyperparameters fail here, before any training
+
+    def method_config(self) -> Any:
+        """The method's hyperparameter dataclass (profile values, then `hparams`)."""
+        hp = dict(self.hparams)
+        if self.retain_loss is not None:
+            hp["retain_loss_type"] = self.retain_loss
+        return build_method_config(self.method, self.profile, hp)
+
+    def effective(self) -> ClientTrainConfig:
+        """A copy with every None replaced by the profile's value on this benchmark."""
+        defaults = training_defaults(self.profile, self.benchmark)
+        values = {
+            f.name: defaults[f.name]
+            if getattr(self, f.name) is None and f.name in defaults
+            else getattr(self, f.name)
+            for f in dataclasses.fields(self)
+        }
+        return ClientTrainConfig(**values)
+
+    def to_log(self) -> dict[str, Any]:
+        """Resolved training settings plus the full method hyperparameters."""
+        out = dataclasses.asdict(self.effective())
+        out["hparams"] = dataclasses.asdict(self.method_config())
+        return out

@@ -1,0 +1,296 @@
+"""The client's local unlearning loop: one method, one copy, fresh optimizer per call.
+
+`train_unlearning` validates everything (method, hyperparameters, data fields, IDK file,
+trainable scope, RMU module) before the first forward pass, then runs the profile's
+accumulation semantics (METHODS.md §6) with a seeded data order shared by every call with
+the same `order_seed` (MPU.md §6, B21). The reference model is passed in explicitly (B27);
+by default it is a frozen copy of the model this call starts from — the only model a real
+client has (F1/B10).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+import re
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from mpu.client.batches import BatchBuilder, check_rows, encode_rows, iterate
+from mpu.client.train_config import ClientTrainConfig
+from mpu.errors import ConfigError, DataError
+from mpu.methods import get_method
+
+_DECODER = re.compile(r"(^|\.)layers\.\d+\.")
+
+
+class ThreatModelWarning(UserWarning):
+    """The run uses something a real client would not have (e.g. the clean server model)."""
+
+
+@dataclass
+class TrainResult:
+    """The trained model (same object as passed in), per-step logs and the effective config."""
+
+    model: torch.nn.Module
+    logs: dict[str, Any]
+    step_count: int
+    effective_config: dict[str, Any] = field(default_factory=dict)
+
+
+def plan_steps(n_forget: int, cfg: ClientTrainConfig) -> int:
+    """Optimizer steps one call makes on `n_forget` items (after dropping answerless ones).
+
+    epoch_flush: E·⌈⌈N/b⌉/g⌉; hf: E·max(⌊⌈N/b⌉/g⌋, 1) (HF Trainer); max_steps > 0 wins.
+    A runner spanning R rounds passes `total_steps = R·plan_steps(...)`.
+    """
+    eff = cfg.effective()
+    if eff.max_steps:
+        return eff.max_steps
+    n_mb = math.ceil(n_forget / eff.batch_size)
+    if eff.accumulation == "epoch_flush":
+        return eff.epochs * math.ceil(n_mb / eff.grad_accum)
+    return eff.epochs * max(n_mb // eff.grad_accum, 1)
+
+
+def select_trainable(model: torch.nn.Module, scope: str) -> list[tuple[str, torch.nn.Parameter]]:
+    """Named parameters in scope `all`, `decoder` (decoder blocks) or a regex (re.search)."""
+    named = list(model.named_parameters())
+    if scope == "all":
+        return named
+    pattern = _DECODER if scope == "decoder" else re.compile(scope)
+    chosen = [(n, p) for n, p in named if pattern.search(n)]
+    if not chosen:
+        raise ConfigError(f"trainable={scope!r} matches no parameter of the model")
+    return chosen
+
+
+def _norm_param_names(model: torch.nn.Module) -> set[str]:
+    out = set()
+    for mname, mod in model.named_modules():
+        if isinstance(mod, torch.nn.LayerNorm) or "Norm" in type(mod).__name__:
+            out.update(
+                f"{mname}.{p}" if mname else p for p, _ in mod.named_parameters(recurse=False)
+            )
+    return out
+
+
+def build_optimizer(
+    model: torch.nn.Module, named: list[tuple[str, torch.nn.Parameter]], eff: ClientTrainConfig
+) -> torch.optim.Optimizer:
+    """AdamW or SGD over `named`; HF-style no-decay group for biases/norms unless told otherwise."""
+    if eff.decay_norms_and_biases or eff.weight_decay == 0:
+        groups = [{"params": [p for _, p in named], "weight_decay": eff.weight_decay}]
+    else:
+        norms = _norm_param_names(model)
+        nd = [p for n, p in named if n.endswith("bias") or n in norms]
+        dec = [p for n, p in named if not (n.endswith("bias") or n in norms)]
+        groups = [
+            g
+            for g in (
+                {"params": dec, "weight_decay": eff.weight_decay},
+                {"params": nd, "weight_decay": 0.0},
+            )
+            if g["params"]
+        ]
+    if eff.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=eff.lr, momentum=eff.momentum)
+    return torch.optim.AdamW(groups, lr=eff.lr, betas=tuple(eff.betas), eps=eff.eps)
+
+
+def lr_factor(step: int, *, warmup: int, total: int, schedule: str) -> float:
+    """HF `get_{constant,linear}_schedule_with_warmup` factor at global step `step`."""
+    if step < warmup:
+        return step / max(1, warmup)
+    if schedule == "constant":
+        return 1.0
+    return max(0.0, (total - step) / max(1, total - warmup))
+
+
+def _validate(model, tokenizer, forget_rows, retain_rows, idk_answers, cfg, reference_model):
+    eff = cfg.effective()
+    spec = get_method(eff.method)
+    hp = cfg.method_config()
+    kinds = check_rows(forget_rows, "forget")
+    use_retain = spec.uses_retain(hp)
+    if use_retain:
+        check_rows(retain_rows, "retain")
+    if spec.needs_idk:
+        if not idk_answers or not all(isinstance(a, str) and a.strip() for a in idk_answers):
+            raise DataError(f"{spec.name} needs IDK answers (a non-empty list of refusal strings)")
+        if "text" in kinds:
+            raise DataError(f"{spec.name} needs QA forget rows (question/answer), not text")
+    if spec.uses_reference(hp) and reference_model is None and eff.reference == "clean":
+        raise ConfigError("reference=clean: pass the clean model as reference_model")
+    if spec.check_model is not None:
+        spec.check_model(model, hp)
+    select_trainable(model, eff.trainable)
+    if tokenizer is None:
+        raise ConfigError("train_unlearning needs the copy's tokenizer")
+    return eff, spec, hp, use_retain
+
+
+def train_unlearning(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    forget_rows: Sequence[dict],
+    retain_rows: Sequence[dict] | None,
+    cfg: ClientTrainConfig,
+    *,
+    reference_model: torch.nn.Module | None = None,
+    idk_answers: Sequence[str] | None = None,
+    order_seed: int | None = None,
+    progress: bool = True,
+) -> TrainResult:
+    """Unlearn `forget_rows` from `model` in place and return it with logs.
+
+    Rows are dicts with `question`/`answer` (QA, TOFU) or `text` (corpus chunks, MUSE/WMDP).
+    `order_seed` (default `cfg.seed`) fixes batches, retain pairing and IDK draws: give all m
+    copies of a round the same value. `reference_model` defaults to a frozen deep copy of
+    `model` as received (policy `copy`); with `cfg.reference='clean'` the caller must pass the
+    clean model and a ThreatModelWarning is issued. The model is converted in place to the
+    training dtype (fp32, or bf16 for pure_bf16); requires_grad flags are restored at the end.
+    """
+    eff, spec, hp, use_retain = _validate(
+        model, tokenizer, forget_rows, retain_rows, idk_answers, cfg, reference_model
+    )
+    forget, f_rows, f_drop = encode_rows(tokenizer, forget_rows, max_length=eff.max_length)
+    retain, _, r_drop = (
+        encode_rows(tokenizer, retain_rows, max_length=eff.max_length)
+        if use_retain
+        else ([], [], 0)
+    )
+    if not forget or (use_retain and not retain):
+        which = "forget" if not forget else "retain"
+        raise DataError(f"{which} set: every item has zero answer tokens after tokenization")
+    idk = [a for a in (idk_answers or ())] if spec.needs_idk else []
+    total_local = plan_steps(len(forget), cfg)
+    warmup = eff.warmup_steps
+    if warmup is None:
+        warmup = int(eff.warmup_epochs * len(forget) // (eff.batch_size * eff.grad_accum))
+    total = eff.total_steps or total_local
+    if eff.schedule_offset_steps + total_local > total:
+        raise ConfigError(
+            f"schedule_offset_steps={eff.schedule_offset_steps} + {total_local} steps exceeds "
+            f"total_steps={total}"
+        )
+
+    dtype = torch.bfloat16 if eff.precision == "pure_bf16" else torch.float32
+    model.to(dtype)
+    ref = None
+    if spec.uses_reference(hp):
+        if eff.reference == "clean":
+            warnings.warn(
+                "reference=clean: the reference model is the clean server model, which a real "
+                "client never has; this reproduces the paper but breaks the threat model (MPU.md F1)",
+                ThreatModelWarning,
+                stacklevel=2,
+            )
+        ref = reference_model if reference_model is not None else copy.deepcopy(model)
+        ref.eval().requires_grad_(False)
+
+    torch.manual_seed(eff.seed)
+    det = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+    )
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    flags = {n: p.requires_grad for n, p in model.named_parameters()}
+    was_training = model.training
+    named = select_trainable(model, eff.trainable)
+    in_scope = {n for n, _ in named}
+    for n, p in model.named_parameters():
+        p.requires_grad_(n in in_scope)
+    params = [p for _, p in named]
+    opt = build_optimizer(model, named, eff)
+    offset = eff.schedule_offset_steps
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda i: lr_factor(offset + i, warmup=warmup, total=total, schedule=eff.schedule)
+    )
+    device = next(model.parameters()).device
+    autocast = (
+        torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+        if eff.precision == "bf16-mixed"
+        else contextlib.nullcontext()
+    )
+    builder = BatchBuilder(tokenizer, forget, f_rows, retain, idk, max_length=eff.max_length)
+    stream = iterate(
+        len(forget),
+        len(retain),
+        len(idk),
+        eff.batch_size,
+        seed=(eff.seed if order_seed is None else order_seed),
+    )
+    g = eff.grad_accum
+    steps: list[dict[str, float]] = []
+    window: list[dict[str, float]] = []
+    n_mb = step = 0
+    last_epoch = 0
+    model.train()
+    bar = tqdm(total=total_local, desc=f"{spec.name} unlearning", disable=not progress)
+    try:
+        opt.zero_grad(set_to_none=True)
+        while step < total_local:
+            epoch, k, mb, per_epoch = next(stream)
+            last_epoch = epoch
+            n_mb += 1
+            with autocast:
+                loss, logs = spec.loss(model, builder.build(mb), ref, hp)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(
+                    f"{spec.name}: non-finite loss {float(loss)} at step {step}"
+                )
+            (loss / g).backward()
+            window.append(logs)
+            if eff.accumulation == "epoch_flush":
+                do_step = (k + 1) % g == 0 or k + 1 == per_epoch
+            else:
+                do_step = n_mb % g == 0 or (per_epoch <= g and k + 1 == per_epoch)
+            if not do_step:
+                continue
+            gn = (
+                torch.nn.utils.clip_grad_norm_(params, eff.max_grad_norm)
+                if eff.max_grad_norm
+                else torch.linalg.vector_norm(
+                    torch.stack([p.grad.float().norm() for p in params if p.grad is not None])
+                )
+            )
+            lr = opt.param_groups[0]["lr"]
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+            step += 1
+            rec = {k2: sum(w.get(k2, 0.0) for w in window) / len(window) for k2 in window[0]}
+            rec.update(step=offset + step, epoch=epoch, lr=lr, grad_norm=float(gn))
+            steps.append(rec)
+            window = []
+            bar.update(1)
+            bar.set_postfix(loss=f"{rec['loss']:.4f}")
+    finally:
+        bar.close()
+        torch.use_deterministic_algorithms(det[0], warn_only=det[1])
+        for n, p in model.named_parameters():
+            p.requires_grad_(flags[n])
+        model.train(was_training)
+    logs = {
+        "steps": steps,
+        "micro_batches": n_mb,
+        "epochs_touched": last_epoch + 1,
+        "n_forget": len(forget),
+        "n_retain": len(retain),
+        "dropped_empty": {"forget": f_drop, "retain": r_drop},
+        "order_digest": builder.order_digest,
+        "warmup_steps": warmup,
+        "schedule_total_steps": total,
+        "reference": (eff.reference if ref is not None else None),
+        "trainable_tensors": len(named),
+    }
+    if spec.name == "RMU":
+        logs["rmu_steering_seed"] = hp.steering_seed
+    return TrainResult(model, logs, step, cfg.to_log())

@@ -1,0 +1,115 @@
+"""Token-level building blocks shared by the unlearning losses (METHODS.md §1–2).
+
+Every helper casts logits to fp32 before a log-softmax: bf16 log-probabilities lose
+several digits, and the sequence sums of NPO/DPO amplify that (METRICS.md, MPU.md B26).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from mpu.data.formatting import IGNORE_INDEX
+
+Batch = Mapping[str, torch.Tensor]
+
+_MODEL_KEYS = ("input_ids", "attention_mask")
+
+
+def model_inputs(inputs: Batch) -> dict[str, torch.Tensor]:
+    """The keys a causal LM forward takes (labels are scored here, not inside the model)."""
+    return {k: inputs[k] for k in _MODEL_KEYS if k in inputs}
+
+
+def forward_logits(model: torch.nn.Module, inputs: Batch) -> torch.Tensor:
+    """fp32 logits [B, T, V] of `model` on `inputs` (moved to the model's device)."""
+    device = next(model.parameters()).device
+    out = model(**{k: v.to(device) for k, v in model_inputs(inputs).items()})
+    return out.logits.float()
+
+
+@torch.no_grad()
+def reference_logits(ref: torch.nn.Module, inputs: Batch, device: torch.device) -> torch.Tensor:
+    """fp32 logits of the frozen reference/teacher model, returned on `device`."""
+    return forward_logits(ref, inputs).to(device)
+
+
+def shifted(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Next-token alignment: logits at t predict label t+1."""
+    return logits[:, :-1, :], labels[:, 1:].to(logits.device)
+
+
+def token_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-position cross-entropy ℓ[b, t] (0 where the next label is -100) and the answer mask A."""
+    lg, y = shifted(logits, labels)
+    mask = y != IGNORE_INDEX
+    nll = F.cross_entropy(
+        lg.reshape(-1, lg.size(-1)), y.reshape(-1), ignore_index=IGNORE_INDEX, reduction="none"
+    ).view_as(y)
+    return nll, mask
+
+
+def sequence_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """NLL_θ(b) = Σ_{t∈A_b} ℓ[b, t]: minus the log-probability of each answer (shape [B])."""
+    nll, _ = token_nll(logits, labels)
+    return nll.sum(-1)
+
+
+def batch_ce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """CE_θ(batch): token mean over the whole batch (HF `outputs.loss`), not a mean of means."""
+    nll, mask = token_nll(logits, labels)
+    return nll.sum() / mask.sum().clamp_min(1)
+
+
+def kl_to_reference(logits: torch.Tensor, ref_logits: torch.Tensor) -> torch.Tensor:
+    """Mean KL(p_ref ‖ p_θ) over all B·T rows (OpenUnlearning `compute_kl_divergence`)."""
+    v = logits.size(-1)
+    cur = F.log_softmax(logits.reshape(-1, v), dim=-1)
+    ref = F.log_softmax(ref_logits.reshape(-1, v), dim=-1)
+    return F.kl_div(cur, ref, reduction="batchmean", log_target=True)
+
+
+def retain_loss(
+    model: torch.nn.Module,
+    retain: Batch,
+    ref: torch.nn.Module | None,
+    loss_type: str,
+) -> torch.Tensor:
+    """L_r (METHODS.md §2): `NLL` = CE on the retain batch, `KL` = KL to the reference model.
+
+    The reference model is an explicit argument: the reference client deep-copied the
+    *current* model for KL every step, which makes KL ≡ 0 (MPU.md B27).
+    """
+    logits = forward_logits(model, retain)
+    if loss_type == "NLL":
+        return batch_ce(logits, retain["labels"])
+    if loss_type == "KL":
+        if ref is None:
+            raise ValueError("retain_loss_type=KL needs a reference model")
+        return kl_to_reference(logits, reference_logits(ref, retain, logits.device))
+    raise ValueError(f"unknown retain_loss_type {loss_type!r} (NLL or KL)")
+
+
+def combine(
+    forget_loss: torch.Tensor,
+    retain: Batch | None,
+    model: torch.nn.Module,
+    ref: torch.nn.Module | None,
+    hp: Any,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """L = γ·L_f + α·L_r; the retain forward is skipped when α = 0 (UNDIAL's stock setting)."""
+    logs = {"forget_loss": float(forget_loss.detach())}
+    loss = hp.gamma * forget_loss
+    if hp.alpha != 0:
+        if retain is None:
+            raise ValueError(
+                f"{type(hp).__name__}: alpha={hp.alpha} but the batch has no retain part"
+            )
+        r = retain_loss(model, retain, ref, hp.retain_loss_type)
+        logs["retain_loss"] = float(r.detach())
+        loss = loss + hp.alpha * r
+    logs["loss"] = float(loss.detach())
+    return loss, logs

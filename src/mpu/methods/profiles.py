@@ -1,0 +1,89 @@
+"""Named client profiles: loss hyperparameters + optimizer, schedule, accumulation, precision.
+
+- `openunlearning`: stock OpenUnlearning (locuslab/open-unlearning@d3d7cf9, Hydra configs
+  composed with `experiment=unlearn/<benchmark>/default`), HF `Trainer` semantics.
+- `paper`: what the MPU reference client ran (Tristan0318/MPU@6ffb4c3
+  `pum.py::client_unlearn`): torch AdamW with decay on every parameter, constant LR,
+  per-epoch accumulation with an end-of-epoch flush, pure bf16. Its loss defaults differ for
+  SimNPO (γ 1), UNDIAL (α 1, answer-masked) and SatImp (γ 1) — MPU.md F5/B13.
+Values: METHODS.md §5–6.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+PROFILES: tuple[str, ...] = ("openunlearning", "paper")
+BENCHMARKS: tuple[str, ...] = ("tofu", "muse", "wmdp")
+
+_PAPER_HPARAMS: dict[str, dict[str, Any]] = {
+    "SimNPO": {"gamma": 1.0},
+    "UNDIAL": {"alpha": 1.0, "undial_mask": "answer"},
+    "SatImp": {"gamma": 1.0},
+}
+
+_COMMON: dict[str, Any] = {
+    "optimizer": "adamw",
+    "lr": 1e-5,
+    "betas": [0.9, 0.999],
+    "eps": 1e-8,
+    "max_grad_norm": 1.0,
+    "batch_size": 8,
+    "grad_accum": 4,
+    "epochs": 10,
+    "max_steps": 0,
+    "seed": 0,
+}
+
+_TRAINING: dict[tuple[str, str], dict[str, Any]] = {
+    ("paper", "tofu"): {
+        "weight_decay": 0.01,
+        "decay_norms_and_biases": True,
+        "schedule": "constant",
+        "warmup_epochs": 0.0,
+        "accumulation": "epoch_flush",
+        "precision": "pure_bf16",
+    },
+    ("openunlearning", "tofu"): {
+        "weight_decay": 0.01,
+        "decay_norms_and_biases": False,
+        "schedule": "linear",
+        "warmup_epochs": 1.0,
+        "accumulation": "hf",
+        "precision": "bf16-mixed",
+    },
+    ("openunlearning", "muse"): {
+        "weight_decay": 0.0,
+        "decay_norms_and_biases": False,
+        "schedule": "constant",
+        "warmup_epochs": 0.0,
+        "accumulation": "hf",
+        "precision": "bf16-mixed",
+        "batch_size": 4,
+        "grad_accum": 8,
+    },
+    ("openunlearning", "wmdp"): {
+        "weight_decay": 0.0,
+        "decay_norms_and_biases": False,
+        "schedule": "constant",
+        "warmup_epochs": 0.0,
+        "accumulation": "hf",
+        "precision": "bf16-mixed",
+        "lr": 5e-5,
+        "batch_size": 1,
+        "grad_accum": 16,
+        "max_steps": 80,
+    },
+}
+_TRAINING[("paper", "muse")] = _TRAINING[("paper", "tofu")]
+_TRAINING[("paper", "wmdp")] = _TRAINING[("paper", "tofu")]
+
+
+def paper_hparams(method: str) -> dict[str, Any]:
+    """Loss hyperparameters where the MPU reference client differs from OpenUnlearning."""
+    return dict(_PAPER_HPARAMS.get(method, {}))
+
+
+def training_defaults(profile: str, benchmark: str = "tofu") -> dict[str, Any]:
+    """Optimizer / schedule / batching / precision defaults of a profile on a benchmark."""
+    return {**_COMMON, **_TRAINING[(profile, benchmark)]}
