@@ -1,0 +1,38 @@
+"""Every method lowers the forget-set answer probability of a tiny fine-tuned model.
+
+The target memorised 16 synthetic QA rows (answer probability ≈ 0.97); each method then
+runs 10 optimizer steps on the first 8 with its stock (openunlearning) hyperparameters.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from mpu.client.train_config import ClientTrainConfig
+from mpu.client.trainer import train_unlearning
+from mpu.methods import METHODS
+from mpu.methods.testing import answer_probability
+
+IDK = ["I don't know.", "I have no idea.", "That is not something I can answer."]
+
+
+@pytest.mark.parametrize("name", list(METHODS))
+def test_method_lowers_forget_probability(name, target, tok, qa_rows):
+    forget, retain = qa_rows[:8], qa_rows[8:]
+    before = answer_probability(target, tok, forget)
+    assert before > 0.9  # the fixture really memorised the answers
+    hp = {"module_regex": r"model\.layers\.0"} if name == "RMU" else {}
+    cfg = ClientTrainConfig(
+        method=name,
+        lr=1e-3,
+        epochs=5,
+        batch_size=4,
+        grad_accum=1,
+        precision="fp32",
+        schedule="constant",
+        hparams=hp,
+    )
+    res = train_unlearning(target, tok, forget, retain, cfg, idk_answers=IDK, progress=False)
+    after = answer_probability(target, tok, forget)
+    assert res.step_count == 10
+    assert after < before - 0.05, (name, before, after)
