@@ -84,7 +84,9 @@ class ArchSpec:
         r"^(model\.embed_tokens\.weight|model\.norm\.(weight|bias)|lm_head\.weight)$"
     )
     tied_alias: tuple[str, str] = ("lm_head.weight", "model.embed_tokens.weight")
-    extra: dict = field(default_factory=dict)
+    stored_names: dict[str, str] = field(
+        default_factory=dict
+    )  # parameter name -> legacy name on disk
 
 
 def _rotary_dim(config, head_dim: int) -> int:
@@ -187,7 +189,10 @@ def expected_shape(info: TensorInfo, g: Geometry, shape: tuple[int, ...]) -> tup
 def classify(spec: ArchSpec, config, stored: dict[str, tuple[int, ...]], where: str) -> Layout:
     """Check the stored tensors against the architecture and give each one its role."""
     geometry = geometry_of(config, spec)
-    expected = expected_parameters(config)
+    expected = {}
+    for name, shape in expected_parameters(config).items():
+        legacy = spec.stored_names.get(name)
+        expected[legacy if legacy in stored else name] = shape
     tied: dict[str, str] = {}
     alias, canonical = spec.tied_alias
     if alias not in expected and alias in stored and canonical in stored:

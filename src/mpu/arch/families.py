@@ -112,8 +112,9 @@ FAMILIES: tuple[ArchSpec, ...] = (
             "post_attention_layernorm.bias": Role.BLOCK_OTHER,
         },
         head_dim_from_config=False,
-        outside_pattern=r"^(gpt_neox\.embed_in\.weight|gpt_neox\.final_layer_norm\.(weight|bias)|lm_head\.weight)$",
-        tied_alias=("lm_head.weight", "gpt_neox.embed_in.weight"),
+        outside_pattern=r"^(gpt_neox\.embed_in\.weight|gpt_neox\.final_layer_norm\.(weight|bias)|lm_head\.weight|embed_out\.weight)$",
+        tied_alias=("embed_out.weight", "gpt_neox.embed_in.weight"),
+        stored_names={"lm_head.weight": "embed_out.weight"},  # transformers saves the legacy name
         notes="GPT-NeoX/Pythia: fused per-head qkv with bias, partial rotary, LayerNorm biases",
     ),
 )

@@ -13,7 +13,7 @@ import json
 import os
 import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
@@ -197,12 +197,16 @@ class CheckpointWriter:
         assert self._writer is not None
         self._writer.add(name, tensor)
 
-    def commit(self) -> Path:
+    def commit(self, before_rename: Callable[[Path], None] | None = None) -> Path:
+        """Finish the weight files, let `before_rename(stage)` add files, then move into place."""
         if self._writer is not None:
             self._writer.commit()
+            self._writer = None
         if self._file_idx != len(self._layout) - 1 or self._remaining:
             self.abort()
             raise CheckpointError(f"{self.out}: not every tensor of the layout was written")
+        if before_rename is not None:
+            before_rename(self.stage)
         if self.out.exists():
             self.out.rmdir()  # empty, checked in __init__
         os.replace(self.stage, self.out)

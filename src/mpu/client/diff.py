@@ -1,0 +1,52 @@
+"""`mpu client diff`: turn a published copy and the client's unlearned model into a delta.
+
+The client may unlearn with any tool (OpenUnlearning, TRL, its own loop); all MPU needs back
+is Δ' = P⁺ − P for every tensor of the copy, in fp32, carrying the copy's ticket. The
+"after" folder may store another dtype (bf16 training) or add a tied `lm_head` duplicate; a
+missing tensor, another shape or a non-finite value is refused before anything is written.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from mpu.errors import CheckpointError
+from mpu.io.checkpoint import Checkpoint
+from mpu.io.delta import delta_metadata, read_ticket
+from mpu.io.safetensors_stream import SafetensorsWriter, TensorSpec
+
+
+def make_delta(before: str | Path, after: str | Path, out: str | Path) -> Path:
+    """Write the delta file `out` = after − before (fp32), with the ticket of `before`."""
+    before_ck, after_ck = Checkpoint(before), Checkpoint(after)
+    ticket = read_ticket(before)
+    hashes = before_ck.sha256()
+    if hashes != ticket.weights_sha256:
+        raise CheckpointError(
+            f"{before}: weights do not match the copy's ticket (edited after publication? "
+            "unlearn into a separate folder and pass it as --after)"
+        )
+    names = before_ck.names()
+    missing = [n for n in names if n not in after_ck.file_of]
+    if missing:
+        raise CheckpointError(f"{after}: missing tensor {missing[0]!r} ({len(missing)} in all)")
+    specs = []
+    for name in names:
+        b, a = before_ck.spec(name), after_ck.spec(name)
+        if a.shape != b.shape:
+            raise CheckpointError(
+                f"{after}: tensor {name!r} has shape {a.shape}, the copy has {b.shape}"
+            )
+        specs.append(TensorSpec(name, torch.float32, b.shape))
+    out = Path(out)
+    if out.suffix != ".safetensors":
+        out = out.with_suffix(".safetensors")
+    with SafetensorsWriter(out, specs, delta_metadata(ticket)) as writer:
+        for name in names:
+            delta = after_ck.read(name).to(torch.float32) - before_ck.read(name).to(torch.float32)
+            if not torch.isfinite(delta).all():
+                raise CheckpointError(f"{after}: tensor {name!r} has NaN or Inf values")
+            writer.add(name, delta)
+    return out

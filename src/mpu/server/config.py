@@ -1,0 +1,100 @@
+"""The server job's configuration: the protocol knobs of MPU.md §2–8, validated up front (B23)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from mpu.config import field
+from mpu.errors import ConfigError
+
+NOISE_SCOPES = ("blocks", "all")
+SIGMA_GRANULARITIES = ("block", "tensor")
+SEED_SOURCES = ("secret", "paper_public")
+PUBLISH_DTYPES = ("checkpoint", "float32", "bfloat16", "float16")
+
+
+@dataclass
+class JobConfig:
+    """Protocol settings of one server job (defaults: the paper's profile with our fixes)."""
+
+    copies: int = field(
+        2, help="m, perturbed copies per round (m = 1 is the single-noisy-copy baseline)"
+    )
+    kappa: float = field(0.01, help="κ, relative noise level: σ_l = κ·RMS(θ_r − θ_base) per block")
+    alphas: str = field(
+        "linspace",
+        help="noise scales α: 'linspace' (1..2, the paper's), 'random' (secret, per round) or 'a,b,..'",
+    )
+    alpha_min: float = field(1.0, help="lower bound of secret random α")
+    alpha_max: float = field(2.0, help="upper bound of secret random α")
+    server_lr: float = field(1.0, help="η, server step size: θ_{r+1} = θ_r + η·Δ̄_r")
+    noise_scope: str = field(
+        "blocks",
+        help="'blocks' (decoder blocks, the paper's) or 'all' (also embeddings, final norm, lm_head)",
+    )
+    sigma_granularity: str = field(
+        "block", help="'block' (σ pooled per block, the paper's) or 'tensor'"
+    )
+    reparameterize: bool = field(True, help="apply the function-preserving reparameterization T")
+    angles: str = field(
+        "continuous",
+        help="'continuous' RoPE-plane angles or 'quarter_turn' (Adam-equivariant signed permutations)",
+    )
+    vo_map: str = field(
+        "haar", help="V/O map: 'haar' (ours) or 'same_as_qk' (the reference's C_j = A_j)"
+    )
+    seeds: str = field(
+        "secret",
+        help="'secret' (CSPRNG key) or 'paper_public' (reference seeds; anyone can strip the noise)",
+    )
+    publish_dtype: str = field(
+        "checkpoint",
+        help="dtype of published copies: 'checkpoint', 'float32', 'bfloat16', 'float16'",
+    )
+    max_update_norm: float = field(
+        0.0, help="reject an update whose L2 norm exceeds this (0: no absolute bound)"
+    )
+    median_factor: float = field(
+        10.0, help="reject an update whose norm exceeds this factor × the median over copies"
+    )
+    min_changed_fraction: float = field(
+        0.5, help="warn when the cast to the publication dtype erases noise on more than 1 − this"
+    )
+    gate: bool = field(
+        True, help="check function preservation of T on the real model at init (κ = 0, fp32 logits)"
+    )
+
+    def __post_init__(self) -> None:
+        if self.copies < 1:
+            raise ConfigError(f"copies must be ≥ 1, got {self.copies}")
+        if not self.kappa >= 0:
+            raise ConfigError(f"kappa must be ≥ 0, got {self.kappa}")
+        if self.server_lr <= 0:
+            raise ConfigError(f"server_lr must be > 0, got {self.server_lr}")
+        for name, value, allowed in (
+            ("noise_scope", self.noise_scope, NOISE_SCOPES),
+            ("sigma_granularity", self.sigma_granularity, SIGMA_GRANULARITIES),
+            ("seeds", self.seeds, SEED_SOURCES),
+            ("publish_dtype", self.publish_dtype, PUBLISH_DTYPES),
+            ("angles", self.angles, ("continuous", "quarter_turn")),
+            ("vo_map", self.vo_map, ("haar", "same_as_qk")),
+        ):
+            if value not in allowed:
+                raise ConfigError(f"{name} must be one of {allowed}, got {value!r}")
+        if self.alphas not in ("linspace", "random"):
+            try:
+                values = [float(a) for a in self.alphas.split(",")]
+            except ValueError:
+                raise ConfigError(
+                    f"alphas must be 'linspace', 'random' or numbers 'a,b,..', got {self.alphas!r}"
+                ) from None
+            if len(values) != self.copies or not all(a > 0 for a in values):
+                raise ConfigError(
+                    f"alphas {self.alphas!r}: need {self.copies} positive values (one per copy)"
+                )
+        if not 0 < self.alpha_min <= self.alpha_max:
+            raise ConfigError(
+                f"need 0 < alpha_min ≤ alpha_max, got {self.alpha_min}, {self.alpha_max}"
+            )
+        if self.median_factor <= 1:
+            raise ConfigError(f"median_factor must be > 1, got {self.median_factor}")

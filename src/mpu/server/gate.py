@@ -1,0 +1,57 @@
+"""The function-preservation gate (MPU.md §4.3): T(θ) must compute the same logits as θ.
+
+Run on the real model before round 1 (κ = 0, fp32) and per adapter in CI on tiny models. A
+failure means an adapter row is wrong for this checkpoint, and publishing would ship a
+broken model to the client.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from mpu.arch.base import Layout
+from mpu.protocol.reparam import BlockTransform, transform
+
+GATE_TOLERANCE = 1e-5
+GATE_TEXT = (
+    "The right to be forgotten lets a person ask that their data be erased. "
+    "Machine unlearning removes what a model learned from that data without retraining it."
+)
+
+
+def gate_token_ids(model_dir: str | Path, vocab_size: int, length: int = 48) -> torch.Tensor:
+    """Real token ids from the model's tokenizer when it has one, else a fixed pseudo-random batch."""
+    try:
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(str(model_dir))
+        ids = tok(GATE_TEXT, return_tensors="pt")["input_ids"][:, :length]
+        if ids.numel() and int(ids.max()) < vocab_size:
+            return torch.cat([ids, ids.flip(1)])
+    except (OSError, ValueError, TypeError, KeyError):
+        pass
+    return torch.randint(0, vocab_size, (2, length), generator=torch.Generator().manual_seed(0))
+
+
+@torch.no_grad()
+def preservation_error(
+    model, layout: Layout, transforms: dict[int, BlockTransform], ids: torch.Tensor
+) -> float:
+    """max|logits(T(θ)) − logits(θ)| / max|logits(θ)| in fp32; restores the model afterwards."""
+    model = model.float().eval()
+    params = dict(model.named_parameters())
+    before = model(ids).logits.float()
+    saved = {}
+    for name, info in layout.tensors.items():
+        if info.layer is None or not info.role.reparameterized or name not in params:
+            continue
+        saved[name] = params[name].detach().clone()
+        params[name].copy_(
+            transform(saved[name], info.role, layout.geometry, transforms[info.layer])
+        )
+    after = model(ids).logits.float()
+    for name, value in saved.items():
+        params[name].copy_(value)
+    return float((after - before).abs().max() / before.abs().max().clamp_min(1e-30))
