@@ -31,6 +31,31 @@ def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
 
 
 @dataclass
+class MethodHParams:
+    """Overrides of method hyperparameters; None = the profile's value.
+
+    The union of every method's keys, so `hparams.beta=0.2` is typed and `hparams.betta`
+    fails in the config loader; a key the chosen method lacks fails in `build_method_config`.
+    """
+
+    beta: float | None = field(None, help="β of NPO, SimNPO, DPO, UNDIAL, WGA")
+    gamma: float | None = field(None, help="forget weight γ")
+    alpha: float | None = field(None, help="retain weight α")
+    delta: float | None = field(None, help="SimNPO margin δ")
+    retain_loss_type: str | None = field(None, help="NLL | KL (RMU: EMBED_DIFF)")
+    undial_mask: str | None = field(None, help="UNDIAL: all | answer")
+    beta1: float | None = field(None, help="SatImp exponent on p")
+    beta2: float | None = field(None, help="SatImp exponent on 1−p")
+    steering_coeff: float | None = field(None, help="RMU steering norm s")
+    module_regex: str | None = field(None, help="RMU steered module (full match)")
+    steering_seed: int | None = field(None, help="RMU steering direction seed")
+    ignore_first_n_answer_tokens: int | None = field(None, help="CE-U skipped answer tokens")
+
+    def set_values(self) -> dict[str, Any]:
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+
+
+@dataclass
 class ClientTrainConfig:
     """Client unlearning run: method, profile, optimizer, schedule, batching, precision, scope."""
 
@@ -39,7 +64,10 @@ class ClientTrainConfig:
     )
     profile: str = field("openunlearning", help="defaults profile: openunlearning | paper")
     benchmark: str = field("tofu", help="which stock column of the profile: tofu | muse | wmdp")
-    hparams: dict[str, Any] = field({}, help="method hyperparameter overrides, e.g. {beta: 0.2}")  # noqa: RUF009
+    hparams: MethodHParams | dict[str, Any] = dataclasses.field(
+        default_factory=MethodHParams,
+        metadata={"help": "method hyperparameter overrides, e.g. hparams.beta=0.2"},
+    )
     retain_loss: str | None = field(None, help="retain loss NLL | KL (shortcut for hparams)")
     optimizer: str | None = field(None, help="adamw (default) | sgd")
     lr: float | None = field(None, help="peak learning rate (both profiles: 1e-5 on TOFU)")
@@ -123,7 +151,7 @@ class ClientTrainConfig:
                 raise ConfigError(
                     f"ClientTrainConfig.trainable={self.trainable!r}: {exc}"
                 ) from None
-        hp = dict(self.hparams)
+        hp = self._hparams()
         if self.retain_loss is not None:
             if hp.get("retain_loss_type", self.retain_loss) != self.retain_loss:
                 raise ConfigError(
@@ -133,9 +161,14 @@ class ClientTrainConfig:
         self.method = get_method(self.method).name
         self.method_config()  # unknown / invalid hyperparameters fail here, before any training
 
+    def _hparams(self) -> dict[str, Any]:
+        if isinstance(self.hparams, MethodHParams):
+            return self.hparams.set_values()
+        return dict(self.hparams)
+
     def method_config(self) -> Any:
         """The method's hyperparameter dataclass (profile values, then `hparams`)."""
-        hp = dict(self.hparams)
+        hp = self._hparams()
         if self.retain_loss is not None:
             hp["retain_loss_type"] = self.retain_loss
         return build_method_config(self.method, self.profile, hp)
