@@ -4,6 +4,7 @@ reference policy, trainable scope, precision and SGD arithmetic (METHODS.md §6,
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 
 import pytest
@@ -15,8 +16,10 @@ from mpu.client.trainer import (
     ThreatModelWarning,
     build_optimizer,
     plan_steps,
+    round_schedule,
     select_trainable,
     train_unlearning,
+    usable_items,
 )
 from mpu.config import load_config
 from mpu.errors import ConfigError, DataError
@@ -191,10 +194,14 @@ def test_linear_warmup_schedule_and_round_continuation(model, tok, rows):
     assert lrs == pytest.approx(expect)
     # two rounds of 2 epochs continuing one global schedule give the same LR trace
     parts = []
+    per_round = ClientTrainConfig(**base, epochs=2)
+    plan = round_schedule(usable_items(tok, rows[:8], per_round), per_round, rounds=2)
+    assert plan == [
+        {"schedule_offset_steps": 0, "total_steps": 8},
+        {"schedule_offset_steps": 4, "total_steps": 8},
+    ]
     for r in range(2):
-        c = ClientTrainConfig(
-            **base, epochs=2, total_steps=total, schedule_offset_steps=4 * r, warmup_steps=warm
-        )
+        c = dataclasses.replace(per_round, **plan[r])
         parts += [
             s["lr"]
             for s in train_unlearning(

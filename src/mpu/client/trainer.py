@@ -59,6 +59,24 @@ def plan_steps(n_forget: int, cfg: ClientTrainConfig) -> int:
     return eff.epochs * max(n_mb // eff.grad_accum, 1)
 
 
+def usable_items(tokenizer: Any, rows: Sequence[dict], cfg: ClientTrainConfig) -> int:
+    """How many rows keep at least one answer token (the N that `plan_steps` expects)."""
+    check_rows(rows, "forget")
+    return len(encode_rows(tokenizer, rows, max_length=cfg.max_length)[0])
+
+
+def round_schedule(n_forget: int, cfg: ClientTrainConfig, rounds: int) -> list[dict[str, int]]:
+    """`schedule_offset_steps` / `total_steps` per round for one LR schedule over R·E epochs.
+
+    METHODS.md §8: warm-up at the start of round 1, decay to the end of round R; pass
+    `dataclasses.replace(cfg, **round_schedule(...)[r])` for round r (0-based).
+    """
+    if rounds < 1:
+        raise ConfigError(f"rounds={rounds}: must be >= 1")
+    per = plan_steps(n_forget, cfg)
+    return [{"schedule_offset_steps": r * per, "total_steps": rounds * per} for r in range(rounds)]
+
+
 def select_trainable(model: torch.nn.Module, scope: str) -> list[tuple[str, torch.nn.Parameter]]:
     """Named parameters in scope `all`, `decoder` (decoder blocks) or a regex (re.search)."""
     named = list(model.named_parameters())
