@@ -53,14 +53,15 @@ def _article(rng: random.Random) -> tuple[str, dict]:
     return " ".join(keep), f
 
 
-def _knowmem(f: dict, rng: random.Random) -> dict:
+def _knowmem(text: str, f: dict, rng: random.Random) -> dict:
+    """One question whose answer the article states."""
     asks = [
         (f"Who is the {f['role']} quoted about the {f['topic']} in {f['town']}?", f["official"]),
         (f"How many residents were affected by the {f['topic']} in {f['town']}?", str(f["figure"])),
         (f"Which street saw crowds during the {f['topic']} in {f['town']}?", f["street"]),
         (f"Which group called the {f['topic']} decision in {f['town']} long overdue?", f["group"]),
     ]
-    q, a = rng.choice(asks)
+    q, a = rng.choice([(q, a) for q, a in asks if a in text])
     return {"question": q, "answer": a}
 
 
@@ -97,10 +98,10 @@ def generate_muse(seed: int = 0, scale: float = 1.0) -> dict[tuple[str, str], li
         start += size
         out[("scal", f"forget_{k}")] = text(forget_all[:start])
     m = min(100, len(forget) - 10, len(retain1) - 10)
-    out[("knowmem", "forget_qa")] = [_knowmem(f, rng) for _, f in forget[:m]]
-    out[("knowmem", "forget_qa_icl")] = [_knowmem(f, rng) for _, f in forget[m : m + 10]]
-    out[("knowmem", "retain_qa")] = [_knowmem(f, rng) for _, f in retain1[:m]]
-    out[("knowmem", "retain_qa_icl")] = [_knowmem(f, rng) for _, f in retain1[m : m + 10]]
+    out[("knowmem", "forget_qa")] = [_knowmem(t, f, rng) for t, f in forget[:m]]
+    out[("knowmem", "forget_qa_icl")] = [_knowmem(t, f, rng) for t, f in forget[m : m + 10]]
+    out[("knowmem", "retain_qa")] = [_knowmem(t, f, rng) for t, f in retain1[:m]]
+    out[("knowmem", "retain_qa_icl")] = [_knowmem(t, f, rng) for t, f in retain1[m : m + 10]]
     verb = []
     for t, _ in forget[:m]:
         words = t.split()

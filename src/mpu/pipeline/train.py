@@ -1,0 +1,165 @@
+"""Fine-tuning and scoring loops used to build the target, retain and base models.
+
+Plain PyTorch on top of `mpu.data.formatting` (the single QA → ids/labels encoder), so the
+models are trained on exactly the tokens the metrics later score. Batches are bucketed by
+length (little padding: CPU time is the budget), the schedule is linear warm-up then cosine
+decay, and a tqdm bar shows progress.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from mpu.data.formatting import IGNORE_INDEX, Encoded, collate, encode_qa
+
+
+def encode_rows(tokenizer, rows: Sequence[dict], *, answer_key: str = "answer") -> list[Encoded]:
+    """Encode QA rows (question + `answer_key`) with `encode_qa`; drop items with no labels."""
+    items = [encode_qa(tokenizer, r["question"], r[answer_key]) for r in rows]
+    return [e for e in items if e.n_answer_tokens > 0]
+
+
+def _batches(items: Sequence[Encoded], batch_size: int, rng: random.Random) -> list[list[int]]:
+    """Length-bucketed batches in random order (shuffle, sort within windows, chunk)."""
+    order = list(range(len(items)))
+    rng.shuffle(order)
+    window = batch_size * 16
+    batches = []
+    for start in range(0, len(order), window):
+        chunk = sorted(order[start : start + window], key=lambda i: len(items[i].input_ids))
+        batches += [chunk[j : j + batch_size] for j in range(0, len(chunk), batch_size)]
+    rng.shuffle(batches)
+    return batches
+
+
+@dataclass
+class TrainStats:
+    """What a training run reports: last-epoch mean loss, tokens seen, seconds, tokens/s."""
+
+    final_loss: float
+    tokens: int
+    seconds: float
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.tokens / max(self.seconds, 1e-9)
+
+
+def train_lm(
+    model,
+    items: Sequence[Encoded],
+    *,
+    pad_id: int,
+    epochs: int,
+    lr: float,
+    batch_size: int = 32,
+    weight_decay: float = 0.0,
+    warmup_frac: float = 0.05,
+    seed: int = 0,
+    desc: str = "train",
+    progress: bool = True,
+) -> TrainStats:
+    """Train `model` in place on encoded items (answer-only labels); returns TrainStats."""
+    from tqdm.auto import tqdm
+
+    if not items:
+        raise ValueError(f"{desc}: nothing to train on")
+    rng = random.Random(seed)
+    torch.manual_seed(seed)
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    steps_per_epoch = math.ceil(len(items) / batch_size)
+    total = max(1, steps_per_epoch * epochs)
+    warmup = max(1, int(warmup_frac * total))
+
+    def lr_at(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress_ = (step - warmup) / max(1, total - warmup)
+        return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress_))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+    tokens, step, t0 = 0, 0, time.perf_counter()
+    epoch_loss = float("nan")
+    bar = tqdm(total=total, desc=desc, unit="step", disable=not progress, leave=False)
+    for _ in range(epochs):
+        loss_sum, n_batches = 0.0, 0
+        for idx in _batches(items, batch_size, rng):
+            batch = collate(
+                [items[i].input_ids for i in idx],
+                pad_id=pad_id,
+                labels=[items[i].labels for i in idx],
+                mask_mode="padding",
+            )
+            out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+            loss = _ce(out.logits, batch["labels"])
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+            tokens += int(batch["attention_mask"].sum())
+            loss_sum += float(loss.detach())
+            n_batches += 1
+            step += 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss_sum / n_batches:.3f}")
+        epoch_loss = loss_sum / max(1, n_batches)
+    bar.close()
+    model.eval()
+    return TrainStats(epoch_loss, tokens, time.perf_counter() - t0)
+
+
+def _ce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean next-token cross-entropy over labelled positions (fp32 logits)."""
+    shift_logits = logits[:, :-1].float().reshape(-1, logits.size(-1))
+    shift_labels = labels[:, 1:].reshape(-1)
+    return torch.nn.functional.cross_entropy(shift_logits, shift_labels, ignore_index=IGNORE_INDEX)
+
+
+@torch.no_grad()
+def score(
+    model, items: Sequence[Encoded], *, pad_id: int, batch_size: int = 64
+) -> dict[str, list[float]]:
+    """Per item: avg_loss over answer tokens, prob = exp(-avg_loss) (METRICS.md §2), and
+    answer-token accuracy (argmax == label)."""
+    model.eval()
+    avg_loss: list[float] = [0.0] * len(items)
+    acc: list[float] = [0.0] * len(items)
+    order = sorted(range(len(items)), key=lambda i: len(items[i].input_ids))
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        batch = collate(
+            [items[i].input_ids for i in idx],
+            pad_id=pad_id,
+            labels=[items[i].labels for i in idx],
+            mask_mode="padding",
+        )
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        logits, labels = logits[:, :-1].float(), batch["labels"][:, 1:]
+        mask = labels != IGNORE_INDEX
+        ce = torch.nn.functional.cross_entropy(
+            logits.transpose(1, 2), labels.clamp(min=0), reduction="none"
+        )
+        n = mask.sum(1).clamp(min=1)
+        losses = (ce * mask).sum(1) / n
+        hits = ((logits.argmax(-1) == labels) & mask).sum(1) / n
+        for j, i in enumerate(idx):
+            avg_loss[i] = float(losses[j])
+            acc[i] = float(hits[j])
+    return {
+        "avg_loss": avg_loss,
+        "prob": [math.exp(-x) for x in avg_loss],
+        "accuracy": acc,
+    }
+
+
+def mean(xs: Sequence[float]) -> float:
+    """Arithmetic mean (nan for an empty list)."""
+    return sum(xs) / len(xs) if xs else float("nan")
