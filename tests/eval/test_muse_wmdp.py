@@ -59,6 +59,12 @@ def test_muse_suite(model, tokenizer, muse_data):
             retain_logs={"forget_truth_ratio": {}},
             metrics=["privleak"],
         )
+    one = evaluate_muse(model, tokenizer, muse_data, limit=1, metrics=["forget_knowmem_ROUGE"])
+    prompt = one["forget_knowmem_ROUGE"]["value_by_index"][0]["input"]
+    assert len(one["forget_knowmem_ROUGE"]["value_by_index"]) == 1
+    assert all(
+        r["question"] in prompt for r in muse_data["knowmem", "forget_qa_icl"]
+    )  # ICL not limited
     with pytest.raises(ConfigError, match="unknown MUSE metric"):
         evaluate_muse(model, tokenizer, muse_data, metrics=["forget_Q_A_Prob"])
 

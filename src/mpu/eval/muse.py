@@ -45,7 +45,7 @@ class _Muse(EvalRun):
             return self.results[key]
         if key in _KNOWMEM:
             split = _KNOWMEM[key]
-            icl_rows = self.rows("knowmem", f"{split}_icl", ("question", "answer"))
+            icl_rows = self.rows("knowmem", f"{split}_icl", ("question", "answer"), limited=False)
             icl = tuple((r["question"], r["answer"]) for r in icl_rows)
             enc = self.qa("knowmem", "answer", split=split, icl=icl)
             return self.rouge(
@@ -139,7 +139,6 @@ def evaluate_muse(
         batch_size=batch_size,
         flags=flags,
         limit=limit,
-        max_length=2048,
         retain_logs=retain_logs,
         reference_model=reference_model,
     )

@@ -48,12 +48,16 @@ class EvalRun:
         self._stats: dict[tuple, list[ItemStats]] = {}
 
     # -- data ---------------------------------------------------------------------------------
-    def rows(self, config: str, split: str = "train", fields: Sequence[str] = ()) -> list[dict]:
+    def rows(
+        self, config: str, split: str = "train", fields: Sequence[str] = (), *, limited: bool = True
+    ) -> list[dict]:
+        """Rows of a split (the first `limit` of them unless `limited=False`, e.g. ICL pairs)."""
         key = (config, split)
         if key not in self._rows:
-            rows = get_rows(self.source, config, split)
-            self._rows[key] = rows[: self.limit] if self.limit else rows
+            self._rows[key] = get_rows(self.source, config, split)
         rows = self._rows[key]
+        if limited and self.limit:
+            rows = rows[: self.limit]
         require(rows, fields, f"{config}/{split}")
         return rows
 

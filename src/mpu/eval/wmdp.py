@@ -84,11 +84,8 @@ def evaluate_wmdp(
             raise ConfigError(
                 f"unknown WMDP config {config!r}; known: wmdp-bio, wmdp-chem, wmdp-cyber"
             )
-        rows = (
-            get_rows(data_source, config, split)[:limit]
-            if limit
-            else get_rows(data_source, config, split)
-        )
+        rows = get_rows(data_source, config, split)
+        rows = rows[:limit] if limit else rows
         require(rows, ("question", "choices", "answer"), f"{config}/{split}")
         task = config.replace("-", "_")
         vbi: dict[Any, dict] = {}
