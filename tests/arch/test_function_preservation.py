@@ -42,12 +42,16 @@ def test_positive_kappa_changes_every_protected_tensor(family, tmp_path):
             if info.layer is not None:
                 assert not same, f"{name} of {copy.name} equals the original"
             else:
-                assert info.role is Role.OUTSIDE and same  # default noise_scope=blocks sends these exactly
+                assert (
+                    info.role is Role.OUTSIDE and same
+                )  # default noise_scope=blocks sends these exactly
 
 
 def test_noise_scope_all_also_noises_embeddings(tmp_path):
     model, base = build_pair(family_configs()["llama"], tmp_path)
-    server = Server.init(model, base, tmp_path / "w", JobConfig(copies=2, kappa=0.05, noise_scope="all"))
+    server = Server.init(
+        model, base, tmp_path / "w", JobConfig(copies=2, kappa=0.05, noise_scope="all")
+    )
     theta = Checkpoint(model)
     for copy in server.publish(tmp_path / "pub", progress=False):
         published = Checkpoint(copy)

@@ -9,9 +9,24 @@ from mpu.protocol.aggregate import HarmonicAccumulator, harmonic_weights, server
 from mpu.protocol.noise import copy_noises, default_alphas
 from mpu.protocol.reparam import sample_block_transform, transform
 
-G = Geometry(n_layers=1, hidden=32, n_q_heads=4, n_kv_heads=2, head_dim=8, rotary_dim=8, d_ff=24, qk_norm=False)
-TENSORS = {"q": (Role.Q, (32, 32)), "v": (Role.V, (16, 32)), "o": (Role.O, (32, 32)), "up": (Role.FFN_IN, (24, 32)),
-           "down": (Role.FFN_OUT, (32, 24)), "norm": (Role.BLOCK_OTHER, (32,))}
+G = Geometry(
+    n_layers=1,
+    hidden=32,
+    n_q_heads=4,
+    n_kv_heads=2,
+    head_dim=8,
+    rotary_dim=8,
+    d_ff=24,
+    qk_norm=False,
+)
+TENSORS = {
+    "q": (Role.Q, (32, 32)),
+    "v": (Role.V, (16, 32)),
+    "o": (Role.O, (32, 32)),
+    "up": (Role.FFN_IN, (24, 32)),
+    "down": (Role.FFN_OUT, (32, 24)),
+    "norm": (Role.BLOCK_OTHER, (32,)),
+}
 
 
 def _linear_client(shape, gen):
@@ -27,16 +42,25 @@ def _linear_client(shape, gen):
 def _run(m, weights_kind):
     gen = torch.Generator().manual_seed(m)
     alphas = default_alphas(m)
-    transforms = [sample_block_transform(G, torch.Generator().manual_seed(100 + k)) for k in range(m)]
+    transforms = [
+        sample_block_transform(G, torch.Generator().manual_seed(100 + k)) for k in range(m)
+    ]
     worst = 0.0
     for name, (role, shape) in TENSORS.items():
         A = torch.randn(shape, generator=gen)  # the noise-free update Δ*
         J = _linear_client(shape, gen)
-        eps = copy_noises(shape, 0.02, alphas, lambda j, name=name: torch.Generator().manual_seed(hash((name, j)) % 2**31))
+        eps = copy_noises(
+            shape,
+            0.02,
+            alphas,
+            lambda j, name=name: torch.Generator().manual_seed(hash((name, j)) % 2**31),
+        )
         acc = HarmonicAccumulator(A)
         uniform = torch.zeros(shape)
         for k in range(m):
-            published_update = transform(A + J(eps[k]), role, G, transforms[k])  # Δ'_k in copy coordinates
+            published_update = transform(
+                A + J(eps[k]), role, G, transforms[k]
+            )  # Δ'_k in copy coordinates
             delta = transform(published_update, role, G, transforms[k], inverse=True)
             acc.add(delta, alphas[k])
             uniform += delta / m

@@ -5,15 +5,26 @@ import math
 import pytest
 import torch
 
-from mpu.protocol.noise import copy_noises, default_alphas, sigma_from_moments, validate_alphas, zero_sum
+from mpu.protocol.noise import (
+    copy_noises,
+    default_alphas,
+    sigma_from_moments,
+    validate_alphas,
+    zero_sum,
+)
 from mpu.protocol.rng import PaperStreams, SecretStreams, new_master_key
 
-SHAPE = (256, 384)  # ~98k entries: the RMS of one copy is within ±1% of α_k·σ with overwhelming probability
+SHAPE = (
+    256,
+    384,
+)  # ~98k entries: the RMS of one copy is within ±1% of α_k·σ with overwhelming probability
 
 
 def _noises(m, alphas, sigma=0.02, key=None):
     streams = SecretStreams(key or new_master_key())
-    return copy_noises(SHAPE, sigma, alphas, lambda j: streams.noise(1, "model.layers.0.mlp.up_proj.weight", j))
+    return copy_noises(
+        SHAPE, sigma, alphas, lambda j: streams.noise(1, "model.layers.0.mlp.up_proj.weight", j)
+    )
 
 
 @pytest.mark.parametrize("m", [2, 3, 5])
@@ -76,4 +87,6 @@ def test_streams_are_keyed_and_reproducible():
     assert torch.equal(a, b) and not torch.equal(a, c) and not torch.equal(a, d)
     assert "key" in repr(SecretStreams(key)) and key.hex() not in repr(SecretStreams(key))
     # the reference's public seeds are reproducible by anyone (defect B2, kept only as an option)
-    assert PaperStreams().seed(101001, "noise", "t", 0) == PaperStreams().seed(101001, "noise", "t", 0)
+    assert PaperStreams().seed(101001, "noise", "t", 0) == PaperStreams().seed(
+        101001, "noise", "t", 0
+    )

@@ -55,7 +55,13 @@ def test_kappa_zero_adamw_quarter_turn_matches_clean(tmp_path):
     # fp32 round-off in the gradients, which Adam amplifies on entries whose gradient is near 0
     # (update ≈ lr·g/(|g| + eps)): measured 2–3e-5 with eps = 1e-8 and 3e-6 with eps = 1e-6,
     # against 0.3 for continuous rotations below. 1e-4 separates the two regimes.
-    err = _mpu_vs_clean(tmp_path, lambda p: torch.optim.AdamW(p, lr=1e-3), copies=2, kappa=0.0, angles="quarter_turn")
+    err = _mpu_vs_clean(
+        tmp_path,
+        lambda p: torch.optim.AdamW(p, lr=1e-3),
+        copies=2,
+        kappa=0.0,
+        angles="quarter_turn",
+    )
     assert err <= 1e-4
 
 

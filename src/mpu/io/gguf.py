@@ -54,15 +54,27 @@ def import_gguf(gguf_path: str | Path, out_dir: str | Path, *, dtype: str = "flo
     if config.tie_word_embeddings:
         model.tie_weights()
     model = model.to(getattr(torch, dtype))
-    out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out, safe_serialization=True)
-    tokenizer.save_pretrained(out)
+    staging = out.with_name(f".{out.name}.staging")
+    import shutil
+
+    shutil.rmtree(staging, ignore_errors=True)
+    model.save_pretrained(staging, safe_serialization=True)
+    tokenizer.save_pretrained(staging)
+    shutil.rmtree(out, ignore_errors=True)
+    staging.rename(out)  # atomic: a crash never leaves a half-imported cache entry
     return out
 
 
-def import_smollm2(out_dir: str | Path, *, dtype: str = "float32") -> Path:
-    """SmolLM2-135M-Instruct as a Hugging Face folder at `out_dir` (reused if already there)."""
-    out = Path(out_dir)
+def cache_dir() -> Path:
+    """Where MPU caches what it builds (imported models, prepared models): $MPU_CACHE or ~/.cache/mpu."""
+    import os
+
+    return Path(os.environ.get("MPU_CACHE", Path.home() / ".cache" / "mpu"))
+
+
+def import_smollm2(out_dir: str | Path | None = None, *, dtype: str = "float32") -> Path:
+    """SmolLM2-135M-Instruct as a Hugging Face folder (default: in the cache), reused if present."""
+    out = Path(out_dir) if out_dir is not None else cache_dir() / f"smollm2-135m-instruct-{dtype}"
     if (out / "config.json").is_file() and any(out.glob("*.safetensors")):
         return out
     return import_gguf(smollm2_gguf_path(), out, dtype=dtype)

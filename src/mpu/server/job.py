@@ -104,6 +104,7 @@ class Server:
             checkpoint_dtype=dtypes.pop(),
         )
         save_state(workdir, state)
+        (workdir / ".lock").touch(mode=0o600)
         handler = _add_log_file(workdir)
         log.info(
             "job %s initialised: %s adapter, %d blocks, m=%d, kappa=%g",
