@@ -127,3 +127,23 @@ def test_gradnorm_matches_manual_backward(model, tokenizer, encoded):
     model.eval()
     assert score == pytest.approx(float(manual), rel=1e-4)
     assert not model.training
+
+
+def test_attention_mask_flag_reproduces_llama3_quirk(model, tokenizer, encoded):
+    """pad = EOS (as Llama-3 instruct): upstream's mask hides every in-prompt EOS token too."""
+    eos = tokenizer.eos_token_id
+    enc = encoded[0]
+    assert enc.prompt_ids.count(eos) >= 1  # the user turn ends with <|end|> = EOS
+    quirk = score_items(model, [enc], pad_id=eos, mask_mode="pad_id")[0]
+    fixed = score_items(model, [enc], pad_id=eos, mask_mode="padding")[0]
+    ids = torch.tensor([enc.input_ids])
+    pos = [t for t, y in enumerate(enc.labels) if y != -100]
+
+    def loss(mask):
+        with torch.no_grad():
+            logp = torch.log_softmax(model(input_ids=ids, attention_mask=mask).logits[0], -1)
+        return -float(sum(logp[t - 1, enc.input_ids[t]] for t in pos)) / len(pos)
+
+    assert quirk.avg_loss == pytest.approx(loss((ids != eos).long()), abs=1e-5)
+    assert fixed.avg_loss == pytest.approx(loss(torch.ones_like(ids)), abs=1e-5)
+    assert quirk.avg_loss != pytest.approx(fixed.avg_loss, abs=1e-4)
