@@ -6,21 +6,35 @@ every tensor, so RMS(θ − θ_base) > 0 in every block as with a real fine-tune
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import torch
 
 _COMMON = dict(
-    hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4, vocab_size=160,
-    pad_token_id=0, bos_token_id=1, eos_token_id=2,
+    hidden_size=64,
+    intermediate_size=96,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    vocab_size=160,
+    pad_token_id=0,
+    bos_token_id=1,
+    eos_token_id=2,
 )
 
 
 def family_configs() -> dict:
     """One small config per supported family, each exercising its special layout."""
     from transformers import (
-        Gemma2Config, Gemma3TextConfig, GemmaConfig, GPTNeoXConfig, LlamaConfig, MistralConfig,
-        Phi3Config, Qwen2Config, Qwen3Config,
+        Gemma2Config,
+        Gemma3TextConfig,
+        GemmaConfig,
+        GPTNeoXConfig,
+        LlamaConfig,
+        MistralConfig,
+        Phi3Config,
+        Qwen2Config,
+        Qwen3Config,
     )
 
     gqa = dict(_COMMON, num_key_value_heads=2)
@@ -37,7 +51,9 @@ def family_configs() -> dict:
     }
 
 
-def build_pair(config, root: Path, *, seed: int = 0, dtype=torch.float32, delta: float = 0.02) -> tuple[Path, Path]:
+def build_pair(
+    config, root: Path, *, seed: int = 0, dtype=torch.float32, delta: float = 0.02
+) -> tuple[Path, Path]:
     """Save (model, base) folders under `root`; norm gains randomised so q/k-norm maps matter."""
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
@@ -67,3 +83,36 @@ def logits_of(folder: Path, ids: torch.Tensor) -> torch.Tensor:
 
 def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).abs().max() / b.abs().max())
+
+
+def snapshot(folder: Path) -> dict[str, str]:
+    """Content hash of every file under `folder` (the lock file is created empty and never changes)."""
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+def write_delta(
+    copy: Path,
+    path: Path,
+    value=lambda name, t: torch.zeros_like(t),
+    dtype=torch.float32,
+    ticket=None,
+):
+    """A delta for `copy` whose tensors are value(name, zeros) — lets tests craft bad updates."""
+    from mpu.io.checkpoint import Checkpoint
+    from mpu.io.delta import delta_metadata, read_ticket
+    from mpu.io.safetensors_stream import SafetensorsWriter, TensorSpec
+
+    ck = Checkpoint(copy)
+    tensors = {
+        n: value(n, torch.zeros(ck.spec(n).shape, dtype=torch.float32)).to(dtype)
+        for n in ck.names()
+    }
+    specs = [TensorSpec(n, t.dtype, tuple(t.shape)) for n, t in tensors.items()]
+    with SafetensorsWriter(path, specs, delta_metadata(ticket or read_ticket(copy))) as w:
+        for n, t in tensors.items():
+            w.add(n, t)
+    return path

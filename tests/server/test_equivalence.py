@@ -2,12 +2,12 @@
 recovers what the client would have done on θ itself."""
 
 import torch
-from tiny_models import build_pair, family_configs
 
 from mpu.client.diff import make_delta
 from mpu.io.checkpoint import Checkpoint
 from mpu.server.config import JobConfig
 from mpu.server.job import Server
+from tiny_models import build_pair, family_configs
 
 IDS = torch.randint(3, 160, (4, 20), generator=torch.Generator().manual_seed(0))
 

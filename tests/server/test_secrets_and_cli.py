@@ -6,14 +6,13 @@ import logging
 import stat
 
 import pytest
-from conftest import write_delta
-from tiny_models import build_pair, family_configs
 
 from mpu.cli import main
 from mpu.errors import MPUError
 from mpu.protocol.rng import SecretStreams
 from mpu.server.job import Server
 from mpu.server.state import load_state
+from tiny_models import build_pair, family_configs, write_delta
 
 
 def _secret_strings(workdir):
