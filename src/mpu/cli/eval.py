@@ -88,7 +88,8 @@ def _eval(args: argparse.Namespace) -> int:
     else:
         from mpu.eval.wmdp import evaluate_wmdp
 
-        configs = metrics or ["wmdp-bio", "wmdp-chem", "wmdp-cyber"]
+        present = sorted(p.name for p in Path(args.data).glob("wmdp-*") if p.is_dir())
+        configs = metrics or present or ["wmdp-bio", "wmdp-chem", "wmdp-cyber"]
         results = evaluate_wmdp(
             model,
             tokenizer,
