@@ -200,7 +200,9 @@ def train_unlearning(
         )
 
     dtype = torch.bfloat16 if eff.precision == "pure_bf16" else torch.float32
-    model.to(dtype)
+    for p in model.parameters():  # parameters only: fp32 buffers (RoPE inv_freq) stay fp32
+        if p.is_floating_point() and p.dtype != dtype:
+            p.data = p.data.to(dtype)
     ref = None
     if spec.uses_reference(hp):
         if eff.reference == "clean":

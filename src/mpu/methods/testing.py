@@ -8,7 +8,7 @@ a few QA pairs so an unlearning method has something to forget.
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import torch
 
@@ -38,8 +38,12 @@ def synthetic_qa(n: int, seed: int = 0) -> list[dict[str, str]]:
     return rows
 
 
-def tiny_tokenizer(vocab_size: int = 320):
-    """Byte-level BPE (vocabulary > 256, so UNDIAL's id V−100 exists) with a chat template."""
+def tiny_tokenizer(vocab_size: int = 320, corpus: Iterable[str] | None = None):
+    """Byte-level BPE (vocabulary > 256, so UNDIAL's id V−100 exists) with a chat template.
+
+    Trained on `corpus` (default: 200 synthetic QA sentences); a corpus of the data a check
+    runs on keeps sequences short.
+    """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -53,7 +57,8 @@ def tiny_tokenizer(vocab_size: int = 320):
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    corpus = [f"{r['question']} {r['answer']}" for r in synthetic_qa(200, seed=123)]
+    if corpus is None:
+        corpus = [f"{r['question']} {r['answer']}" for r in synthetic_qa(200, seed=123)]
     tok.train_from_iterator(corpus, trainer=trainer)
     tok.post_processor = processors.TemplateProcessing(
         single="<s> $A", special_tokens=[("<s>", tok.token_to_id("<s>"))]
