@@ -7,8 +7,8 @@ import random
 
 import pytest
 import torch
+from eval_helpers import WORDS
 
-from conftest import WORDS
 from mpu.errors import ConfigError, DataError
 from mpu.eval.muse import DEFAULT_METRICS as MUSE_DEFAULT
 from mpu.eval.muse import evaluate_muse
