@@ -42,10 +42,11 @@ class BlockTransform:
         return torch.argsort(self.ffn_perm)
 
 
-def haar_orthogonal(n: int, gen: torch.Generator) -> torch.Tensor:
-    """A Haar-distributed orthogonal matrix (QR of a Gaussian with the sign fix)."""
-    q, r = torch.linalg.qr(torch.randn(n, n, generator=gen, dtype=torch.float64))
-    return q * torch.sign(torch.diagonal(r)).unsqueeze(0)
+def haar_orthogonal(n: int, gen: torch.Generator, batch: int | None = None) -> torch.Tensor:
+    """Haar-distributed orthogonal matrices (QR of Gaussians with the sign fix); one batched QR."""
+    shape = (n, n) if batch is None else (batch, n, n)
+    q, r = torch.linalg.qr(torch.randn(*shape, generator=gen, dtype=torch.float64))
+    return q * torch.sign(torch.diagonal(r, dim1=-2, dim2=-1)).unsqueeze(-2)
 
 
 def signed_permutation(n: int, gen: torch.Generator) -> torch.Tensor:
@@ -83,15 +84,13 @@ def _rope_commuting(g: Geometry, gen: torch.Generator, angles: str) -> torch.Ten
         A[:, p + half, p + half] = cos
     n_pass = dh - r
     if n_pass:
-        for j in range(hkv):
-            if g.qk_norm:  # must commute with diag(γ): random signs only
-                signs = torch.randint(0, 2, (n_pass,), generator=gen).to(torch.float64) * 2 - 1
-                B = torch.diag(signs)
-            elif angles == "quarter_turn":
-                B = signed_permutation(n_pass, gen)
-            else:
-                B = haar_orthogonal(n_pass, gen)
-            A[j, r:, r:] = B
+        if g.qk_norm:  # must commute with diag(γ): random signs only
+            signs = torch.randint(0, 2, (hkv, n_pass), generator=gen).to(torch.float64) * 2 - 1
+            A[:, r:, r:] = torch.diag_embed(signs)
+        elif angles == "quarter_turn":
+            A[:, r:, r:] = torch.stack([signed_permutation(n_pass, gen) for _ in range(hkv)])
+        else:
+            A[:, r:, r:] = haar_orthogonal(n_pass, gen, batch=hkv)
     return A
 
 
@@ -107,16 +106,15 @@ def sample_block_transform(
         raise ValueError(f"angles must be one of {ANGLE_MODES}, not {angles!r}")
     if vo_map not in VO_MAPS:
         raise ValueError(f"vo_map must be one of {VO_MAPS}, not {vo_map!r}")
-    if g.rotary_dim:
-        A = _rope_commuting(g, gen, angles)
-    else:  # no RoPE: any orthogonal map preserves q·k
-        make = signed_permutation if angles == "quarter_turn" else haar_orthogonal
-        A = torch.stack([make(g.head_dim, gen) for _ in range(g.n_kv_heads)])
-    if vo_map == "same_as_qk":
-        C = A.clone()
-    else:
-        make = signed_permutation if angles == "quarter_turn" else haar_orthogonal
-        C = torch.stack([make(g.head_dim, gen) for _ in range(g.n_kv_heads)])
+
+    def any_orthogonal() -> torch.Tensor:
+        if angles == "quarter_turn":
+            return torch.stack([signed_permutation(g.head_dim, gen) for _ in range(g.n_kv_heads)])
+        return haar_orthogonal(g.head_dim, gen, batch=g.n_kv_heads)
+
+    # no RoPE: any orthogonal map preserves q·k
+    A = _rope_commuting(g, gen, angles) if g.rotary_dim else any_orthogonal()
+    C = A.clone() if vo_map == "same_as_qk" else any_orthogonal()
     perm = torch.randperm(g.d_ff, generator=gen)
     return BlockTransform(A, C, perm)
 
@@ -143,10 +141,36 @@ def _gain(x: torch.Tensor, A: torch.Tensor, inverse: bool) -> torch.Tensor:
     return P @ x if inverse else P.T @ x
 
 
+_PERMUTED = (Role.FFN_IN, Role.FFN_IN_FUSED, Role.FFN_OUT)
+
+
+def _permute(
+    y: torch.Tensor, role: Role, g: Geometry, bt: BlockTransform, inverse: bool
+) -> torch.Tensor:
+    idx = bt.ffn_inverse if inverse else bt.ffn_perm
+    if role is Role.FFN_IN:
+        return y[idx]
+    if role is Role.FFN_OUT:
+        return y[:, idx]
+    gate, up = torch.split(y, [g.d_ff, g.d_ff], dim=0)
+    return torch.cat([gate[idx], up[idx]])
+
+
+def needs_float64(role: Role) -> bool:
+    """Whether `transform` computes this role in float64 (rotations) rather than fp32."""
+    return role.reparameterized and role not in _PERMUTED
+
+
 def transform(
     x: torch.Tensor, role: Role, g: Geometry, bt: BlockTransform, *, inverse: bool = False
 ) -> torch.Tensor:
-    """Apply T (or T⁻¹, which is also the map for updates) to one tensor of the block; fp32 out."""
+    """Apply T (or T⁻¹, which is also the map for updates) to one tensor of the block; fp32 out.
+
+    Rotations are computed in float64 (pass a float64 tensor to skip the conversion when one
+    tensor is transformed for several copies); permutations are exact in any dtype.
+    """
+    if role in _PERMUTED:
+        return _permute(x.to(torch.float32), role, g, bt, inverse)
     if not role.reparameterized:
         return x.to(torch.float32)
     y = x.to(torch.float64)
@@ -170,14 +194,6 @@ def transform(
             for i, maps in enumerate((q_maps, q_maps, bt.C[g.kv_of_query_heads()]))
         ]
         y = torch.stack(parts, dim=1).reshape(x.shape)
-    elif role is Role.FFN_IN:
-        y = y[bt.ffn_inverse] if inverse else y[bt.ffn_perm]
-    elif role is Role.FFN_IN_FUSED:
-        idx = bt.ffn_inverse if inverse else bt.ffn_perm
-        gate, up = torch.split(y, [g.d_ff, g.d_ff], dim=0)
-        y = torch.cat([gate[idx], up[idx]])
-    elif role is Role.FFN_OUT:
-        y = y[:, bt.ffn_inverse] if inverse else y[:, bt.ffn_perm]
     elif role in (Role.Q_NORM, Role.K_NORM):
         y = _gain(y, bt.A, inverse)
     else:  # pragma: no cover - every reparameterized role is handled above

@@ -138,10 +138,10 @@ def aggregate_updates(
                     raise UpdateRejectedError(
                         f"{delta.path}: tensor {name!r} has {bad} NaN/Inf values"
                     )
-                sq[i] += float(d.double().pow(2).sum())
+                sq[i] += float(torch.linalg.vector_norm(d, dtype=torch.float64)) ** 2
                 acc.add(transforms.apply(d, name, rec.k, inverse=True), alphas[rec.k])
             mean = acc.mean()
-            mean_sq += float(mean.double().pow(2).sum())
+            mean_sq += float(torch.linalg.vector_norm(mean, dtype=torch.float64)) ** 2
             writer.add(name, server_step(x, mean, cfg.server_lr))
         norms = [math.sqrt(s) for s in sq]
         median = statistics.median(norms)

@@ -71,7 +71,7 @@ def compute_sigmas(
                 f"{base.path}: base tensor {name!r} has shape {tuple(b.shape)}, the model {tuple(t.shape)}"
             )
         key = sigma_key(name, layout, cfg)
-        sum_sq[key] += float((t - b).double().pow(2).sum())
+        sum_sq[key] += float(torch.linalg.vector_norm(t - b, dtype=torch.float64)) ** 2
         numel[key] += t.numel()
     sigmas = {key: sigma_from_moments(sum_sq[key], numel[key], cfg.kappa) for key in sum_sq}
     if cfg.kappa > 0:
@@ -170,7 +170,7 @@ def publish_copies(
                     writers[k].add(name, clean.to(publish_dtype))
                     continue
                 published = (clean + transforms.apply(eps[k], name, k)).to(publish_dtype)
-                moved = int((published != clean.to(publish_dtype)).sum())
+                moved = int(torch.count_nonzero(published != clean.to(publish_dtype)))
                 changed[k][0] += moved
                 changed[k][1] += x.numel()
                 worst[k] = min(worst[k], moved / max(1, x.numel()))
