@@ -6,6 +6,7 @@ import json
 import math
 
 import pytest
+from eval_helpers import build_model
 from scipy.stats import hmean
 from sklearn.metrics import roc_auc_score
 from tofu_data import tofu_rows
@@ -112,6 +113,24 @@ def test_retain_logs_roundtrip_gives_fq_1_and_privleak_0(model, tokenizer, data,
     )
     assert again["forget_quality"]["agg_value"] == pytest.approx(1.0)
     assert again["privleak"]["agg_value"] == pytest.approx(0.0, abs=1e-5)
+    # reuse: a previous log's per-item results are taken as they are (even for another model),
+    # aggregates that depend on the retain logs are recomputed
+    other = build_model(tokenizer, seed=7)
+    reused = evaluate_tofu(
+        other,
+        tokenizer,
+        data,
+        retain_logs=logs,
+        precomputed=logs,
+        metrics=["forget_Q_A_Prob", "forget_quality"],
+    )
+    assert reused["forget_Q_A_Prob"]["agg_value"] == results["forget_Q_A_Prob"]["agg_value"]
+    assert 0 in reused["forget_Q_A_Prob"]["value_by_index"]  # item keys back to ints
+    assert reused["forget_quality"]["agg_value"] == pytest.approx(1.0)
+    fresh = evaluate_tofu(other, tokenizer, data, metrics=["forget_Q_A_Prob"])
+    assert fresh["forget_Q_A_Prob"]["agg_value"] != pytest.approx(
+        results["forget_Q_A_Prob"]["agg_value"]
+    )
 
 
 def test_paraphrased_question_variant_changes_forget_not_ra(model, tokenizer, data, results):

@@ -51,6 +51,7 @@ def _eval(args: argparse.Namespace) -> int:
     )
     retain_logs = read_eval_log(args.retain_logs) if args.retain_logs else None
     metrics = args.metrics.split(",") if args.metrics else None
+    previous = read_eval_log(args.out) if args.reuse and Path(args.out).is_file() else None
     start = time.perf_counter()
     if bench == "tofu":
         from mpu.eval.tofu import DEFAULT_METRICS, evaluate_tofu
@@ -68,6 +69,7 @@ def _eval(args: argparse.Namespace) -> int:
             reference_model=reference,
             flags=flags,
             limit=args.limit,
+            precomputed=previous,
         )
         summary = [m for m in (metrics or DEFAULT_METRICS)]
     elif bench == "muse":
@@ -83,6 +85,7 @@ def _eval(args: argparse.Namespace) -> int:
             reference_model=reference,
             flags=flags,
             limit=args.limit,
+            precomputed=previous,
         )
         summary = [m for m in (metrics or DEFAULT_METRICS)]
     else:
@@ -137,6 +140,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--metrics", help="comma-separated metric keys (WMDP: configs); default: suite")
     p.add_argument("--reference-model", help="model folder for the mia_reference attack")
     p.add_argument("--batch-size", type=int, help="default: upstream's (TOFU 32, MUSE 16)")
+    p.add_argument(
+        "--reuse",
+        action="store_true",
+        help="reuse metrics already in --out (as OpenUnlearning does without overwrite); "
+        "forget_quality, privleak and model_utility are always recomputed",
+    )
     p.add_argument("--limit", type=int, help="evaluate only the first N rows of each split")
     p.add_argument(
         "--device", help="cpu, cuda, cuda:1 ... (default: cuda when available, else cpu)"

@@ -140,6 +140,39 @@ def check_retain_logs(
             raise DataError(f"{src}: {key!r} item {bad[0]} has no 'score'")
 
 
+CHEAP_AGGREGATES = ("forget_quality", "privleak", "model_utility")
+
+
+def reusable(results: Mapping[str, Any]) -> dict[str, Any]:
+    """Results loaded from an EVAL.json, ready to seed a new run: digit-string item keys back to
+    ints, and the cheap aggregate-only metrics (which depend on the retain logs) dropped so they
+    are recomputed."""
+
+    def keys_to_int(vbi: Mapping[str, Any]) -> dict[Any, Any]:
+        return {
+            int(k) if isinstance(k, str) and k.lstrip("-").isdigit() else k: v
+            for k, v in vbi.items()
+        }
+
+    out: dict[str, Any] = {}
+    for key, res in results.items():
+        if key.startswith("_") or key in CHEAP_AGGREGATES or not isinstance(res, dict):
+            continue
+        res = dict(res)
+        if isinstance(res.get("value_by_index"), dict):
+            res["value_by_index"] = keys_to_int(res["value_by_index"])
+        for split in ("forget", "holdout"):
+            if isinstance(res.get(split), dict) and isinstance(
+                res[split].get("value_by_index"), dict
+            ):
+                res[split] = {
+                    **res[split],
+                    "value_by_index": keys_to_int(res[split]["value_by_index"]),
+                }
+        out[key] = res
+    return out
+
+
 def _clean(x: Any) -> Any:
     if isinstance(x, dict):
         return {str(k): _clean(v) for k, v in x.items()}

@@ -12,7 +12,7 @@ import torch
 from mpu.errors import ConfigError
 from mpu.eval import metrics as M
 from mpu.eval.flags import EvalFlags
-from mpu.eval.io import DataSource, check_retain_logs
+from mpu.eval.io import DataSource, check_retain_logs, reusable
 from mpu.eval.mia import ATTACKS, run_attacks
 from mpu.eval.suite import EvalRun
 
@@ -120,6 +120,7 @@ def evaluate_muse(
     reference_model: torch.nn.Module | None = None,
     flags: EvalFlags | None = None,
     limit: int | None = None,
+    precomputed: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Evaluate an (already loaded) model on MUSE; returns `{metric_key: result}`.
 
@@ -142,6 +143,7 @@ def evaluate_muse(
         retain_logs=retain_logs,
         reference_model=reference_model,
     )
+    run.results.update(reusable(precomputed or {}))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         for key in metrics:

@@ -15,7 +15,7 @@ import torch
 from mpu.errors import ConfigError, DataError
 from mpu.eval import metrics as M
 from mpu.eval.flags import EvalFlags
-from mpu.eval.io import DataSource, check_retain_logs
+from mpu.eval.io import DataSource, check_retain_logs, reusable
 from mpu.eval.mia import ATTACKS, run_attacks
 from mpu.eval.suite import EvalRun
 
@@ -195,6 +195,7 @@ def evaluate_tofu(
     reference_model: torch.nn.Module | None = None,
     flags: EvalFlags | None = None,
     limit: int | None = None,
+    precomputed: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Evaluate an (already loaded) model on TOFU; returns `{metric_key: result}`, writes nothing.
 
@@ -203,6 +204,8 @@ def evaluate_tofu(
     (see `mpu.eval.io.read_eval_log`); without it forget_quality is None and privleak uses 0.5.
     `question_key="paraphrased_question"` gives the paraphrased-question variant of the forget
     and retain metrics. `limit` evaluates only the first rows of each split (benchmarks).
+    `precomputed` (e.g. a previous TOFU_EVAL.json) supplies results that are reused as they are;
+    forget_quality, privleak and model_utility are always recomputed from their dependencies.
     """
     if not forget_split.startswith("forget"):
         raise ConfigError(f"forget_split must be forget01/forget05/forget10, not {forget_split!r}")
@@ -231,6 +234,7 @@ def evaluate_tofu(
             required=["forget_truth_ratio"],
             per_item={"forget_truth_ratio": run.index(f"{forget_split}_perturbed")},
         )
+    run.results.update(reusable(precomputed or {}))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         for key in metrics:
