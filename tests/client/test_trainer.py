@@ -277,7 +277,12 @@ def test_regex_scope_and_no_decay_groups(model):
 
 
 @pytest.mark.parametrize(
-    ("precision", "dtype"), [("pure_bf16", torch.bfloat16), ("bf16-mixed", torch.float32)]
+    ("precision", "dtype"),
+    [
+        ("pure_bf16", torch.bfloat16),
+        ("bf16_weights", torch.bfloat16),
+        ("bf16-mixed", torch.float32),
+    ],
 )
 def test_precision_modes(model, tok, rows, precision, dtype):
     before = {k: v.to(dtype) for k, v in state(model).items()}
@@ -320,3 +325,22 @@ def test_text_rows_and_answerless_items_dropped(model, tok):
         model, tok, texts, None, cfg(method="GradAscent", batch_size=2), progress=False
     )
     assert res.logs["dropped_empty"]["forget"] == 1 and res.step_count == 1
+
+
+def changed_fraction(a, b):
+    n = sum(a[k].numel() for k in a)
+    return sum(int((a[k] != b[k]).sum()) for k in a) / n
+
+
+def test_bf16_weights_drop_sub_ulp_updates_like_upstream(model, tok, rows):
+    """bf16 weights + fp32 AdamW state (stock OpenUnlearning): a 1e-8 step rounds away
+    except on weights within ~1e-6 of zero; fp32 weights keep it almost everywhere."""
+    c = cfg(method="GradAscent", precision="bf16_weights", lr=1e-8)
+    before = {k: v.to(torch.bfloat16) for k, v in state(model).items()}
+    mixed = copy.deepcopy(model)
+    train_unlearning(model, tok, rows[:8], None, c, progress=False)
+    assert all(p.dtype == torch.bfloat16 for p in model.parameters())
+    assert changed_fraction(before, state(model)) < 0.01
+    ref = state(mixed)
+    train_unlearning(mixed, tok, rows[:8], None, cfg(method="GradAscent", lr=1e-8), progress=False)
+    assert changed_fraction(ref, state(mixed)) > 0.5

@@ -111,7 +111,12 @@ def test_training_defaults_per_profile():
         "pure_bf16",
     )
     assert paper["decay_norms_and_biases"] and not ou["decay_norms_and_biases"]
-    assert (ou["schedule"], ou["warmup_epochs"], ou["accumulation"]) == ("linear", 1.0, "hf")
+    assert (ou["schedule"], ou["warmup_epochs"], ou["accumulation"], ou["precision"]) == (
+        "linear",
+        1.0,
+        "hf",
+        "bf16_weights",
+    )
     for d in (paper, ou):
         assert (
             d["lr"],

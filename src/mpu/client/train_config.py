@@ -21,7 +21,7 @@ from mpu.methods.profiles import BENCHMARKS, PROFILES
 OPTIMIZERS = ("adamw", "sgd")
 SCHEDULES = ("constant", "linear")
 ACCUMULATIONS = ("hf", "epoch_flush")
-PRECISIONS = ("fp32", "bf16-mixed", "pure_bf16")
+PRECISIONS = ("fp32", "bf16-mixed", "bf16_weights", "pure_bf16")
 REFERENCES = ("copy", "clean")
 
 
@@ -99,8 +99,9 @@ class ClientTrainConfig:
     max_grad_norm: float | None = field(None, help="global-norm clipping (1.0); 0 = off")
     precision: str | None = field(
         None,
-        help="fp32 | bf16-mixed (fp32 master weights and state, bf16 autocast) | pure_bf16 "
-        "(bf16 weights and AdamW state, as the MPU client)",
+        help="fp32 | bf16-mixed (fp32 master weights and state, bf16 autocast) | bf16_weights "
+        "(bf16 weights, fp32 optimizer state: stock OpenUnlearning) | pure_bf16 (bf16 weights "
+        "and AdamW state: the MPU client)",
     )
     trainable: str = field(
         "all", help="trainable scope: all | decoder (decoder blocks) | a regex on parameter names"

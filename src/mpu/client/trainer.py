@@ -44,6 +44,28 @@ class TrainResult:
     effective_config: dict[str, Any] = field(default_factory=dict)
 
 
+class _MasterWeights:
+    """fp32 copies the optimizer steps, rounded back into bf16 weights after every step.
+
+    Emulates HF Trainer + `paged_adamw_32bit` on a model loaded in bf16 (stock OpenUnlearning):
+    fp32 optimizer state, bf16 weights, so updates below half a bf16 ulp vanish as upstream.
+    """
+
+    def __init__(self, named: list[tuple[str, torch.nn.Parameter]]) -> None:
+        self.pairs = [(p, p.detach().float().clone()) for _, p in named]
+        self.named = [(n, m) for (n, _), (_, m) in zip(named, self.pairs, strict=True)]
+
+    def load_grads(self) -> None:
+        for p, m in self.pairs:
+            m.grad = None if p.grad is None else p.grad.float()
+
+    @torch.no_grad()
+    def write_back(self) -> None:
+        for p, m in self.pairs:
+            p.copy_(m)
+            m.copy_(p)
+
+
 def plan_steps(n_forget: int, cfg: ClientTrainConfig) -> int:
     """Optimizer steps one call makes on `n_forget` items (after dropping answerless ones).
 
@@ -199,7 +221,7 @@ def train_unlearning(
             f"total_steps={total}"
         )
 
-    dtype = torch.bfloat16 if eff.precision == "pure_bf16" else torch.float32
+    dtype = torch.bfloat16 if eff.precision in ("pure_bf16", "bf16_weights") else torch.float32
     for p in model.parameters():  # parameters only: fp32 buffers (RoPE inv_freq) stay fp32
         if p.is_floating_point() and p.dtype != dtype:
             p.data = p.data.to(dtype)
@@ -227,8 +249,10 @@ def train_unlearning(
     in_scope = {n for n, _ in named}
     for n, p in model.named_parameters():
         p.requires_grad_(n in in_scope)
-    params = [p for _, p in named]
-    opt = build_optimizer(model, named, eff)
+    masters = _MasterWeights(named) if eff.precision == "bf16_weights" else None
+    opt_named = masters.named if masters else named
+    params = [p for _, p in opt_named]
+    opt = build_optimizer(model, opt_named, eff)
     offset = eff.schedule_offset_steps
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda i: lr_factor(offset + i, warmup=warmup, total=total, schedule=eff.schedule)
@@ -274,6 +298,8 @@ def train_unlearning(
                 do_step = n_mb % g == 0 or (per_epoch <= g and k + 1 == per_epoch)
             if not do_step:
                 continue
+            if masters:
+                masters.load_grads()
             gn = (
                 torch.nn.utils.clip_grad_norm_(params, eff.max_grad_norm)
                 if eff.max_grad_norm
@@ -283,8 +309,11 @@ def train_unlearning(
             )
             lr = opt.param_groups[0]["lr"]
             opt.step()
+            if masters:
+                masters.write_back()
             sched.step()
             opt.zero_grad(set_to_none=True)
+            model.zero_grad(set_to_none=True)
             step += 1
             rec = {k2: sum(w.get(k2, 0.0) for w in window) / len(window) for k2 in window[0]}
             rec.update(step=offset + step, epoch=epoch, lr=lr, grad_norm=float(gn))

@@ -1,7 +1,8 @@
 """Named client profiles: loss hyperparameters + optimizer, schedule, accumulation, precision.
 
 - `openunlearning`: stock OpenUnlearning (locuslab/open-unlearning@d3d7cf9, Hydra configs
-  composed with `experiment=unlearn/<benchmark>/default`), HF `Trainer` semantics.
+  composed with `experiment=unlearn/<benchmark>/default`), HF `Trainer` semantics, bf16
+  weights with a 32-bit AdamW state (`paged_adamw_32bit`).
 - `paper`: what the MPU reference client ran (Tristan0318/MPU@6ffb4c3
   `pum.py::client_unlearn`): torch AdamW with decay on every parameter, constant LR,
   per-epoch accumulation with an end-of-epoch flush, pure bf16. Its loss defaults differ for
@@ -50,7 +51,7 @@ _TRAINING: dict[tuple[str, str], dict[str, Any]] = {
         "schedule": "linear",
         "warmup_epochs": 1.0,
         "accumulation": "hf",
-        "precision": "bf16-mixed",
+        "precision": "bf16_weights",
     },
     ("openunlearning", "muse"): {
         "weight_decay": 0.0,
@@ -58,7 +59,7 @@ _TRAINING: dict[tuple[str, str], dict[str, Any]] = {
         "schedule": "constant",
         "warmup_epochs": 0.0,
         "accumulation": "hf",
-        "precision": "bf16-mixed",
+        "precision": "bf16_weights",
         "batch_size": 4,
         "grad_accum": 8,
     },
@@ -68,7 +69,7 @@ _TRAINING: dict[tuple[str, str], dict[str, Any]] = {
         "schedule": "constant",
         "warmup_epochs": 0.0,
         "accumulation": "hf",
-        "precision": "bf16-mixed",
+        "precision": "bf16_weights",
         "lr": 5e-5,
         "batch_size": 1,
         "grad_accum": 16,
