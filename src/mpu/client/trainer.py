@@ -195,7 +195,8 @@ def train_unlearning(
     copies of a round the same value. `reference_model` defaults to a frozen deep copy of
     `model` as received (policy `copy`); with `cfg.reference='clean'` the caller must pass the
     clean model and a ThreatModelWarning is issued. The model is converted in place to the
-    training dtype (fp32, or bf16 for pure_bf16); requires_grad flags are restored at the end.
+    training dtype (bf16 for pure_bf16 / bf16_weights, else fp32); requires_grad flags are
+    restored at the end. Raises ConfigError / DataError before any forward pass on bad input.
     """
     eff, spec, hp, use_retain = _validate(
         model, tokenizer, forget_rows, retain_rows, idk_answers, cfg, reference_model
@@ -234,8 +235,11 @@ def train_unlearning(
                 ThreatModelWarning,
                 stacklevel=2,
             )
-        ref = reference_model if reference_model is not None else copy.deepcopy(model)
-        ref.eval().requires_grad_(False)
+        if reference_model is None:
+            ref = copy.deepcopy(model).requires_grad_(False)
+        else:  # used under no_grad only; the caller's flags are left alone
+            ref = reference_model
+        ref.eval()
 
     torch.manual_seed(eff.seed)
     det = (
