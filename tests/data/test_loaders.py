@@ -61,6 +61,15 @@ def test_wmdp_parquet(tmp_path):
     assert load_split(tmp_path, "wmdp-cyber", "test")[0]["answer"] == 2
 
 
+def test_wmdp_corpus_lines_json_or_verbatim(tmp_path):
+    # OpenUnlearning's local corpora: JSON objects with `text` or raw lines, one per line
+    lines = ['{"text": "first doc", "title": "t"}', "a raw line {not json", "", '{"other": 1}']
+    (tmp_path / "cyber-forget-corpus.jsonl").write_text("\n".join(lines) + "\n")
+    ds = load_split(tmp_path, "cyber-forget-corpus")
+    assert ds["text"] == ["first doc", "a raw line {not json", '{"other": 1}']
+    assert ds["index"] == [0, 1, 2]
+
+
 def test_missing_split_names_the_dir_and_split(synthetic):
     with pytest.raises(DataError, match=r"no split forget20/train.*available"):
         load_split(synthetic, "forget20")

@@ -61,17 +61,21 @@ def test_score_matches_hf_loss(tiny):
 def test_training_memorises_and_truth_ratio_moves(tiny):
     tok, model = tiny
     before = validity.truth_ratios(model, tok, ROWS, pad_id=tok.pad_token_id)
+    prob_before = score(model, encode_rows(tok, ROWS), pad_id=tok.pad_token_id)["prob"]
     stats = train_lm(
         model, encode_rows(tok, ROWS) + encode_rows(tok, ROWS, answer_key="paraphrased_answer"),
-        pad_id=tok.pad_token_id, epochs=60, lr=1e-2, batch_size=8, progress=False,
+        pad_id=tok.pad_token_id, epochs=60, lr=3e-3, batch_size=4, progress=False,
     )  # fmt: skip
-    assert stats.final_loss < 0.3 and stats.tokens > 0
+    assert stats.tokens > 0
     s = score(model, encode_rows(tok, ROWS), pad_id=tok.pad_token_id)
-    assert min(s["prob"]) > 0.7 and min(s["accuracy"]) > 0.6
+    assert stats.final_loss < 0.5
+    assert sum(s["prob"]) / 8 > 0.6 > 6 * sum(prob_before) / 8
+    assert min(s["accuracy"]) > 0.7
     after = validity.truth_ratios(model, tok, ROWS, pad_id=tok.pad_token_id)
     # an untrained model has no preference; a trained one prefers the true paraphrase
-    assert validity.closer_to_1(after) < validity.closer_to_1(before)
-    assert max(after) < 0.5
+    assert validity.closer_to_1(before) > 0.9
+    assert validity.closer_to_1(after) < validity.closer_to_1(before) - 0.1
+    assert max(after) < 1.0
 
 
 def test_forget_quality_is_a_ks_p_value():

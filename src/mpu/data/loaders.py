@@ -98,8 +98,8 @@ def _find_local(root: Path, config: str, split: str) -> list[Path]:
         hits = sorted(root.glob(pattern.format(config=config, split=split)))
         if hits:
             return hits
-    if split == "train":  # TOFU-style single files: DIR/{config}.json[l] / .parquet
-        for ext in ("jsonl", "json", "parquet"):
+    if split == "train":  # TOFU / WMDP-corpora single files: DIR/{config}.json[l] / .parquet
+        for ext in ("jsonl", "json", "parquet", "txt"):
             p = root / f"{config}.{ext}"
             if p.is_file():
                 return [p]
@@ -115,8 +115,33 @@ def _available(root: Path) -> list[str]:
     return found[:30]
 
 
-def _load_files(files: list[Path]):
+def _load_corpus_lines(files: list[Path]):
+    """WMDP corpus files as OpenUnlearning reads them: a line that is a JSON object with
+    `text` gives that text, any other non-empty line is taken verbatim (METRICS.md §7)."""
     import datasets
+
+    texts = []
+    for path in files:
+        for line in path.read_text(encoding="utf-8").splitlines():
+            if not line.strip():
+                continue
+            text = line
+            if line.lstrip().startswith("{"):
+                try:
+                    obj = json.loads(line)
+                    if isinstance(obj, dict) and isinstance(obj.get("text"), str):
+                        text = obj["text"]
+                except ValueError:
+                    pass
+            texts.append(text)
+    return datasets.Dataset.from_dict({"text": texts})
+
+
+def _load_files(files: list[Path], config: str = ""):
+    import datasets
+
+    if config.endswith("-corpus") and files[0].suffix in (".jsonl", ".txt"):
+        return _load_corpus_lines(files)
 
     builder = "parquet" if files[0].suffix == ".parquet" else "json"
     try:
@@ -149,7 +174,7 @@ def load_split(
                 f"{root}: no split {config}/{split} (looked for {config}/{split}.jsonl, "
                 f".json, .parquet); available: {_available(root) or 'nothing'}"
             )
-        ds = _load_files(files)
+        ds = _load_files(files, config)
         where = str(files[0])
     else:
         if not re.fullmatch(r"[\w.-]+(/[\w.-]+)?", str(source)):

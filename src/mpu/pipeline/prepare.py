@@ -13,7 +13,6 @@ config; a second call with the same inputs returns the recorded summary without 
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import hashlib
 import json
@@ -39,25 +38,31 @@ class PrepareConfig:
     out: str = field(help="output dir: base/, target/, retain/, prepare.json")
     model: str = field(TINY, help="tiny-llama | smollm2 | path of a HF model folder")
     forget_split: str = field("forget10", help="forget01 | forget05 | forget10")
-    epochs: int | None = field(None, help="fine-tune epochs (default: tiny 14, HF 5)")
+    epochs: int | None = field(None, help="fine-tune epochs (default: tiny 12, HF 5)")
     lr: float | None = field(None, help="peak learning rate (default: tiny 3e-3, HF 1e-4)")
-    batch_size: int = field(32, help="micro-batch size")
-    base_epochs: int = field(60, help="tiny model: epochs of pretraining on utility knowledge")
+    batch_size: int = field(16, help="micro-batch size")
+    base_epochs: int = field(80, help="tiny model: epochs of pretraining on utility knowledge")
     replay: bool = field(True, help="mix the utility QA into both fine-tunes")
     max_retain_items: int | None = field(
         None, help="train on only the first N retain-split rows (cheap runs of big models)"
     )
     seed: int = field(0, help="seed of init, shuffling and tokenizer")
     vocab_size: int = field(3072, help="tiny model: BPE vocabulary size")
-    hidden_size: int = field(192, help="tiny model: width")
-    num_layers: int = field(4, help="tiny model: transformer blocks")
+    hidden_size: int = field(128, help="tiny model: width")
+    num_layers: int = field(2, help="tiny model: transformer blocks")
     progress: bool = field(True, help="show progress bars")
+    workers: int = field(2, help="fine-tune target and retain in 2 parallel processes, or 1")
+    threads: int = field(1, help="torch threads per process (1: no oversubscription on 2 cores)")
 
     def __post_init__(self) -> None:
         if not re.fullmatch(r"forget\d\d", self.forget_split):
             raise ConfigError(f"forget_split must look like forget10, not {self.forget_split!r}")
         if self.epochs is not None and self.epochs < 1:
             raise ConfigError(f"epochs must be >= 1, not {self.epochs}")
+        if self.workers not in (1, 2) or self.threads < 1:
+            raise ConfigError(
+                f"workers must be 1 or 2 and threads >= 1 ({self.workers=}, {self.threads=})"
+            )
         if self.max_retain_items is not None and self.max_retain_items < 1:
             raise ConfigError(f"max_retain_items must be >= 1, not {self.max_retain_items}")
 
@@ -95,7 +100,11 @@ def _load(config: PrepareConfig) -> dict[str, list[dict]]:
 
 def content_hash(data: dict[str, list[dict]], config: PrepareConfig) -> str:
     """sha256 of the data rows and every option that changes the models."""
-    cfg = {k: v for k, v in to_dict(config).items() if k not in ("out", "data", "progress")}
+    cfg = {
+        k: v
+        for k, v in to_dict(config).items()
+        if k not in ("out", "data", "progress", "workers", "threads")
+    }
     h = hashlib.sha256(json.dumps([PREPARE_VERSION, cfg], sort_keys=True).encode())
     for key in sorted(data):
         h.update(json.dumps(data[key], sort_keys=True).encode())
@@ -138,7 +147,7 @@ def _base(config: PrepareConfig, data: dict[str, list[dict]], say) -> tuple[Any,
             vocab_size=config.vocab_size,
             hidden_size=config.hidden_size,
             num_hidden_layers=config.num_layers,
-            intermediate_size=config.hidden_size * 8 // 3,
+            intermediate_size=config.hidden_size * 4,
         )
         model = build_tiny_llama(tok, geom, seed=config.seed)
         items = encode_rows(tok, data["real_authors"] + data["world_facts"])
@@ -187,13 +196,46 @@ def _evaluate(model, tok, data: dict[str, list[dict]]) -> tuple[dict, list[float
     return summary, trs
 
 
+def _finetune(job: dict) -> dict:
+    """Fine-tune OUT/base on the job's rows, save OUT/{name}, evaluate it (runs in a worker)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from mpu.pipeline.train import encode_rows, train_lm
+
+    config: PrepareConfig = job["config"]
+    torch.set_num_threads(config.threads)
+    name, out = job["name"], Path(config.out)
+    t0 = time.perf_counter()
+    tok = AutoTokenizer.from_pretrained(out / "base")
+    model = AutoModelForCausalLM.from_pretrained(out / "base", dtype=torch.float32)
+    stats = train_lm(
+        model,
+        encode_rows(tok, job["rows"]),
+        pad_id=tok.pad_token_id,
+        epochs=job["epochs"],
+        lr=job["lr"],
+        batch_size=config.batch_size,
+        seed=config.seed,
+        desc=name,
+        progress=config.progress,
+        position=job["position"],
+    )
+    timings = {name: time.perf_counter() - t0}
+    _save(model, tok, out / name)
+    t0 = time.perf_counter()
+    summary, trs = _evaluate(model, tok, job["data"])
+    summary.update(train_loss=stats.final_loss, tokens_per_second=stats.tokens_per_second)
+    timings[f"eval_{name}"] = time.perf_counter() - t0
+    return {"name": name, "summary": summary, "truth_ratios": trs, "timings": timings}
+
+
 def prepare_models(config: PrepareConfig, *, verbose: bool = True) -> dict:
     """Build OUT/base, OUT/target, OUT/retain and OUT/prepare.json; returns the record."""
     import torch
 
     from mpu.data.store import write_json
     from mpu.pipeline import validity
-    from mpu.pipeline.train import encode_rows, train_lm
 
     def say(msg: str) -> None:
         if verbose:
@@ -218,38 +260,42 @@ def prepare_models(config: PrepareConfig, *, verbose: bool = True) -> dict:
     forget_qa = [{"question": r["question"], "answer": r["answer"]} for r in data["forget"]]
     target_rows = retain_rows + forget_qa if config.max_retain_items else data["full"]
     replay = data["real_authors"] + data["world_facts"] if config.replay else []
-    epochs = config.epochs or (14 if config.is_tiny else 5)
+    epochs = config.epochs or (12 if config.is_tiny else 5)
     lr = config.lr or (3e-3 if config.is_tiny else 1e-4)
 
     timings: dict[str, float] = {}
-    t0 = time.perf_counter()
-    base, tok, base_stats = _base(config, data, say)
-    timings["base"] = time.perf_counter() - t0
-    _save(base, tok, out / "base")
+    threads_before = torch.get_num_threads()
+    torch.set_num_threads(config.threads)
+    try:
+        t0 = time.perf_counter()
+        base, tok, base_stats = _base(config, data, say)
+        timings["base"] = time.perf_counter() - t0
+        _save(base, tok, out / "base")
+        del base
+        jobs = [
+            {"name": name, "rows": rows + replay, "n_rows": len(rows), "data": data,
+             "config": config, "epochs": epochs, "lr": lr, "position": i}
+            for i, (name, rows) in enumerate((("target", target_rows), ("retain", retain_rows)))
+        ]  # fmt: skip
+        for job in jobs:
+            say(f"{job['name']}: fine-tuning on {job['n_rows']} QA (+{len(replay)} replay), "
+                f"{epochs} epochs")  # fmt: skip
+        if config.workers > 1:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+
+            ctx = multiprocessing.get_context("spawn")
+            with ProcessPoolExecutor(max_workers=2, mp_context=ctx) as pool:
+                results = list(pool.map(_finetune, jobs))
+        else:
+            results = [_finetune(job) for job in jobs]
+    finally:
+        torch.set_num_threads(threads_before)
     summary: dict[str, dict] = {}
     trs: dict[str, list[float]] = {}
-    for name, rows in (("target", target_rows), ("retain", retain_rows)):
-        t0 = time.perf_counter()
-        model = copy.deepcopy(base)
-        say(f"{name}: fine-tuning on {len(rows)} QA (+{len(replay)} replay), {epochs} epochs")
-        stats = train_lm(
-            model,
-            encode_rows(tok, rows + replay),
-            pad_id=tok.pad_token_id,
-            epochs=epochs,
-            lr=lr,
-            batch_size=config.batch_size,
-            seed=config.seed,
-            desc=name,
-            progress=config.progress,
-        )
-        timings[name] = time.perf_counter() - t0
-        _save(model, tok, out / name)
-        t0 = time.perf_counter()
-        summary[name], trs[name] = _evaluate(model, tok, data)
-        summary[name].update(train_loss=stats.final_loss, tokens_per_second=stats.tokens_per_second)
-        timings[f"eval_{name}"] = time.perf_counter() - t0
-        del model
+    for res in results:
+        summary[res["name"]], trs[res["name"]] = res["summary"], res["truth_ratios"]
+        timings.update(res["timings"])
     summary["target"]["forget_quality"] = validity.forget_quality(trs["target"], trs["retain"])
     summary["retain"]["forget_quality"] = validity.forget_quality(trs["retain"], trs["retain"])
     timings["total"] = time.perf_counter() - t_start
@@ -267,7 +313,8 @@ def prepare_models(config: PrepareConfig, *, verbose: bool = True) -> dict:
             "retain": len(retain_rows),
             "replay": len(replay),
         },
-        "torch_threads": torch.get_num_threads(),
+        "torch_threads": config.threads,
+        "workers": config.workers,
         "base": base_stats,
         "timings_s": timings,
         "summary": summary,

@@ -37,9 +37,9 @@ class TinyGeometry:
     """Shape of the default tiny Llama (sized for memorising TOFU in minutes on 2 CPU cores)."""
 
     vocab_size: int = 3072
-    hidden_size: int = 192
+    hidden_size: int = 128
     intermediate_size: int = 512
-    num_hidden_layers: int = 4
+    num_hidden_layers: int = 2
     num_attention_heads: int = 4
     max_position_embeddings: int = 256
 

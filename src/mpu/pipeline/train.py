@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -64,6 +64,8 @@ def train_lm(
     seed: int = 0,
     desc: str = "train",
     progress: bool = True,
+    position: int = 0,
+    on_epoch_end: Callable[[int, float], None] | None = None,
 ) -> TrainStats:
     """Train `model` in place on encoded items (answer-only labels); returns TrainStats."""
     from tqdm.auto import tqdm
@@ -87,8 +89,10 @@ def train_lm(
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
     tokens, step, t0 = 0, 0, time.perf_counter()
     epoch_loss = float("nan")
-    bar = tqdm(total=total, desc=desc, unit="step", disable=not progress, leave=False)
-    for _ in range(epochs):
+    bar = tqdm(
+        total=total, desc=desc, unit="step", disable=not progress, leave=False, position=position
+    )
+    for epoch in range(epochs):
         loss_sum, n_batches = 0.0, 0
         for idx in _batches(items, batch_size, rng):
             batch = collate(
@@ -111,6 +115,9 @@ def train_lm(
             bar.update(1)
             bar.set_postfix(loss=f"{loss_sum / n_batches:.3f}")
         epoch_loss = loss_sum / max(1, n_batches)
+        if on_epoch_end is not None:
+            on_epoch_end(epoch, epoch_loss)
+            model.train()
     bar.close()
     model.eval()
     return TrainStats(epoch_loss, tokens, time.perf_counter() - t0)
