@@ -7,7 +7,6 @@ or forget set) raises an `MPUError` that names the file and what is wrong with i
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -210,7 +209,3 @@ def write_eval(
     summary = summary_of(clean, summary_keys)
     summary_path.write_text(json.dumps(summary, indent=4, sort_keys=True) + "\n", encoding="utf-8")
     return out, summary_path
-
-
-def is_nan(x: Any) -> bool:
-    return isinstance(x, float) and math.isnan(x)

@@ -6,7 +6,6 @@ pin it against an independent computation (scipy, sklearn, rouge-score, hand ari
 
 from __future__ import annotations
 
-import math
 import zlib
 from collections.abc import Mapping, Sequence
 from functools import lru_cache
@@ -160,8 +159,3 @@ def rouge(ground_truth: str, generation: str) -> dict[str, float]:
 def item_result(values: Mapping[Any, Any], agg_value: float | None) -> dict[str, Any]:
     """The per-item metric schema `{"agg_value", "value_by_index"}`."""
     return {"agg_value": agg_value, "value_by_index": dict(values)}
-
-
-def finite_or_none(x: float | None) -> float | None:
-    """NaN (e.g. 0/0 for an item without answer tokens) becomes None, as JSON has no NaN."""
-    return None if x is None or (isinstance(x, float) and math.isnan(x)) else x
