@@ -32,11 +32,12 @@ class HarmonicAccumulator:
         self.count += 1
 
     def mean(self) -> torch.Tensor:
+        """Δ̄ = S1/S0, computed in place (the accumulator is spent afterwards)."""
         if self.count == 0:
             raise ValueError("no update accumulated")
-        return self.s1 / self.s0
+        return self.s1.div_(self.s0)
 
 
 def server_step(theta: torch.Tensor, mean_delta: torch.Tensor, eta: float) -> torch.Tensor:
-    """θ_{r+1} = θ_r + η Δ̄_r, in fp32."""
-    return theta.to(torch.float32) + eta * mean_delta
+    """θ_{r+1} = θ_r + η Δ̄_r in fp32; overwrites `mean_delta` to keep one buffer per tensor."""
+    return mean_delta.mul_(eta).add_(theta.to(torch.float32))

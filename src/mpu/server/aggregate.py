@@ -143,6 +143,7 @@ def aggregate_updates(
             mean = acc.mean()
             mean_sq += float(torch.linalg.vector_norm(mean, dtype=torch.float64)) ** 2
             writer.add(name, server_step(x, mean, cfg.server_lr))
+            del x, acc, mean
         norms = [math.sqrt(s) for s in sq]
         median = statistics.median(norms)
         for (_, delta), norm in zip(matched, norms, strict=True):

@@ -20,6 +20,7 @@ from mpu.arch.base import Layout
 from mpu.config import load_config as load_typed_config
 from mpu.errors import CheckpointError, ConfigError
 from mpu.io.checkpoint import Checkpoint, CheckpointWriter, retype_layout
+from mpu.io.memory import pin_mmap_threshold
 from mpu.protocol.noise import default_alphas, validate_alphas
 from mpu.protocol.rng import PaperStreams, SecretStreams, new_master_key
 from mpu.server.aggregate import aggregate_updates, match_deltas
@@ -179,6 +180,7 @@ class Server:
     def publish(self, out_dir: str | Path, *, progress: bool = True) -> list[Path]:
         """Write copy-1 … copy-m of the current round under `out_dir` (random order of k)."""
         out_dir = Path(out_dir)
+        pin_mmap_threshold()
         with locked(self.workdir):
             handler = _add_log_file(self.workdir)
             try:
@@ -237,6 +239,7 @@ class Server:
     # ---------------------------------------------------------------- aggregate
     def aggregate(self, delta_paths: list[str | Path], *, progress: bool = True) -> dict:
         """Validate and fold the round's m updates into θ_{r+1}; advances the round."""
+        pin_mmap_threshold()
         with locked(self.workdir):
             handler = _add_log_file(self.workdir)
             try:
