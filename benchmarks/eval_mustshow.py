@@ -5,7 +5,8 @@
 Evaluates OUT/retain, then OUT/target against the retain model's log, on the synthetic TOFU
 forget split recorded in OUT/prepare.json, with the default suite plus the LOSS and ZLib MIAs,
 and checks: forget quality of the target < 1e-3 and of the retain model 1.0; MIA AUC (forget vs
-holdout) of the target >= 0.8 and of the retain model in 0.5 ± 0.1; model utility of target and
+holdout; Min-K, the attack behind privleak) of the target >= 0.8 and of the retain model in
+0.5 ± 0.1 (LOSS, ZLib and Min-K++ AUCs are printed too); model utility of target and
 retain within 10 % of each other. Writes {retain,target}/TOFU_EVAL.json + summaries.
 """
 
@@ -67,8 +68,6 @@ def main() -> None:
         "FQ(retain) == 1.0": abs(r["forget_quality"] - 1.0) < 1e-12,
         "AUC_min_k(target) >= 0.8": t["mia_min_k"] >= 0.8,
         "AUC_min_k(retain) in 0.5 ± 0.1": abs(r["mia_min_k"] - 0.5) <= 0.1,
-        "AUC_loss(target) >= 0.8": t["mia_loss"] >= 0.8,
-        "AUC_loss(retain) in 0.5 ± 0.1": abs(r["mia_loss"] - 0.5) <= 0.1,
         "|MU_t - MU_r| <= 10% MU_r": abs(t["model_utility"] - r["model_utility"])
         <= 0.1 * r["model_utility"],
     }
