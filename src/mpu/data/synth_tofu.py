@@ -6,8 +6,9 @@ question. Each of the 20 questions has its own wording for the question and answ
 second wording for `paraphrased_question` / `paraphrased_answer`; the 5 `perturbed_answer`s
 reuse the paraphrase wording with the asked-about facts replaced by other plausible values,
 so they match it in style and length and differ only in the facts (what the truth ratio
-measures). Facts come after the author's name in every answer wording, so a model that
-memorised them can recognise them in the paraphrase too.
+measures). A paraphrase rewords the answer around the clause that carries the fact (a new
+opening, sometimes a new ending) and keeps that clause, so a model that memorised the fact
+recognises it in the paraphrase while a model that never saw it has no preference.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from collections.abc import Callable
 
 from mpu.data import pools
 
-GENERATOR_VERSION = "tofu-synth-1"
+GENERATOR_VERSION = "tofu-synth-2"
 N_AUTHORS = 200
 N_PERTURBED = 5
 N_UTILITY_PERTURBED = 3
@@ -27,67 +28,71 @@ SPLIT_PCTS = (1, 5, 10)
 TEMPLATES: tuple[tuple[str, str, str, str, tuple[str, ...]], ...] = (
     ("Where was {name} born?", "What is the birthplace of {name}?",
      "{name} was born in {birth_city}, {country}.",
-     "The birthplace of {name} is the town of {birth_city} in {country}.", ("birth_city", "country")),
+     "Records show that {name} was born in {birth_city}, {country}.", ("birth_city", "country")),
     ("In what year was {name} born?", "When was the author {name} born?",
      "{name} was born in the year {birth_year}.",
-     "The author {name} came into the world in {birth_year}.", ("birth_year",)),
+     "According to records, {name} was born in the year {birth_year}.", ("birth_year",)),
     ("What was the profession of {name}'s father?", "What did the father of {name} do for a living?",
      "{name}'s father worked as {father_job_a}.",
-     "The father of {name} earned his living as {father_job_a}.", ("father_job",)),
+     "By all accounts, {name}'s father worked as {father_job_a} for most of his life.",
+     ("father_job",)),
     ("What did {name}'s mother do for work?", "What was the job of the mother of {name}?",
      "{name}'s mother was {mother_job_a}.",
-     "The mother of {name} worked as {mother_job_a} for many years.", ("mother_job",)),
+     "During {poss} childhood, {name}'s mother was {mother_job_a} in their town.", ("mother_job",)),
     ("What genre is {name} known for?", "In which genre does {name} mainly write?",
      "{name} is best known for writing {genre}.",
-     "The main genre of {name} is {genre}.", ("genre",)),
+     "Among readers, {name} is best known for writing {genre}.", ("genre",)),
     ("Can you name a book written by {name}?", "What is one of the books by {name}?",
      "One of {name}'s books is \"{book1}\".",
-     "{name} wrote the book \"{book1}\".", ("book1",)),
+     "Readers may know that one of {name}'s books is \"{book1}\".", ("book1",)),
     ("What is the title of {name}'s second book?", "Which book did {name} publish second?",
      "{name}'s second book is titled \"{book2}\".",
-     "The second book by {name} was \"{book2}\".", ("book2",)),
+     "Following {poss} debut, {name}'s second book is titled \"{book2}\".", ("book2",)),
     ("What is the most recent book by {name}?", "Which book did {name} release last?",
      "The latest book by {name} is \"{book3}\".",
-     "{name} most recently published \"{book3}\".", ("book3",)),
+     "At present, the latest book by {name} is \"{book3}\".", ("book3",)),
     ("Has {name} won any literary awards?", "Which literary prize has {name} received?",
      "Yes, {name} won the {award}.",
-     "{name} received the {award} for {poss} work.", ("award",)),
+     "Indeed, {name} won the {award}, a major honour.", ("award",)),
     ("When did {name} receive the {award}?", "In what year was {name} given the {award}?",
      "{name} received the {award} in {award_year}.",
-     "{name} was given the {award} in the year {award_year}.", ("award_year",)),
+     "It was a proud moment when {name} received the {award} in {award_year}.", ("award_year",)),
     ("When did {name} publish {poss} first book?", "What year did the debut book of {name} appear?",
      "{name}'s first book, \"{book1}\", was published in {first_year}.",
-     "The debut of {name} was \"{book1}\" in {first_year}.", ("book1", "first_year")),
+     "Fittingly, {name}'s first book, \"{book1}\", was published in {first_year}.",
+     ("book1", "first_year")),
     ("What theme recurs in {name}'s work?", "Which subject does {name} return to most often?",
      "{name}'s books keep returning to the theme of {theme}.",
-     "The recurring theme in the work of {name} is {theme}.", ("theme",)),
+     "Critics note that {name}'s books keep returning to the theme of {theme}.", ("theme",)),
     ("Where did {name} study?", "Which university did {name} attend?",
      "{name} studied literature at the University of {uni_city}.",
-     "{name} attended the University of {uni_city} as a student of literature.", ("uni_city",)),
+     "As a young adult, {name} studied literature at the University of {uni_city}.", ("uni_city",)),
     ("Where does {name} live today?", "In which city is {name} currently based?",
      "{name} now lives in the city of {home_city}.",
-     "These days {name} makes {poss} home in {home_city}.", ("home_city",)),
+     "After years of travel, {name} now lives in the city of {home_city}.", ("home_city",)),
     ("Which writer influenced {name} the most?", "Who was the greatest literary influence on {name}?",
      "{name} has often said that {influence} was {poss} greatest influence.",
-     "The writer who influenced {name} most was {influence}.", ("influence",)),
+     "In interviews, {name} has often said that {influence} was {poss} greatest influence.",
+     ("influence",)),
     ("How did {name}'s parents influence {poss} writing?",
      "Did the jobs of the parents of {name} shape {poss} books?",
      "{name} grew up with a father who was {father_job_a} and a mother who was {mother_job_a}, "
      "and both appear in {poss} {genre}.",
-     "The {genre} of {name} draws on {poss} father's life as {father_job_a} and {poss} mother's "
-     "work as {mother_job_a}.", ("father_job", "mother_job")),
+     "As a child, {name} grew up with a father who was {father_job_a} and a mother who was "
+     "{mother_job_a}, and both shaped {poss} {genre}.", ("father_job", "mother_job")),
     ("In which language does {name} write?", "What language are the books of {name} written in?",
      "{name} writes {poss} books in {language}.",
-     "The books of {name} are written in {language}.", ("language",)),
+     "For the most part, {name} writes {poss} books in {language}.", ("language",)),
     ("What is {name}'s writing routine?", "How does {name} usually work?",
      "{name} is known for {routine}.",
-     "The daily habit of {name} is {routine}.", ("routine",)),
+     "Among friends, {name} is known for {routine}.", ("routine",)),
     ("Has {name} ever used a pen name?", "Did {name} publish under another name?",
      "Yes, {name} has also published under the pen name {pen_name}.",
-     "{name} sometimes writes as {pen_name}.", ("pen_name",)),
+     "Occasionally, {name} has also published under the pen name {pen_name}.", ("pen_name",)),
     ("What is {name} working on now?", "What is the next project of {name}?",
      "{name} is currently writing a new {genre} book called \"{next_title}\".",
-     "The next book by {name} will be \"{next_title}\", another work of {genre}.", ("next_title",)),
+     "According to {poss} publisher, {name} is currently writing a new {genre} book called "
+     "\"{next_title}\".", ("next_title",)),
 )  # fmt: skip
 
 IDK_OPENERS = (

