@@ -138,10 +138,13 @@ def aggregate_updates(
                     raise UpdateRejectedError(
                         f"{delta.path}: tensor {name!r} has {bad} NaN/Inf values"
                     )
-                sq[i] += float(torch.linalg.vector_norm(d, dtype=torch.float64)) ** 2
+                sq[i] += (
+                    float(torch.linalg.vector_norm(d)) ** 2
+                )  # fp32: a float64 upcast would double the memory
                 acc.add(transforms.apply(d, name, rec.k, inverse=True), alphas[rec.k])
+                del d  # free before the next copy's tensor is read
             mean = acc.mean()
-            mean_sq += float(torch.linalg.vector_norm(mean, dtype=torch.float64)) ** 2
+            mean_sq += float(torch.linalg.vector_norm(mean)) ** 2
             writer.add(name, server_step(x, mean, cfg.server_lr))
             del x, acc, mean
         norms = [math.sqrt(s) for s in sq]

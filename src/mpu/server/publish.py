@@ -71,7 +71,7 @@ def compute_sigmas(
                 f"{base.path}: base tensor {name!r} has shape {tuple(b.shape)}, the model {tuple(t.shape)}"
             )
         key = sigma_key(name, layout, cfg)
-        sum_sq[key] += float(torch.linalg.vector_norm(t - b, dtype=torch.float64)) ** 2
+        sum_sq[key] += float(torch.linalg.vector_norm(t - b)) ** 2
         numel[key] += t.numel()
     sigmas = {key: sigma_from_moments(sum_sq[key], numel[key], cfg.kappa) for key in sum_sq}
     if cfg.kappa > 0:
