@@ -56,6 +56,7 @@ def main() -> None:
     ap.add_argument("--data", required=True, help="synthetic TOFU data dir (mpu data make tofu)")
     ap.add_argument("--target", help="Hugging Face model folder of the target")
     ap.add_argument("--build-target", type=int, default=0, metavar="EPOCHS")
+    ap.add_argument("--save-target", type=Path, help="save the built target (HF folder)")
     ap.add_argument("--profile", default="openunlearning")
     ap.add_argument("--precision", default="fp32")
     ap.add_argument("--methods", nargs="*", default=list(METHODS))
@@ -80,6 +81,9 @@ def main() -> None:
         target = AutoModelForCausalLM.from_pretrained(args.target, dtype=torch.float32).eval()
     else:
         target, tok = build_target(forget, eval_retain, args.build_target)
+        if args.save_target:
+            target.save_pretrained(args.save_target)
+            tok.save_pretrained(args.save_target)
     target.to(args.device)
     n_layers = target.config.num_hidden_layers
     rmu_module = args.rmu_module or rf"model\.layers\.{n_layers // 2}"
