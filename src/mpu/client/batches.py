@@ -47,6 +47,13 @@ def check_rows(rows: Sequence[dict] | None, name: str) -> list[str]:
     return [_row_kind(r, f"{name} row {i}") for i, r in enumerate(rows)]
 
 
+def encode_row(tokenizer, row: dict, *, max_length: int) -> Encoded:
+    """QA rows via `encode_qa`, text rows via `encode_completion` (labels on all but BOS)."""
+    if "text" in row and "question" not in row:
+        return encode_completion(tokenizer, "", row["text"], max_length=max_length)
+    return encode_qa(tokenizer, row["question"], row["answer"], max_length=max_length)
+
+
 def encode_rows(
     tokenizer, rows: Sequence[dict], *, max_length: int
 ) -> tuple[list[Encoded], list[dict], int]:
@@ -55,13 +62,7 @@ def encode_rows(
     Returns the kept items, their rows and how many were dropped because no answer token survived
     (METHODS.md §8: such items make SimNPO divide by zero and CE undefined).
     """
-    out: list[Encoded] = []
-    for r in rows:
-        if "text" in r and "question" not in r:
-            enc = encode_completion(tokenizer, "", r["text"], max_length=max_length)
-        else:
-            enc = encode_qa(tokenizer, r["question"], r["answer"], max_length=max_length)
-        out.append(enc)
+    out = [encode_row(tokenizer, r, max_length=max_length) for r in rows]
     keep = [i for i, e in enumerate(out) if e.n_answer_tokens > 0]
     return [out[i] for i in keep], [rows[i] for i in keep], len(out) - len(keep)
 
@@ -109,21 +110,28 @@ def epoch_batches(
 
 
 class BatchBuilder:
-    """Turns a `MicroBatch` into the tensors a loss reads (`forget`, `retain`, `alternate`)."""
+    """Turns a `MicroBatch` into the tensors a loss reads (`forget`, `retain`, `alternate`).
+
+    Retain rows are encoded on first use (a retain split is often 10× the forget split and
+    only the paired items are read); answerless retain items add nothing to the token-mean
+    NLL and are counted in `retain_answerless`.
+    """
 
     def __init__(
         self,
         tokenizer,
         forget: list[Encoded],
         forget_rows: list[dict],
-        retain: list[Encoded],
+        retain_rows: Sequence[dict],
         idk_answers: list[str],
         *,
         max_length: int,
     ) -> None:
         self.tokenizer = tokenizer
         self.pad = pad_id_of(tokenizer)
-        self.forget, self.forget_rows, self.retain = forget, forget_rows, retain
+        self.forget, self.forget_rows, self.retain_rows = forget, forget_rows, retain_rows
+        self._retain: dict[int, Encoded] = {}
+        self.retain_answerless = 0
         self.idk, self.max_length = idk_answers, max_length
         self._alt: dict[tuple[int, int], Encoded] = {}
         self._digest = hashlib.sha256()
@@ -132,6 +140,13 @@ class BatchBuilder:
         return collate(
             [e.input_ids for e in items], pad_id=self.pad, labels=[e.labels for e in items]
         )
+
+    def _retain_item(self, j: int) -> Encoded:
+        if j not in self._retain:
+            enc = encode_row(self.tokenizer, self.retain_rows[j], max_length=self.max_length)
+            self.retain_answerless += enc.n_answer_tokens == 0
+            self._retain[j] = enc
+        return self._retain[j]
 
     def _alternate(self, i: int, j: int) -> Encoded:
         if (i, j) not in self._alt:
@@ -145,7 +160,7 @@ class BatchBuilder:
         self._digest.update(repr((mb.forget, mb.retain, mb.idk)).encode())
         batch = {"forget": self._collate([self.forget[i] for i in mb.forget])}
         if mb.retain:
-            batch["retain"] = self._collate([self.retain[j] for j in mb.retain])
+            batch["retain"] = self._collate([self._retain_item(j) for j in mb.retain])
         if mb.idk:
             batch["alternate"] = self._collate(
                 [self._alternate(i, j) for i, j in zip(mb.forget, mb.idk, strict=True)]

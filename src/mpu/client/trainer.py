@@ -202,14 +202,9 @@ def train_unlearning(
         model, tokenizer, forget_rows, retain_rows, idk_answers, cfg, reference_model
     )
     forget, f_rows, f_drop = encode_rows(tokenizer, forget_rows, max_length=eff.max_length)
-    retain, _, r_drop = (
-        encode_rows(tokenizer, retain_rows, max_length=eff.max_length)
-        if use_retain
-        else ([], [], 0)
-    )
-    if not forget or (use_retain and not retain):
-        which = "forget" if not forget else "retain"
-        raise DataError(f"{which} set: every item has zero answer tokens after tokenization")
+    retain = list(retain_rows) if use_retain else []
+    if not forget:
+        raise DataError("forget set: every item has zero answer tokens after tokenization")
     idk = [a for a in (idk_answers or ())] if spec.needs_idk else []
     total_local = plan_steps(len(forget), cfg)
     warmup = eff.warmup_steps
@@ -337,7 +332,8 @@ def train_unlearning(
         "epochs_touched": last_epoch + 1,
         "n_forget": len(forget),
         "n_retain": len(retain),
-        "dropped_empty": {"forget": f_drop, "retain": r_drop},
+        "dropped_empty": {"forget": f_drop},
+        "retain_answerless_used": builder.retain_answerless,
         "order_digest": builder.order_digest,
         "warmup_steps": warmup,
         "schedule_total_steps": total,
