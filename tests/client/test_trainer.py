@@ -344,3 +344,40 @@ def test_bf16_weights_drop_sub_ulp_updates_like_upstream(model, tok, rows):
     ref = state(mixed)
     train_unlearning(mixed, tok, rows[:8], None, cfg(method="GradAscent", lr=1e-8), progress=False)
     assert changed_fraction(ref, state(mixed)) > 0.5
+
+
+def _permute_ffn(m, perms, inverse=False):
+    with torch.no_grad():
+        for layer, p in zip(m.model.layers, perms, strict=True):
+            q = torch.argsort(p) if inverse else p
+            mlp = layer.mlp
+            mlp.gate_proj.weight.copy_(mlp.gate_proj.weight[q])
+            mlp.up_proj.weight.copy_(mlp.up_proj.weight[q])
+            mlp.down_proj.weight.copy_(mlp.down_proj.weight[:, q])
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
+def test_training_commutes_with_a_function_preserving_permutation(model, tok, rows, optimizer):
+    """MPU.md §4.2/§9: with the same order_seed, unlearning a permuted copy (reference = its
+    own copy) and un-permuting equals unlearning the original — the loop adds no asymmetry."""
+    gen = torch.Generator().manual_seed(0)
+    perms = [
+        torch.randperm(layer.mlp.gate_proj.out_features, generator=gen)
+        for layer in model.model.layers
+    ]
+    other = copy.deepcopy(model)
+    _permute_ffn(other, perms)
+    c = cfg(
+        method="NPO",
+        optimizer=optimizer,
+        epochs=2,
+        batch_size=2,
+        grad_accum=2,
+        weight_decay=0.01,
+        max_grad_norm=0.5,
+    )
+    train_unlearning(model, tok, rows[:8], rows[8:], c, order_seed=1, progress=False)
+    train_unlearning(other, tok, rows[:8], rows[8:], c, order_seed=1, progress=False)
+    _permute_ffn(other, perms, inverse=True)
+    for (n, a), b in zip(model.named_parameters(), other.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6, msg=n)
