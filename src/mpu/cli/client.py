@@ -25,3 +25,55 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--after", required=True, help="the unlearned model folder")
     p.add_argument("--out", required=True, help="delta file to write (.safetensors)")
     p.set_defaults(handler=_diff)
+    _register_unlearn(csub)
+
+
+def _unlearn(args: argparse.Namespace) -> int:
+    from mpu.client.train_config import ClientTrainConfig
+    from mpu.client.unlearn import check_copy, load_client_data, unlearn_copy
+    from mpu.config import load_config
+
+    overrides = [f"method={args.method}", *args.overrides]
+    cfg = load_config(ClientTrainConfig, yaml_path=args.config, overrides=overrides)
+    check_copy(args.copy, args.reference)  # before loading data or models
+    data = load_client_data(args.data, args.split, cfg, retain_split=args.retain_split)
+    model_dir, delta, info = unlearn_copy(
+        args.copy,
+        data,
+        cfg,
+        args.out,
+        reference_dir=args.reference,
+        order_seed=args.order_seed,
+        progress=not args.quiet,
+    )
+    print(f"unlearned {args.copy} with {cfg.method} ({info['steps']} optimizer steps)")
+    print(f"  model: {model_dir}\n  delta: {delta}  (send this file to the server)")
+    return 0
+
+
+def _register_unlearn(csub: argparse._SubParsersAction) -> None:
+    p = csub.add_parser(
+        "unlearn", help="run an unlearning method on a copy, write the model and its delta"
+    )
+    p.add_argument("--copy", required=True, help="published copy folder (with mpu-ticket.json)")
+    p.add_argument("--data", required=True, help="data folder (`mpu data make …`) or hub id")
+    p.add_argument("--split", default="forget10", help="forget split (default forget10)")
+    p.add_argument("--retain-split", help="retain split (default: TOFU's complement of --split)")
+    p.add_argument(
+        "--method",
+        required=True,
+        help="GradAscent, GradDiff, NPO, SimNPO, DPO, UNDIAL, SatImp, WGA, RMU, CE-U",
+    )
+    p.add_argument("--out", required=True, help="folder for model/ and delta.safetensors")
+    p.add_argument(
+        "--reference", help="reference copy for NPO/DPO/UNDIAL/RMU/KL (default: this copy)"
+    )
+    p.add_argument(
+        "--order-seed", type=int, help="data-order seed; the same for every copy of a round"
+    )
+    p.add_argument("--config", help="YAML recipe with ClientTrainConfig keys")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument(
+        "overrides", nargs="*", help="ClientTrainConfig key=value (e.g. lr=2e-5 hparams.beta=0.2)"
+    )
+    p.set_defaults(handler=_unlearn)

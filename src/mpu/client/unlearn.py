@@ -1,0 +1,127 @@
+"""`mpu client unlearn`: the data owner's whole local step on one published copy.
+
+Checks everything a client can check before training (the copy is a model folder with a valid
+ticket whose weight hashes match, the reference copy belongs to the same job, the data has the
+splits the method needs, the method and hyperparameters exist), then unlearns, saves the
+unlearned copy as a Hugging Face folder and writes the delta the server aggregates.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from mpu.client.train_config import ClientTrainConfig
+from mpu.errors import CheckpointError, ConfigError, UpdateRejectedError
+
+
+@dataclass
+class ClientData:
+    """The rows a client trains on: forget, retain (paired by the trainer) and IDK refusals."""
+
+    forget: list[dict]
+    retain: list[dict] | None
+    idk: list[str] | None
+
+
+def retain_split_for(forget_split: str) -> str | None:
+    """TOFU's complement: forget10 → retain90; other benchmarks name their retain split directly."""
+    m = re.fullmatch(r"forget(\d\d)", forget_split)
+    return f"retain{100 - int(m.group(1)):02d}" if m else None
+
+
+def load_client_data(
+    source: str | Path,
+    forget_split: str,
+    cfg: ClientTrainConfig,
+    *,
+    retain_split: str | None = None,
+) -> ClientData:
+    """Load what the configured method needs; a missing split or field is a DataError now."""
+    from mpu.data.loaders import load_idk, load_split
+    from mpu.methods import get_method
+
+    spec = get_method(cfg.method)
+    hp = cfg.method_config()  # unknown hyperparameters fail here, before any loading
+    forget = [dict(r) for r in load_split(source, forget_split)]
+    retain = None
+    if spec.uses_retain(hp):
+        name = retain_split or retain_split_for(forget_split)
+        if name is None:
+            raise ConfigError(
+                f"{cfg.method} needs a retain split: pass --retain-split for {forget_split!r}"
+            )
+        retain = [dict(r) for r in load_split(source, name)]
+    idk = load_idk(source) if spec.needs_idk else None
+    return ClientData(forget, retain, idk)
+
+
+def check_copy(copy_dir: str | Path, reference_dir: str | Path | None = None):
+    """The copy's ticket, after checking its weights and the reference's job; raises otherwise."""
+    from mpu.io.checkpoint import Checkpoint
+    from mpu.io.delta import read_ticket
+
+    ticket = read_ticket(copy_dir)
+    if Checkpoint(copy_dir).sha256() != ticket.weights_sha256:
+        raise CheckpointError(
+            f"{copy_dir}: weights do not match the copy's ticket (modified after publication)"
+        )
+    if reference_dir is not None:
+        ref = read_ticket(reference_dir)
+        if ref.job_id != ticket.job_id:
+            raise UpdateRejectedError(
+                f"{reference_dir}: reference copy belongs to job {ref.job_id}, the copy to job {ticket.job_id}"
+            )
+    return ticket
+
+
+def unlearn_copy(
+    copy_dir: str | Path,
+    data: ClientData,
+    cfg: ClientTrainConfig,
+    out_dir: str | Path,
+    *,
+    reference_dir: str | Path | None = None,
+    order_seed: int | None = None,
+    progress: bool = True,
+) -> tuple[Path, Path, dict]:
+    """Unlearn one copy; returns (unlearned model folder, delta file, training logs)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from mpu.client.diff import make_delta
+    from mpu.client.trainer import train_unlearning
+
+    check_copy(copy_dir, reference_dir)
+    out = Path(out_dir)
+    if (out / "model").exists() or (out / "delta.safetensors").exists():
+        raise ConfigError(f"{out}: already holds an unlearned model or delta; choose a new --out")
+    tokenizer = AutoTokenizer.from_pretrained(str(copy_dir))
+    model = AutoModelForCausalLM.from_pretrained(str(copy_dir), dtype=torch.float32)
+    reference = None
+    if reference_dir is not None:
+        reference = AutoModelForCausalLM.from_pretrained(
+            str(reference_dir), dtype=torch.float32
+        ).eval()
+        reference.requires_grad_(False)
+    result = train_unlearning(
+        model,
+        tokenizer,
+        data.forget,
+        data.retain,
+        cfg,
+        reference_model=reference,
+        idk_answers=data.idk,
+        order_seed=order_seed,
+        progress=progress,
+    )
+    model_dir = out / "model"
+    result.model.save_pretrained(model_dir, safe_serialization=True)
+    tokenizer.save_pretrained(model_dir)
+    delta = make_delta(copy_dir, model_dir, out / "delta.safetensors")
+    return (
+        model_dir,
+        delta,
+        {"steps": result.step_count, "effective_config": result.effective_config},
+    )
