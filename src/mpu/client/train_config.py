@@ -75,7 +75,7 @@ class ClientTrainConfig:
     decay_norms_and_biases: bool | None = field(
         None, help="decay biases and norm gains too (paper: yes, torch default; HF Trainer: no)"
     )
-    betas: list[float] | None = field(None, help="AdamW betas (0.9, 0.999)")  # noqa: RUF009
+    betas: list[float] | None = field(None, help="AdamW betas (0.9, 0.999)")
     eps: float | None = field(None, help="AdamW epsilon (1e-8)")
     momentum: float = field(0.0, help="SGD momentum (0 = plain SGD)")
     schedule: str | None = field(None, help="constant | linear (decay to 0), both after warm-up")
