@@ -30,7 +30,7 @@ def tiny():
     texts = [t for r in ROWS for t in (r["question"], r["answer"], *r["perturbed_answer"])]
     tok = train_tokenizer(texts * 3, vocab_size=300)
     geom = TinyGeometry(
-        hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2
+        hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=2
     )
     return tok, build_tiny_llama(tok, geom, seed=0)
 
@@ -58,6 +58,7 @@ def test_score_matches_hf_loss(tiny):
         assert prob == pytest.approx(math.exp(-float(ref)), rel=1e-4)
 
 
+@pytest.mark.slow
 def test_training_memorises_and_truth_ratio_moves(tiny):
     tok, model = tiny
     before = validity.truth_ratios(model, tok, ROWS, pad_id=tok.pad_token_id)

@@ -38,7 +38,7 @@ class PrepareConfig:
     out: str = field(help="output dir: base/, target/, retain/, prepare.json")
     model: str = field(TINY, help="tiny-llama | smollm2 | path of a HF model folder")
     forget_split: str = field("forget10", help="forget01 | forget05 | forget10")
-    epochs: int | None = field(None, help="fine-tune epochs (default: tiny 16, HF 5)")
+    epochs: int | None = field(None, help="fine-tune epochs (default: tiny 24, HF 5)")
     lr: float | None = field(None, help="peak learning rate (default: tiny 3e-3, HF 1e-4)")
     batch_size: int = field(16, help="micro-batch size")
     base_epochs: int = field(20, help="tiny model: epochs of pretraining on utility knowledge")
@@ -51,6 +51,9 @@ class PrepareConfig:
     hidden_size: int = field(128, help="tiny model: width")
     num_layers: int = field(2, help="tiny model: transformer blocks")
     progress: bool = field(True, help="show progress bars")
+    eval_limit: int | None = field(
+        None, help="score at most N rows of each evaluation split (cheap runs of big models)"
+    )
     workers: int = field(2, help="fine-tune target and retain in 2 parallel processes, or 1")
     threads: int = field(1, help="torch threads per process (1: no oversubscription on 2 cores)")
 
@@ -179,9 +182,13 @@ def _base(config: PrepareConfig, data: dict[str, list[dict]], say) -> tuple[Any,
     return model, tok, {}
 
 
-def _evaluate(model, tok, data: dict[str, list[dict]]) -> tuple[dict, list[float]]:
+def _evaluate(
+    model, tok, data: dict[str, list[dict]], limit: int | None = None
+) -> tuple[dict, list[float]]:
     from mpu.pipeline import validity
     from mpu.pipeline.train import encode_rows, mean, score
+
+    data = {k: v[:limit] for k, v in data.items()}
 
     pad = tok.pad_token_id
     summary: dict[str, float] = {}
@@ -222,7 +229,7 @@ def _finetune(job: dict) -> dict:
     timings = {name: time.perf_counter() - t0}
     _save(model, tok, out / name)
     t0 = time.perf_counter()
-    summary, trs = _evaluate(model, tok, job["data"])
+    summary, trs = _evaluate(model, tok, job["data"], config.eval_limit)
     summary.update(train_loss=stats.final_loss, tokens_per_second=stats.tokens_per_second)
     timings[f"eval_{name}"] = time.perf_counter() - t0
     # CPU seconds of this process: what the run costs on an idle machine, whatever the load
@@ -260,7 +267,7 @@ def prepare_models(config: PrepareConfig, *, verbose: bool = True) -> dict:
     forget_qa = [{"question": r["question"], "answer": r["answer"]} for r in data["forget"]]
     target_rows = retain_rows + forget_qa if config.max_retain_items else data["full"]
     replay = data["real_authors"] + data["world_facts"] if config.replay else []
-    epochs = config.epochs or (16 if config.is_tiny else 5)
+    epochs = config.epochs or (24 if config.is_tiny else 5)
     lr = config.lr or (3e-3 if config.is_tiny else 1e-4)
 
     timings: dict[str, float] = {}
