@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from mpu.errors import ConfigError
@@ -44,6 +44,11 @@ def load_config(
     try:
         merged = OmegaConf.structured(cls)
         OmegaConf.set_struct(merged, True)
+        for f in dataclasses.fields(cls):  # free-form dict fields (validated by their consumer)
+            if str(f.type).replace(" ", "").startswith(("dict[", "Dict[")) and isinstance(
+                merged.get(f.name), DictConfig
+            ):
+                OmegaConf.set_struct(merged[f.name], False)
         if yaml_path is not None:
             path = Path(yaml_path)
             if not path.is_file():

@@ -1,0 +1,212 @@
+"""Issue 5: the Clean / Noised / MPU experiment, κ = 0 exactness, and bad input before training."""
+
+import json
+
+import pytest
+import torch
+
+from mpu.cli import main
+from mpu.errors import ConfigError, DataError, MPUError
+from mpu.io.checkpoint import Checkpoint
+from mpu.pipeline.experiment import Experiment, ExperimentConfig
+
+SGD = {"optimizer": "sgd", "precision": "fp32", "lr": 0.05, "batch_size": 8, "grad_accum": 1}
+
+
+def _unlearned(tofu_world, tmp_path, variant, **cfg):
+    data, models = tofu_world
+    exp = Experiment(
+        ExperimentConfig(out=str(tmp_path / "run"), forget_split="forget01", progress=False, **cfg)
+    )
+    return Checkpoint(
+        exp.unlearn(cfg["methods"][0], variant, str(data), models, tmp_path / variant)
+    )
+
+
+def _relative_gap(a: Checkpoint, b: Checkpoint, start: Checkpoint) -> float:
+    num = sum(float((a.read(n) - b.read(n)).pow(2).sum()) for n in start.names())
+    den = sum(float((b.read(n) - start.read(n)).pow(2).sum()) for n in start.names())
+    return (num / den) ** 0.5
+
+
+@pytest.mark.parametrize("method", ["GradDiff", "NPO"])  # NPO: two rounds and a reference model
+def test_kappa_zero_mpu_with_sgd_equals_clean(tofu_world, tmp_path, method):
+    cfg = {"methods": [method], "kappa": 0.0, "copies": 2, "client": SGD}
+    clean = _unlearned(tofu_world, tmp_path, "clean", **cfg)
+    mpu = _unlearned(tofu_world, tmp_path, "mpu", **cfg)
+    target = Checkpoint(tofu_world[1] / "target")
+    assert _relative_gap(clean, target, target) > 1e-3  # the client really moved the model
+    assert _relative_gap(mpu, clean, target) <= 1e-5
+
+
+def test_noise_makes_mpu_differ_from_clean_but_less_than_one_noisy_copy(tofu_world, tmp_path):
+    cfg = {"methods": ["GradDiff"], "kappa": 0.05, "copies": 2, "client": SGD}
+    clean = _unlearned(tofu_world, tmp_path, "clean", **cfg)
+    target = Checkpoint(tofu_world[1] / "target")
+    mpu_gap = _relative_gap(_unlearned(tofu_world, tmp_path, "mpu", **cfg), clean, target)
+    noised_gap = _relative_gap(_unlearned(tofu_world, tmp_path, "noised", **cfg), clean, target)
+    assert 0 < mpu_gap < noised_gap  # first-order cancellation beats a single noisy copy
+
+
+def test_mpu_run_writes_a_report_from_real_evaluation(tofu_world, tmp_path, capsys):
+    data, models = tofu_world
+    out = tmp_path / "run"
+    code = main(
+        [
+            "run",
+            f"data={data}",
+            f"models={models}",
+            f"out={out}",
+            "methods=[NPO]",
+            "forget_split=forget01",
+            "eval_limit=6",
+            "eval_max_new_tokens=8",
+            "progress=false",
+            "client.precision=fp32",
+            "client.lr=1e-3",
+        ]
+    )
+    assert code == 0
+    report = json.loads((out / "report.json").read_text())
+    variants = [(r["method"], r["variant"]) for r in report["runs"]]
+    assert variants == [
+        (None, "retain"),
+        (None, "target"),
+        ("NPO", "clean"),
+        ("NPO", "noised"),
+        ("NPO", "mpu"),
+    ]
+    for run in report["runs"]:
+        assert (out / run["eval_file"]).is_file()
+        assert run["summary"]["model_utility"] is not None and run["summary"]["forget_Q_A_Prob"] > 0
+    retain = report["runs"][0]["summary"]
+    assert retain["forget_quality"] == pytest.approx(1.0)  # the retain model scored against itself
+    assert (out / "report.html").is_file() and (out / "report.md").is_file()
+    assert "report:" in capsys.readouterr().out
+    # a second run reuses every evaluation
+    assert (
+        main(
+            [
+                "run",
+                f"data={data}",
+                f"models={models}",
+                f"out={out}",
+                "methods=[NPO]",
+                "forget_split=forget01",
+                "eval_limit=6",
+                "eval_max_new_tokens=8",
+                "progress=false",
+                "client.precision=fp32",
+            ]
+        )
+        == 0
+    )
+
+
+@pytest.mark.parametrize(
+    ("overrides", "error"),
+    [
+        ({"methods": ["NoSuchMethod"]}, "NoSuchMethod"),
+        ({"client": {"hparams": {"betta": 0.1}}}, "betta"),
+        ({"variants": ["clean", "magic"]}, "magic"),
+    ],
+)
+def test_bad_experiment_config_fails_before_training(tmp_path, overrides, error):
+    with pytest.raises(ConfigError, match=error):
+        Experiment(ExperimentConfig(out=str(tmp_path / "run"), **overrides))
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.fixture
+def published(tofu_world, tmp_path):
+    from mpu.server.config import JobConfig
+    from mpu.server.job import Server
+
+    _, models = tofu_world
+    server = Server.init(
+        models / "target", models / "base", tmp_path / "w", JobConfig(copies=2, kappa=0.01)
+    )
+    return server.publish(tmp_path / "pub", progress=False)
+
+
+def _unlearn(copy, data, out, *extra):
+    return main(
+        [
+            "client",
+            "unlearn",
+            "--copy",
+            str(copy),
+            "--data",
+            str(data),
+            "--method",
+            "GradDiff",
+            "--out",
+            str(out),
+            "--quiet",
+            *extra,
+        ]
+    )
+
+
+def test_client_unlearn_writes_model_and_delta(tofu_world, published, tmp_path):
+    data, _ = tofu_world
+    assert (
+        _unlearn(
+            published[0],
+            data,
+            tmp_path / "c1",
+            "--split",
+            "forget01",
+            "precision=fp32",
+            "max_steps=2",
+        )
+        == 0
+    )
+    assert (tmp_path / "c1" / "model" / "config.json").is_file()
+    assert (tmp_path / "c1" / "delta.safetensors").is_file()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--split", "forget33"], "forget33"),  # a data dir without the split
+        (["--split", "forget01", "hparams.betta=1"], "betta"),  # unknown hyperparameter
+        (
+            ["--split", "forget01", "--method", "Nope"],
+            "Nope",
+        ),  # unknown method (last --method wins)
+    ],
+)
+def test_client_unlearn_bad_input(tofu_world, published, tmp_path, capsys, args, message):
+    data, _ = tofu_world
+    assert _unlearn(published[0], data, tmp_path / "c", *args) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "c").exists()  # nothing trained, nothing written
+
+
+def test_client_unlearn_rejects_a_non_model_and_a_foreign_ticket(
+    tofu_world, published, tmp_path, capsys
+):
+    from mpu.server.config import JobConfig
+    from mpu.server.job import Server
+
+    data, models = tofu_world
+    assert _unlearn(tmp_path, data, tmp_path / "c", "--split", "forget01") == 2
+    assert "not a copy published" in capsys.readouterr().err
+    other = Server.init(
+        models / "target", models / "base", tmp_path / "w2", JobConfig(copies=2, kappa=0.01)
+    )
+    foreign = other.publish(tmp_path / "pub2", progress=False)[0]
+    assert (
+        _unlearn(
+            published[0], data, tmp_path / "c", "--split", "forget01", "--reference", str(foreign)
+        )
+        == 2
+    )
+    assert "belongs to job" in capsys.readouterr().err
+    assert not (tmp_path / "c").exists()
+
+
+def test_errors_are_user_errors():
+    assert issubclass(DataError, MPUError) and issubclass(ConfigError, MPUError)
+    assert torch.__version__.startswith("2.13")
