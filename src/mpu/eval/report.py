@@ -160,7 +160,8 @@ def _scatter(runs: Sequence[dict]) -> str | None:
         return None
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     markers = "osD^v<>pX*"
-    methods = sorted({r["method"] for r, _, _ in pts})
+    # target/retain rows carry method None: sort them after the named methods
+    methods = sorted({r["method"] for r, _, _ in pts}, key=lambda m: (m is None, str(m)))
     seen = set()
     for r, x, y in pts:
         label = r["variant"] if r["variant"] not in seen else None
