@@ -228,8 +228,14 @@ class Experiment:
         from mpu.eval.tofu import DEFAULT_METRICS, evaluate_tofu
 
         eval_dir = self.out / "eval" / name
+        previous = None
         if (eval_dir / "TOFU_EVAL.json").is_file():
-            return read_eval_log(eval_dir / "TOFU_EVAL.json")
+            previous = read_eval_log(eval_dir / "TOFU_EVAL.json")
+            fq = (previous.get("forget_quality") or {}).get("agg_value")
+            if retain_logs is None or fq is not None:
+                return previous
+            # evaluated before the retain logs existed (the retain model itself): recompute
+            # forget quality and privleak from the stored per-item results
         t = time.perf_counter()
         torch.manual_seed(0)
         model, tokenizer = load_model(model_dir)
@@ -242,6 +248,7 @@ class Experiment:
             batch_size=self.cfg.eval_batch_size,
             max_new_tokens=self.cfg.eval_max_new_tokens,
             limit=self.cfg.eval_limit,
+            precomputed=previous,
         )
         write_eval(results, eval_dir / "TOFU_EVAL.json", summary_keys=list(DEFAULT_METRICS))
         self.timings[f"eval/{name}"] = time.perf_counter() - t
