@@ -1,7 +1,6 @@
 """Issue 3, must-show 3 (protocol level): harmonic weights cancel the first-order noise term
 for any linear client J; uniform weights do not (Proposition 1, MPU.md §9)."""
 
-
 import pytest
 import torch
 
