@@ -10,7 +10,8 @@ import torch
 from mpu.data.formatting import encode_qa
 from mpu.pipeline import validity
 from mpu.pipeline.tiny import TinyGeometry, build_tiny_llama, train_tokenizer
-from mpu.pipeline.train import encode_rows, score, train_lm
+from mpu.data.formatting import collate
+from mpu.pipeline.train import answer_loss, encode_rows, score, train_lm
 
 ROWS = [
     {
@@ -56,6 +57,29 @@ def test_score_matches_hf_loss(tiny):
             ).loss
         assert loss == pytest.approx(float(ref), rel=1e-4)
         assert prob == pytest.approx(math.exp(-float(ref)), rel=1e-4)
+
+
+def test_answer_loss_is_the_token_mean_cross_entropy(tiny):
+    """The answer-positions-only head gives HF's loss on a padded batch, and its gradient."""
+    tok, model = tiny
+    items = encode_rows(tok, ROWS[:3])
+    batch = collate(
+        [i.input_ids for i in items],
+        pad_id=tok.pad_token_id,
+        labels=[i.labels for i in items],
+        mask_mode="padding",
+    )
+    fast = answer_loss(model, batch)
+    ref = model(**{k: batch[k] for k in ("input_ids", "attention_mask")}, labels=batch["labels"])
+    assert float(fast) == pytest.approx(float(ref.loss), rel=1e-5)
+    g_fast = torch.autograd.grad(fast, model.lm_head.weight)[0]
+    g_ref = torch.autograd.grad(ref.loss, model.lm_head.weight)[0]
+    assert float((g_fast - g_ref).norm() / g_ref.norm()) < 1e-5
+    model.config.final_logit_softcapping = 30.0  # a logit transform: the full-logits path
+    try:
+        assert float(answer_loss(model, batch)) == pytest.approx(float(ref.loss), rel=1e-5)
+    finally:
+        model.config.final_logit_softcapping = None
 
 
 @pytest.mark.slow

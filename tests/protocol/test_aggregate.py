@@ -89,3 +89,23 @@ def test_server_step_is_fp32():
     theta = torch.ones(3, dtype=torch.bfloat16)
     out = server_step(theta, torch.full((3,), 1e-4), 1.0)
     assert out.dtype == torch.float32 and torch.allclose(out, torch.full((3,), 1.0001))
+
+
+def test_owned_accumulation_equals_copying_and_reuses_the_first_update():
+    gen = torch.Generator().manual_seed(0)
+    deltas = [torch.randn(5, 7, generator=gen) for _ in range(3)]
+    alphas = [1.0, 1.5, 2.0]
+    copied, owned = HarmonicAccumulator(), HarmonicAccumulator()
+    first = deltas[0].clone()
+    for k, d in enumerate(deltas):
+        copied.add(d, alphas[k])
+        owned.add(first if k == 0 else d.clone(), alphas[k], owned=True)
+    mean = owned.mean()
+    assert mean.data_ptr() == first.data_ptr()  # S1 lives in the first update's buffer
+    expected = sum(w * d for w, d in zip(harmonic_weights(alphas), deltas, strict=True))
+    torch.testing.assert_close(mean, expected, rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(copied.mean(), expected, rtol=1e-6, atol=1e-7)
+    mismatched = HarmonicAccumulator()
+    mismatched.add(torch.ones(2), 1.0)
+    with pytest.raises(ValueError, match="shape"):
+        mismatched.add(torch.ones(3), 1.0)

@@ -29,9 +29,11 @@ def find_module(model: torch.nn.Module, module_regex: str) -> torch.nn.Module:
     found = [(n, m) for n, m in model.named_modules() if pattern.fullmatch(n)]
     if len(found) != 1:
         names = [n for n, _ in found][:5]
+        blocks = [n for n, _ in model.named_modules() if re.fullmatch(r".*layers\.\d+", n)]
+        hint = f"; this model's blocks are {blocks[0]} … {blocks[-1]}" if blocks else ""
         raise ConfigError(
             f"RMU module_regex={module_regex!r} matches {len(found)} modules {names}; "
-            "it must match exactly one (e.g. model\\.layers\\.7)"
+            f"it must match exactly one (e.g. model\\.layers\\.7){hint}"
         )
     return found[0][1]
 

@@ -101,8 +101,7 @@ def train_lm(
                 labels=[items[i].labels for i in idx],
                 mask_mode="padding",
             )
-            out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-            loss = _ce(out.logits, batch["labels"])
+            loss = answer_loss(model, batch)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
@@ -123,11 +122,29 @@ def train_lm(
     return TrainStats(epoch_loss, tokens, time.perf_counter() - t0)
 
 
-def _ce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mean next-token cross-entropy over labelled positions (fp32 logits)."""
+def answer_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Mean next-token cross-entropy over the labelled (answer) positions.
+
+    The LM head runs only on those positions when the model's logits are a plain projection
+    of the decoder's last hidden state: half of a QA item's tokens are prompt, and the vocab
+    projection is ~40 % of a tiny model's FLOPs, so this is ~20 % of the training time.
+    Models with a logit transform (Gemma-2 soft-capping) take the full-logits path.
+    """
+    shift_labels = batch["labels"][:, 1:]
+    head = model.get_output_embeddings()
+    plain = getattr(model.config, "final_logit_softcapping", None) is None
+    if plain and head is not None and hasattr(model, "get_decoder"):
+        hidden = model.get_decoder()(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+        ).last_hidden_state
+        mask = shift_labels != IGNORE_INDEX
+        logits = head(hidden[:, :-1][mask]).float()
+        return torch.nn.functional.cross_entropy(logits, shift_labels[mask])
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     shift_logits = logits[:, :-1].float().reshape(-1, logits.size(-1))
-    shift_labels = labels[:, 1:].reshape(-1)
-    return torch.nn.functional.cross_entropy(shift_logits, shift_labels, ignore_index=IGNORE_INDEX)
+    return torch.nn.functional.cross_entropy(
+        shift_logits, shift_labels.reshape(-1), ignore_index=IGNORE_INDEX
+    )
 
 
 @torch.no_grad()

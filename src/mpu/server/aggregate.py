@@ -99,6 +99,19 @@ def check_layout(theta: Checkpoint, layout: Layout, delta: DeltaFile) -> None:
             )
 
 
+def _finite_squared_norm(d: torch.Tensor, name: str, path: Path) -> float:
+    """‖d‖² in fp32, rejecting NaN/Inf: a non-finite entry makes the norm non-finite, so the
+    common case is one pass with no temporaries (`torch.isfinite` allocates |d| and two masks,
+    ~1.7× the tensor); the element count is only taken, chunk-wise, to word the error."""
+    norm = float(torch.linalg.vector_norm(d))
+    if math.isfinite(norm):
+        return norm**2
+    bad = sum(int((~torch.isfinite(c)).sum()) for c in d.reshape(-1).split(1 << 20))
+    if bad:
+        raise UpdateRejectedError(f"{path}: tensor {name!r} has {bad} NaN/Inf values")
+    raise UpdateRejectedError(f"{path}: tensor {name!r} has a norm that overflows float32")
+
+
 def aggregate_updates(
     theta: Checkpoint,
     layout: Layout,
@@ -129,24 +142,17 @@ def aggregate_updates(
         for name in tqdm(
             theta.names(), desc=f"aggregate round {round_}", disable=not progress, unit="tensor"
         ):
-            x = theta.read(name)
-            acc = HarmonicAccumulator(x)
+            acc = HarmonicAccumulator()
             for i, (rec, delta) in enumerate(matched):
                 d = delta.read(name)
-                if not torch.isfinite(d).all():
-                    bad = int((~torch.isfinite(d)).sum())
-                    raise UpdateRejectedError(
-                        f"{delta.path}: tensor {name!r} has {bad} NaN/Inf values"
-                    )
-                sq[i] += (
-                    float(torch.linalg.vector_norm(d)) ** 2
-                )  # fp32: a float64 upcast would double the memory
-                acc.add(transforms.apply(d, name, rec.k, inverse=True), alphas[rec.k])
+                sq[i] += _finite_squared_norm(d, name, delta.path)
+                acc.add(transforms.apply(d, name, rec.k, inverse=True), alphas[rec.k], owned=True)
                 del d  # free before the next copy's tensor is read
             mean = acc.mean()
             mean_sq += float(torch.linalg.vector_norm(mean)) ** 2
-            writer.add(name, server_step(x, mean, cfg.server_lr))
-            del x, acc, mean
+            # θ is read last: S1, the update being read and θ are never all alive at once
+            writer.add(name, server_step(theta.read(name), mean, cfg.server_lr))
+            del acc, mean
         norms = [math.sqrt(s) for s in sq]
         median = statistics.median(norms)
         for (_, delta), norm in zip(matched, norms, strict=True):
