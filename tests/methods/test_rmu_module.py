@@ -15,7 +15,9 @@ def model():
 
 
 def test_the_stock_layer_7_is_refused_on_a_2_block_model_with_the_blocks_named(model):
-    with pytest.raises(ConfigError, match=r"matches 0 modules.*model\.layers\.0 … model\.layers\.1"):
+    with pytest.raises(
+        ConfigError, match=r"matches 0 modules.*model\.layers\.0 … model\.layers\.1"
+    ):
         find_module(model, r"model\.layers\.7")
 
 

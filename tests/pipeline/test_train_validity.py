@@ -7,10 +7,9 @@ import math
 import pytest
 import torch
 
-from mpu.data.formatting import encode_qa
+from mpu.data.formatting import collate, encode_qa
 from mpu.pipeline import validity
 from mpu.pipeline.tiny import TinyGeometry, build_tiny_llama, train_tokenizer
-from mpu.data.formatting import collate
 from mpu.pipeline.train import answer_loss, encode_rows, score, train_lm
 
 ROWS = [
