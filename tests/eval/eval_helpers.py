@@ -94,22 +94,9 @@ def build_tokenizer(vocab_size: int = 320):
 
 
 def build_model(tokenizer, seed: int = 0, hidden: int = 32, layers: int = 2):
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    """The methods' tiny Llama with tied embeddings and room for long completions."""
+    from mpu.methods.testing import tiny_llama
 
-    torch.manual_seed(seed)
-    cfg = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=hidden,
-        intermediate_size=2 * hidden,
-        num_hidden_layers=layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        tie_word_embeddings=True,
+    return tiny_llama(
+        tokenizer, seed=seed, layers=layers, hidden=hidden, tied=True, max_positions=512
     )
-    model = LlamaForCausalLM(cfg).eval()
-    return model

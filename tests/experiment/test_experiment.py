@@ -93,6 +93,18 @@ def test_mpu_run_writes_a_report_from_real_evaluation(tofu_world, tmp_path, caps
         )
         == 0
     )
+    # the same runs in this process (workers=1) give the same numbers as the 2 worker processes
+    # (noised and mpu draw a fresh secret key per job, so only the noise-free runs repeat)
+    in_process = tmp_path / "in-process"
+    args = [f"data={data}", f"models={models}", f"out={in_process}", "methods=[NPO]"]
+    opts = ["forget_split=forget01", "eval_limit=6", "eval_max_new_tokens=8", "progress=false"]
+    assert main(["run", *args, *opts, "client.precision=fp32", "client.lr=1e-3", "workers=1"]) == 0
+    again = json.loads((in_process / "report.json").read_text())
+    for a, b in zip(report["runs"], again["runs"], strict=True):
+        if a["variant"] in ("noised", "mpu"):
+            continue
+        for key in ("forget_Q_A_Prob", "model_utility"):
+            assert a["summary"][key] == pytest.approx(b["summary"][key], rel=1e-4), (a, key)
 
 
 @pytest.mark.parametrize(

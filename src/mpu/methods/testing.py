@@ -75,7 +75,15 @@ def tiny_tokenizer(vocab_size: int = 320, corpus: Iterable[str] | None = None):
     return fast
 
 
-def tiny_llama(tokenizer, *, seed: int = 0, layers: int = 2, hidden: int = 32):
+def tiny_llama(
+    tokenizer,
+    *,
+    seed: int = 0,
+    layers: int = 2,
+    hidden: int = 32,
+    tied: bool = False,
+    max_positions: int = 256,
+):
     """A LlamaForCausalLM with `layers` blocks (GQA 4/2 heads), fp32, eval mode."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -87,11 +95,11 @@ def tiny_llama(tokenizer, *, seed: int = 0, layers: int = 2, hidden: int = 32):
         num_hidden_layers=layers,
         num_attention_heads=4,
         num_key_value_heads=2,
-        max_position_embeddings=256,
+        max_position_embeddings=max_positions,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
-        tie_word_embeddings=False,
+        tie_word_embeddings=tied,
     )
     return LlamaForCausalLM(cfg).eval()
 

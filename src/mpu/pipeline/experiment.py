@@ -72,6 +72,12 @@ class ExperimentConfig:
         False, help="keep the unlearned model folders (else only evals and report)"
     )
     progress: bool = field(True, help="progress bars")
+    workers: int = field(
+        2,
+        help="(method, variant) runs in this many parallel processes of `threads` torch "
+        "threads each (1: in this process); tiny models use 2 cores better this way",
+    )
+    threads: int = field(1, help="torch threads per worker process")
 
     def __post_init__(self) -> None:
         bad = [v for v in self.variants if v not in VARIANTS]
@@ -89,6 +95,10 @@ class ExperimentConfig:
             )
         if not self.methods:
             raise ConfigError("methods must name at least one unlearning method")
+        if self.workers < 1 or self.threads < 1:
+            raise ConfigError(
+                f"workers and threads must be >= 1 ({self.workers=}, {self.threads=})"
+            )
 
 
 def client_config(cfg: ExperimentConfig, method: str):
@@ -254,6 +264,81 @@ class Experiment:
         self.timings[f"eval/{name}"] = time.perf_counter() - t
         return read_eval_log(eval_dir / "TOFU_EVAL.json")
 
+    # ------------------------------------------------------------------ jobs
+    def _evaluated(self, name: str) -> bool:
+        return (self.out / "eval" / name / "TOFU_EVAL.json").is_file()
+
+    def job(self, name: str, data: str, models: Path, retain_logs: dict) -> dict[str, float]:
+        """Unlearn (unless `name` is "target") and evaluate one run; returns its timings."""
+        self.timings = {}
+        if name == "target":
+            self.evaluate("target", models / "target", data, retain_logs)
+            return self.timings
+        method, variant = name.rsplit("-", 1)
+        work = self.out / "work" / name
+        shutil.rmtree(work, ignore_errors=True)
+        t = time.perf_counter()
+        final = self.unlearn(method, variant, data, models, work)
+        self.timings[f"unlearn/{name}"] = time.perf_counter() - t
+        self.evaluate(name, final, data, retain_logs)
+        if not self.cfg.keep_models:
+            shutil.rmtree(work, ignore_errors=True)
+        return self.timings
+
+    def _cost(self, name: str) -> int:
+        """Relative run time, to start the longest runs first (fewer idle workers at the end)."""
+        if name == "target":
+            return 1
+        from mpu.methods.registry import get_method
+
+        method, variant = name.rsplit("-", 1)
+        copies = self.cfg.copies if variant == "mpu" else 1
+        return 2 + 2 * copies * (2 if get_method(method).name in _WITH_REFERENCE else 1)
+
+    def _run_jobs(self, todo: list[str], data: str, models: Path, retain_logs: dict) -> None:
+        """Every pending run, in `workers` processes when > 1; a failure stops the experiment."""
+        if not todo:
+            return
+        todo = sorted(todo, key=self._cost, reverse=True)
+        t0 = time.perf_counter()
+        if self.cfg.workers == 1 or len(todo) == 1:
+            for i, name in enumerate(todo):
+                _say(f"[{i + 1}/{len(todo)}] {name}")
+                self.timings.update(Experiment(self.cfg).job(name, data, models, retain_logs))
+            return
+        import multiprocessing
+        from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+        _say(f"{len(todo)} runs on {self.cfg.workers} worker processes "
+             f"({self.cfg.threads} torch thread(s) each), longest first")  # fmt: skip
+        cfg = {**to_dict(self.cfg), "progress": False}
+        ctx = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(
+            max_workers=min(self.cfg.workers, len(todo)),
+            mp_context=ctx,
+            initializer=_worker_init,
+            initargs=(self.cfg.threads,),
+        ) as pool:
+            futures = {
+                pool.submit(_job_in_worker, cfg, name, data, str(models), retain_logs): name
+                for name in todo
+            }
+            pending, done_n = set(futures), 0
+            while pending:
+                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    name = futures[fut]
+                    if fut.exception() is not None:
+                        for other in pending:
+                            other.cancel()
+                        raise fut.exception()
+                    done_n += 1
+                    timings = fut.result()
+                    self.timings.update(timings)
+                    spent = sum(v for k, v in timings.items() if k.endswith(f"/{name}"))
+                    _say(f"[{done_n}/{len(todo)}] {name} done ({spent:.0f} s; "
+                         f"{time.perf_counter() - t0:.0f} s elapsed)")  # fmt: skip
+
     # ------------------------------------------------------------------ the whole run
     def run(self) -> Path:
         from mpu.eval.io import summary_of
@@ -279,23 +364,14 @@ class Experiment:
             )
 
         record(None, "retain", self.evaluate("retain", models / "retain", data, retain_logs))
+        names = [f"{m}-{v}" for m in self.cfg.methods for v in self.cfg.variants]
+        todo = [n for n in ["target", *names] if not self._evaluated(n)]
+        self._run_jobs(todo, data, models, retain_logs)
         record(None, "target", self.evaluate("target", models / "target", data, retain_logs))
         for method in self.cfg.methods:
             for variant in self.cfg.variants:
                 name = f"{method}-{variant}"
-                work = self.out / "work" / name
-                if not (self.out / "eval" / name / "TOFU_EVAL.json").is_file():
-                    _say(f"{name}: unlearning")
-                    shutil.rmtree(work, ignore_errors=True)
-                    t = time.perf_counter()
-                    final = self.unlearn(method, variant, data, models, work)
-                    self.timings[f"unlearn/{name}"] = time.perf_counter() - t
-                    _say(f"{name}: evaluating")
-                    logs = self.evaluate(name, final, data, retain_logs)
-                    if not self.cfg.keep_models:
-                        shutil.rmtree(work, ignore_errors=True)
-                else:
-                    logs = self.evaluate(name, work / "final", data, retain_logs)
+                logs = self.evaluate(name, self.out / "work" / name / "final", data, retain_logs)
                 m = self.cfg.copies if variant == "mpu" else (1 if variant == "noised" else None)
                 record(
                     method, variant, logs, m=m, kappa=None if variant == "clean" else self.cfg.kappa
@@ -321,6 +397,28 @@ class Experiment:
 
         render_report([self.out], self.out)
         return self.out
+
+
+_WITH_REFERENCE = {"NPO", "SimNPO", "DPO", "UNDIAL", "RMU"}
+
+
+def _worker_init(threads: int) -> None:
+    """Quiet, single-purpose worker: no progress bars (set before tqdm is imported)."""
+    import os
+
+    os.environ["TQDM_DISABLE"] = "1"
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def _job_in_worker(
+    cfg: dict, name: str, data: str, models: str, retain_logs: dict
+) -> dict[str, float]:
+    from mpu.config import load_config
+
+    experiment = Experiment(load_config(ExperimentConfig, mapping=cfg))
+    return experiment.job(name, data, Path(models), retain_logs)
 
 
 def run_experiment(cfg: ExperimentConfig) -> Path:

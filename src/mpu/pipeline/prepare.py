@@ -1,11 +1,16 @@
 """Build the benchmark's base, target and retain models (`mpu model prepare`).
 
-TOFU's premise, reproduced offline: a *base* model that knows world facts (here: the tiny
-Llama pretrained on the real_authors / world_facts knowledge, or a given pretrained HF model),
+TOFU's premise, reproduced offline: a *base* model (a given pretrained HF model, or for the
+tiny Llama its initialisation, optionally pretrained on the utility QA with `base_epochs`),
 a *target* = base fine-tuned on `full` (it memorised the fictitious authors, forget set
 included) and a *retain* model = base fine-tuned on the retain split only (the gold standard
-an unlearned model is compared with). Both fine-tunes replay the utility knowledge so that it
-survives (a tiny model forgets it otherwise), identically for both models.
+an unlearned model is compared with). Both fine-tunes replay the utility knowledge
+(real_authors / world_facts), identically for both models, so both hold it independently of
+the forget set. The base is also the server's public base for σ calibration.
+
+Tiny defaults (12 epochs, peak lr 7e-3, no base pretraining) were chosen by measured
+memorisation curves: base pretraining on the 217 utility rows made the fine-tune 2-3x slower
+to memorise (its tied embeddings of tokens the utility text never uses degenerate).
 
 Results are cached: `OUT/prepare.json` records a content hash of the data rows and the
 config; a second call with the same inputs returns the recorded summary without training.
@@ -25,7 +30,7 @@ from typing import Any
 from mpu.config import field, to_dict
 from mpu.errors import ConfigError
 
-PREPARE_VERSION = "prepare-1"
+PREPARE_VERSION = "prepare-2"  # bump when defaults or the training loop change
 TINY = "tiny-llama"
 SMOLLM2 = "smollm2"
 
@@ -38,10 +43,14 @@ class PrepareConfig:
     out: str = field(help="output dir: base/, target/, retain/, prepare.json")
     model: str = field(TINY, help="tiny-llama | smollm2 | path of a HF model folder")
     forget_split: str = field("forget10", help="forget01 | forget05 | forget10")
-    epochs: int | None = field(None, help="fine-tune epochs (default: tiny 24, HF 5)")
-    lr: float | None = field(None, help="peak learning rate (default: tiny 3e-3, HF 1e-4)")
+    epochs: int | None = field(None, help="fine-tune epochs (default: tiny 12, HF 5)")
+    lr: float | None = field(None, help="peak learning rate (default: tiny 7e-3, HF 1e-4)")
     batch_size: int = field(16, help="micro-batch size")
-    base_epochs: int = field(20, help="tiny model: epochs of pretraining on utility knowledge")
+    base_epochs: int = field(
+        0,
+        help="tiny model: epochs of pretraining on the utility QA before the fine-tunes "
+        "(0: the base is the initialisation; pretraining slows memorisation 2-3x)",
+    )
     replay: bool = field(True, help="mix the utility QA into both fine-tunes")
     max_retain_items: int | None = field(
         None, help="train on only the first N retain-split rows (cheap runs of big models)"
@@ -154,7 +163,9 @@ def _base(config: PrepareConfig, data: dict[str, list[dict]], say) -> tuple[Any,
         )
         model = build_tiny_llama(tok, geom, seed=config.seed)
         items = encode_rows(tok, data["real_authors"] + data["world_facts"])
-        say(f"base: pretraining tiny Llama ({model.num_parameters() / 1e6:.2f} M parameters)")
+        say(f"base: tiny Llama, {model.num_parameters() / 1e6:.2f} M parameters")
+        if config.base_epochs == 0:
+            return model, tok, {}
         stats = train_lm(
             model,
             items,
@@ -267,8 +278,8 @@ def prepare_models(config: PrepareConfig, *, verbose: bool = True) -> dict:
     forget_qa = [{"question": r["question"], "answer": r["answer"]} for r in data["forget"]]
     target_rows = retain_rows + forget_qa if config.max_retain_items else data["full"]
     replay = data["real_authors"] + data["world_facts"] if config.replay else []
-    epochs = config.epochs or (24 if config.is_tiny else 5)
-    lr = config.lr or (3e-3 if config.is_tiny else 1e-4)
+    epochs = config.epochs or (12 if config.is_tiny else 5)
+    lr = config.lr or (7e-3 if config.is_tiny else 1e-4)
 
     timings: dict[str, float] = {}
     threads_before = torch.get_num_threads()
