@@ -59,6 +59,9 @@ def main() -> None:
     ap.add_argument("--save-target", type=Path, help="save the built target (HF folder)")
     ap.add_argument("--profile", default="openunlearning")
     ap.add_argument("--precision", default="fp32")
+    ap.add_argument(
+        "--lr", type=float, default=None, help="override the profile's lr (default: profile's)"
+    )
     ap.add_argument("--methods", nargs="*", default=list(METHODS))
     ap.add_argument("--rmu-module", default=None, help="RMU module_regex (default: middle block)")
     ap.add_argument("--n-retain-eval", type=int, default=400)
@@ -96,8 +99,9 @@ def main() -> None:
     for name in args.methods:
         model = copy.deepcopy(target)
         hp = {"module_regex": rmu_module} if name == "RMU" else {}
+        extra = {} if args.lr is None else {"lr": args.lr}
         cfg = ClientTrainConfig(
-            method=name, profile=args.profile, precision=args.precision, hparams=hp
+            method=name, profile=args.profile, precision=args.precision, hparams=hp, **extra
         )
         t = time.time()
         res = train_unlearning(model, tok, forget, retain, cfg, idk_answers=idk, progress=False)
