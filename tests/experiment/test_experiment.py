@@ -40,10 +40,9 @@ def test_kappa_zero_mpu_with_sgd_equals_clean(tofu_world, tmp_path, method):
     assert _relative_gap(mpu, clean, target) <= 1e-5
 
 
-def test_mpu_run_writes_a_report_from_real_evaluation(tofu_world, tmp_path, capsys):
-    data, models = tofu_world
-    out = tmp_path / "run"
-    code = main(
+def _mpu_run(data, models, out, *extra) -> int:
+    """`mpu run` of NPO on forget01 with a cheap evaluation (6 rows, 8 generated tokens)."""
+    return main(
         [
             "run",
             f"data={data}",
@@ -56,9 +55,15 @@ def test_mpu_run_writes_a_report_from_real_evaluation(tofu_world, tmp_path, caps
             "progress=false",
             "client.precision=fp32",
             "client.lr=1e-3",
+            *extra,
         ]
     )
-    assert code == 0
+
+
+def test_mpu_run_writes_a_report_from_real_evaluation(tofu_world, tmp_path, capsys):
+    data, models = tofu_world
+    out = tmp_path / "run"
+    assert _mpu_run(data, models, out) == 0
     report = json.loads((out / "report.json").read_text())
     variants = [(r["method"], r["variant"]) for r in report["runs"]]
     assert variants == [
@@ -75,30 +80,15 @@ def test_mpu_run_writes_a_report_from_real_evaluation(tofu_world, tmp_path, caps
     assert retain["forget_quality"] == pytest.approx(1.0)  # the retain model scored against itself
     assert (out / "report.html").is_file() and (out / "report.md").is_file()
     assert "report:" in capsys.readouterr().out
-    # a second run reuses every evaluation
-    assert (
-        main(
-            [
-                "run",
-                f"data={data}",
-                f"models={models}",
-                f"out={out}",
-                "methods=[NPO]",
-                "forget_split=forget01",
-                "eval_limit=6",
-                "eval_max_new_tokens=8",
-                "progress=false",
-                "client.precision=fp32",
-            ]
-        )
-        == 0
-    )
+    # a second run reuses every evaluation: no log is rewritten, the numbers are the same
+    logs = {run["eval_file"]: (out / run["eval_file"]).stat().st_mtime_ns for run in report["runs"]}
+    assert _mpu_run(data, models, out) == 0
+    assert {f: (out / f).stat().st_mtime_ns for f in logs} == logs
+    assert json.loads((out / "report.json").read_text())["runs"] == report["runs"]
     # the same runs in this process (workers=1) give the same numbers as the 2 worker processes
     # (noised and mpu draw a fresh secret key per job, so only the noise-free runs repeat)
     in_process = tmp_path / "in-process"
-    args = [f"data={data}", f"models={models}", f"out={in_process}", "methods=[NPO]"]
-    opts = ["forget_split=forget01", "eval_limit=6", "eval_max_new_tokens=8", "progress=false"]
-    assert main(["run", *args, *opts, "client.precision=fp32", "client.lr=1e-3", "workers=1"]) == 0
+    assert _mpu_run(data, models, in_process, "workers=1") == 0
     again = json.loads((in_process / "report.json").read_text())
     for a, b in zip(report["runs"], again["runs"], strict=True):
         if a["variant"] in ("noised", "mpu"):
