@@ -180,3 +180,15 @@ def test_empty_split_and_unknown_metric(model, tokenizer, data):
         evaluate_tofu(model, tokenizer, data, metrics=["forget_bleu"])
     with pytest.raises(DataError, match="tokenizer"):
         evaluate_tofu(model, None, data, metrics=["forget_Q_A_Prob"])
+
+
+def test_progress_false_draws_no_bars_and_changes_nothing(model, tokenizer, data, results, capfd):
+    metrics = ["forget_Q_A_ROUGE", "privleak", "forget_Q_A_Prob"]  # generation, MIA, scoring
+    quiet = evaluate_tofu(
+        model, tokenizer, data, metrics=metrics, max_new_tokens=8, batch_size=4, progress=False
+    )
+    assert "item/s" not in capfd.readouterr().err
+    for key in metrics:
+        assert quiet[key]["agg_value"] == pytest.approx(results[key]["agg_value"])
+    evaluate_tofu(model, tokenizer, data, metrics=["forget_Q_A_Prob"], batch_size=4)
+    assert "forget_Q_A_Prob" in capfd.readouterr().err  # the default still shows progress

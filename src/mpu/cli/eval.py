@@ -70,6 +70,7 @@ def _eval(args: argparse.Namespace) -> int:
             flags=flags,
             limit=args.limit,
             precomputed=previous,
+            progress=not args.quiet,
         )
         summary = [m for m in (metrics or DEFAULT_METRICS)]
     elif bench == "muse":
@@ -86,6 +87,7 @@ def _eval(args: argparse.Namespace) -> int:
             flags=flags,
             limit=args.limit,
             precomputed=previous,
+            progress=not args.quiet,
         )
         summary = [m for m in (metrics or DEFAULT_METRICS)]
     else:
@@ -100,6 +102,7 @@ def _eval(args: argparse.Namespace) -> int:
             configs=configs,
             batch_size=args.batch_size or 8,
             limit=args.limit,
+            progress=not args.quiet,
         )
         summary = sorted(results)
     seconds = time.perf_counter() - start
@@ -147,6 +150,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "forget_quality, privleak and model_utility are always recomputed",
     )
     p.add_argument("--limit", type=int, help="evaluate only the first N rows of each split")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument(
         "--device", help="cpu, cuda, cuda:1 ... (default: cuda when available, else cpu)"
     )

@@ -95,6 +95,7 @@ def run_attacks(
     k: float = 0.4,
     reference_model: torch.nn.Module | None = None,
     stats_cache: Callable[[str, Sequence[Encoded]], list[ItemStats]] | None = None,
+    progress: bool = True,
 ) -> dict[str, dict[str, Any]]:
     """Run `attacks` on the forget and holdout encodings; one result dict per attack key.
 
@@ -108,7 +109,13 @@ def run_attacks(
         if stats_cache is not None and m is model:
             return stats_cache(name, enc)
         return score_items(
-            m, enc, pad_id=pad_id, batch_size=batch_size, mask_mode=mask_mode, desc=name
+            m,
+            enc,
+            pad_id=pad_id,
+            batch_size=batch_size,
+            mask_mode=mask_mode,
+            desc=name,
+            progress=progress,
         )
 
     out: dict[str, dict[str, Any]] = {}
@@ -116,7 +123,9 @@ def run_attacks(
         per_split = []
         for name, enc in (("mia_forget", forget), ("mia_holdout", holdout)):
             if attack == "mia_gradnorm":
-                scores = gradnorm_scores(model, enc, pad_id=pad_id, mask_mode=mask_mode)
+                scores = gradnorm_scores(
+                    model, enc, pad_id=pad_id, mask_mode=mask_mode, progress=progress
+                )
             else:
                 ref = None
                 if attack == "mia_reference":

@@ -103,6 +103,7 @@ class _Muse(EvalRun):
                     mask_mode=self.flags.attention_mask,
                     reference_model=self.reference_model,
                     stats_cache=lambda name, e: self.stats(e, name, batch_size=bs),
+                    progress=self.progress,
                 )
             )
             return self.results[key]
@@ -121,6 +122,7 @@ def evaluate_muse(
     flags: EvalFlags | None = None,
     limit: int | None = None,
     precomputed: Mapping[str, Any] | None = None,
+    progress: bool = True,
 ) -> dict[str, Any]:
     """Evaluate an (already loaded) model on MUSE; returns `{metric_key: result}`.
 
@@ -143,6 +145,7 @@ def evaluate_muse(
         retain_logs=retain_logs,
         reference_model=reference_model,
     )
+    run.progress = progress
     run.results.update(reusable(precomputed or {}))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)

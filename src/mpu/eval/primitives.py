@@ -92,12 +92,13 @@ def score_items(
     batch_size: int = 32,
     mask_mode: str = "pad_id",
     desc: str = "scoring",
+    progress: bool = True,
 ) -> list[ItemStats]:
     """Right-padded batched forward passes over `encoded`; one `ItemStats` per item, in order."""
     model.eval()
     device = model_device(model)
     out: list[ItemStats] = []
-    bar = tqdm(total=len(encoded), desc=desc, leave=False, unit="item")
+    bar = tqdm(total=len(encoded), desc=desc, leave=False, unit="item", disable=not progress)
     for idx in chunks(len(encoded), batch_size):
         items = [encoded[i] for i in idx]
         batch = collate(
@@ -164,6 +165,7 @@ def greedy_generate(
     batch_size: int = 32,
     mask_mode: str = "pad_id",
     desc: str = "generating",
+    progress: bool = True,
 ) -> list[str]:
     """Greedy, left-padded, KV-cached generation; returns the cut, stripped continuation texts."""
     from transformers import StoppingCriteriaList
@@ -175,7 +177,7 @@ def greedy_generate(
     if getattr(model.generation_config, "eos_token_id", None) is None and eos is not None:
         extra["eos_token_id"] = eos
     texts: list[str] = []
-    bar = tqdm(total=len(prompts), desc=desc, leave=False, unit="item")
+    bar = tqdm(total=len(prompts), desc=desc, leave=False, unit="item", disable=not progress)
     for idx in chunks(len(prompts), batch_size):
         batch = collate([prompts[i] for i in idx], pad_id=pad_id, side="left", mask_mode=mask_mode)
         ids = batch["input_ids"].to(device)
@@ -226,6 +228,7 @@ def gradnorm_scores(
     p: float = 2.0,
     mask_mode: str = "pad_id",
     desc: str = "gradnorm",
+    progress: bool = True,
 ) -> list[float]:
     """GradNorm attack, batch 1, model in train mode: mean over parameter tensors of ||grad||_p of
     the mean negative token log-prob over I_b. Restores eval mode and requires_grad afterwards."""
@@ -237,7 +240,7 @@ def gradnorm_scores(
     model.train()
     scores: list[float] = []
     try:
-        for e in tqdm(encoded, desc=desc, leave=False, unit="item"):
+        for e in tqdm(encoded, desc=desc, leave=False, unit="item", disable=not progress):
             batch = collate([e.input_ids], pad_id=pad_id, mask_mode=mask_mode)
             ids = batch["input_ids"].to(device)
             labels = torch.tensor(e.labels, device=device)

@@ -41,6 +41,7 @@ class EvalRun:
         self.flags = flags or EvalFlags()
         self.limit = limit
         self.max_length = max_length
+        self.progress = True  # progress bars; the evaluate_* entry points set it
         self.pad_id = pad_id_of(tokenizer)
         self.results: dict[str, Any] = {}
         self._rows: dict[tuple[str, str], list[dict]] = {}
@@ -127,6 +128,7 @@ class EvalRun:
                 batch_size=batch_size or self.batch_size,
                 mask_mode=self.flags.attention_mask,
                 desc=desc,
+                progress=self.progress,
             )
         return self._stats[key]
 
@@ -191,6 +193,7 @@ class EvalRun:
             batch_size=batch_size or self.batch_size,
             mask_mode=self.flags.attention_mask,
             desc=key,
+            progress=self.progress,
         )
         vbi = {}
         for idx, e, gen in zip(index, encoded, gens, strict=True):

@@ -174,6 +174,7 @@ class _Tofu(EvalRun):
                     mask_mode=self.flags.attention_mask,
                     reference_model=self.reference_model,
                     stats_cache=lambda name, enc: self.stats(enc, name),
+                    progress=self.progress,
                 )
             )
             return self.results[key]
@@ -196,6 +197,7 @@ def evaluate_tofu(
     flags: EvalFlags | None = None,
     limit: int | None = None,
     precomputed: Mapping[str, Any] | None = None,
+    progress: bool = True,
 ) -> dict[str, Any]:
     """Evaluate an (already loaded) model on TOFU; returns `{metric_key: result}`, writes nothing.
 
@@ -228,6 +230,7 @@ def evaluate_tofu(
         reference_model=reference_model,
         max_new_tokens=max_new_tokens,
     )
+    run.progress = progress
     if retain_logs is not None and ("forget_quality" in metrics or "privleak" in metrics):
         check_retain_logs(
             retain_logs,

@@ -66,6 +66,7 @@ def evaluate_wmdp(
     split: str = "test",
     batch_size: int = 8,
     limit: int | None = None,
+    progress: bool = True,
 ) -> dict[str, Any]:
     """Accuracy per WMDP config as `{"wmdp_bio/acc": {"agg_value", "value_by_index"},
     "wmdp_bio/acc_stderr": {"agg_value"}}` (lm-eval's summary keys). `batch_size` counts questions."""
@@ -89,7 +90,9 @@ def evaluate_wmdp(
         require(rows, ("question", "choices", "answer"), f"{config}/{split}")
         task = config.replace("-", "_")
         vbi: dict[Any, dict] = {}
-        for idx in tqdm(list(chunks(len(rows), batch_size)), desc=task, leave=False):
+        for idx in tqdm(
+            list(chunks(len(rows), batch_size)), desc=task, leave=False, disable=not progress
+        ):
             pairs, owners = [], []
             for i in idx:
                 r = rows[i]

@@ -259,6 +259,7 @@ class Experiment:
             max_new_tokens=self.cfg.eval_max_new_tokens,
             limit=self.cfg.eval_limit,
             precomputed=previous,
+            progress=self.cfg.progress,
         )
         write_eval(results, eval_dir / "TOFU_EVAL.json", summary_keys=list(DEFAULT_METRICS))
         key = f"eval/{name}"  # the retain model is scored twice (then against itself)
