@@ -204,3 +204,26 @@ def test_client_unlearn_rejects_a_non_model_and_a_foreign_ticket(
 def test_errors_are_user_errors():
     assert issubclass(DataError, MPUError) and issubclass(ConfigError, MPUError)
     assert torch.__version__.startswith("2.13")
+
+
+def test_reference_evaluations_of_prepared_models_are_reused_across_runs(tofu_world, tmp_path):
+    import shutil
+
+    data, models = tofu_world
+    prepared = tmp_path / "prepared"
+    shutil.copytree(models, prepared)
+    (prepared / "prepare.json").write_text(json.dumps({"content_hash": "abc"}))
+    base = ["variants=[clean]", "eval_limit=6", "eval_max_new_tokens=8", "workers=1"]
+    assert _mpu_run(data, prepared, tmp_path / "a", *base) == 0
+    cached = sorted((prepared / "reference-evals").glob("*/*/TOFU_EVAL.json"))
+    assert [p.parent.name for p in cached] == ["retain", "target"]
+    stamps = [p.stat().st_mtime_ns for p in cached]
+    assert _mpu_run(data, prepared, tmp_path / "b", *base) == 0
+    assert [p.stat().st_mtime_ns for p in cached] == stamps  # read, not recomputed
+    first, second = (json.loads((tmp_path / d / "report.json").read_text()) for d in "ab")
+    assert first["runs"][:2] == second["runs"][:2]
+    assert "eval/target" not in second["timings_s"]  # the target was not evaluated again
+    # another evaluation setting is another cache entry
+    other = ["variants=[clean]", "eval_limit=6", "eval_max_new_tokens=4", "workers=1"]
+    assert _mpu_run(data, prepared, tmp_path / "c", *other) == 0
+    assert len(list((prepared / "reference-evals").iterdir())) == 2

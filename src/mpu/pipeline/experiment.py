@@ -341,6 +341,50 @@ class Experiment:
                     _say(f"[{done_n}/{len(todo)}] {name} done ({spent:.0f} s; "
                          f"{time.perf_counter() - t0:.0f} s elapsed)")  # fmt: skip
 
+    # ------------------------------------------------------------------ reference evaluations
+    def _reference_cache(self, data: str, models: Path) -> Path | None:
+        """Where the retain and target evaluations of prepared models are kept across runs.
+
+        Only for a models folder made by `mpu model prepare` (its content hash names the
+        models); the key also covers the data (path and manifest) and every evaluation
+        setting, so a different suite never reuses them.
+        """
+        import hashlib
+
+        record = models / "prepare.json"
+        if not record.is_file():
+            return None
+        manifest = Path(data) / "manifest.json"
+        key = {
+            "version": "reference-evals-1",
+            "models": json.loads(record.read_text()).get("content_hash"),
+            "data": str(data),
+            "manifest": manifest.read_text() if manifest.is_file() else None,
+            "forget_split": self.cfg.forget_split,
+            "max_new_tokens": self.cfg.eval_max_new_tokens,
+            "batch_size": self.cfg.eval_batch_size,
+            "limit": self.cfg.eval_limit,
+        }
+        digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
+        return models / "reference-evals" / digest[:16]
+
+    @staticmethod
+    def _copy_references(src: Path | None, dst: Path | None) -> None:
+        """Copy eval/{retain,target} folders that `dst` lacks (each via a temp dir + rename)."""
+        if src is None or dst is None:
+            return
+        for name in ("retain", "target"):
+            if not (src / name / "TOFU_EVAL.json").is_file() or (dst / name).exists():
+                continue
+            tmp = dst / f".{name}.tmp"
+            try:
+                shutil.rmtree(tmp, ignore_errors=True)
+                shutil.copytree(src / name, tmp)
+                tmp.rename(dst / name)
+            except OSError as exc:  # a read-only models folder: just do not cache
+                shutil.rmtree(tmp, ignore_errors=True)
+                _say(f"note: reference evaluations not cached in {dst} ({exc})")
+
     # ------------------------------------------------------------------ the whole run
     def run(self) -> Path:
         from mpu.eval.io import summary_of
@@ -349,6 +393,8 @@ class Experiment:
         self.out.mkdir(parents=True, exist_ok=True)
         start = time.perf_counter()
         data, models = self.resolve_inputs()
+        cache = self._reference_cache(data, models)
+        self._copy_references(cache, self.out / "eval")
         _say("evaluating the retain and target models (the reference points)")
         retain_logs = self.evaluate("retain", models / "retain", data, None)
         runs = []
@@ -370,6 +416,7 @@ class Experiment:
         todo = [n for n in ["target", *names] if not self._evaluated(n)]
         self._run_jobs(todo, data, models, retain_logs)
         record(None, "target", self.evaluate("target", models / "target", data, retain_logs))
+        self._copy_references(self.out / "eval", cache)
         for method in self.cfg.methods:
             for variant in self.cfg.variants:
                 name = f"{method}-{variant}"
