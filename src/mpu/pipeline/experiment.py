@@ -295,7 +295,9 @@ class Experiment:
 
         method, variant = name.rsplit("-", 1)
         copies = self.cfg.copies if variant == "mpu" else 1
-        return 2 + 2 * copies * (2 if get_method(method).name in _WITH_REFERENCE else 1)
+        client = self.clients[method]
+        reads_reference = get_method(method).uses_reference(client.method_config())
+        return 2 + 2 * copies * (2 if reads_reference else 1)
 
     def _run_jobs(self, todo: list[str], data: str, models: Path, retain_logs: dict) -> None:
         """Every pending run, in `workers` processes when > 1; a failure stops the experiment."""
@@ -330,12 +332,13 @@ class Experiment:
                 done, pending = wait(pending, return_when=FIRST_COMPLETED)
                 for fut in done:
                     name = futures[fut]
-                    if fut.exception() is not None:
+                    try:
+                        timings = fut.result()
+                    except BaseException:
                         for other in pending:
                             other.cancel()
-                        raise fut.exception()
+                        raise
                     done_n += 1
-                    timings = fut.result()
                     self.timings.update(timings)
                     spent = sum(v for k, v in timings.items() if k.endswith(f"/{name}"))
                     _say(f"[{done_n}/{len(todo)}] {name} done ({spent:.0f} s; "
@@ -446,9 +449,6 @@ class Experiment:
 
         render_report([self.out], self.out)
         return self.out
-
-
-_WITH_REFERENCE = {"NPO", "SimNPO", "DPO", "UNDIAL", "RMU"}
 
 
 def _worker_init(threads: int) -> None:

@@ -162,13 +162,12 @@ def _base(config: PrepareConfig, data: dict[str, list[dict]], say) -> tuple[Any,
             intermediate_size=config.hidden_size * 4,
         )
         model = build_tiny_llama(tok, geom, seed=config.seed)
-        items = encode_rows(tok, data["real_authors"] + data["world_facts"])
         say(f"base: tiny Llama, {model.num_parameters() / 1e6:.2f} M parameters")
         if config.base_epochs == 0:
             return model, tok, {}
         stats = train_lm(
             model,
-            items,
+            encode_rows(tok, data["real_authors"] + data["world_facts"]),
             pad_id=tok.pad_token_id,
             epochs=config.base_epochs,
             lr=3e-3,

@@ -140,11 +140,10 @@ def answer_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         mask = shift_labels != IGNORE_INDEX
         logits = head(hidden[:, :-1][mask]).float()
         return torch.nn.functional.cross_entropy(logits, shift_labels[mask])
+    from mpu.methods.common import batch_ce
+
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    shift_logits = logits[:, :-1].float().reshape(-1, logits.size(-1))
-    return torch.nn.functional.cross_entropy(
-        shift_logits, shift_labels.reshape(-1), ignore_index=IGNORE_INDEX
-    )
+    return batch_ce(logits.float(), batch["labels"])
 
 
 @torch.no_grad()
