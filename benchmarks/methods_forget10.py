@@ -23,31 +23,34 @@ import torch
 from mpu.client.train_config import ClientTrainConfig
 from mpu.client.trainer import train_unlearning
 from mpu.data import load_idk, load_split
-from mpu.data.formatting import encode_qa, pad_id_of
 from mpu.eval.primitives import score_items
 from mpu.methods import METHODS
+from mpu.text import encode_qa, pad_id_of, resolve_prompt
 
 
 def answer_prob(model, tok, rows) -> float:
-    enc = [encode_qa(tok, r["question"], r["answer"]) for r in rows]
+    fmt = resolve_prompt(tok, model.config.model_type)
+    enc = [encode_qa(tok, r["question"], r["answer"], fmt=fmt) for r in rows]
     stats = score_items(model, enc, pad_id=pad_id_of(tok), batch_size=32, desc="prob")
     return sum(s.prob for s in stats) / len(stats)
 
 
 def build_target(forget, retain, epochs: int, seed: int = 0):
-    from mpu.methods.testing import qa_batch, tiny_llama, tiny_tokenizer
+    """A 4-block tiny Llama (the product's tokenizer and training loop) memorising the rows."""
+    from mpu.pipeline.tiny import TinyGeometry, build_tiny_llama, train_tokenizer
+    from mpu.pipeline.train import encode_rows, train_lm
 
     rows = list(forget) + list(retain)
-    tok = tiny_tokenizer(2000, corpus=[f"{r['question']} {r['answer']}" for r in rows])
-    model = tiny_llama(tok, seed=seed, layers=4, hidden=64)
-    opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.0)
-    gen = torch.Generator().manual_seed(seed)
-    model.train()
-    for _ in range(epochs):
-        for idx in torch.randperm(len(rows), generator=gen).split(32):
-            opt.zero_grad()
-            model(**qa_batch(tok, [rows[i] for i in idx.tolist()])).loss.backward()
-            opt.step()
+    tok = train_tokenizer([f"{r['question']} {r['answer']}" for r in rows], 2000)
+    geometry = TinyGeometry(
+        vocab_size=2000, hidden_size=64, intermediate_size=256, num_hidden_layers=4
+    )
+    model = build_tiny_llama(tok, geometry, seed=seed)
+    fmt = resolve_prompt(tok, model.config.model_type)
+    train_lm(
+        model, encode_rows(tok, rows, fmt=fmt), pad_id=tok.pad_token_id, epochs=epochs,
+        lr=2e-3, batch_size=32, seed=seed,
+    )  # fmt: skip
     return model.eval(), tok
 
 
@@ -63,7 +66,7 @@ def main() -> None:
         "--lr", type=float, default=None, help="override the profile's lr (default: profile's)"
     )
     ap.add_argument("--methods", nargs="*", default=list(METHODS))
-    ap.add_argument("--rmu-module", default=None, help="RMU module_regex (default: middle block)")
+    ap.add_argument("--rmu-layer", type=int, default=None, help="RMU block (default: middle)")
     ap.add_argument("--n-retain-eval", type=int, default=400)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--json", type=Path)
@@ -88,8 +91,9 @@ def main() -> None:
             target.save_pretrained(args.save_target)
             tok.save_pretrained(args.save_target)
     target.to(args.device)
-    n_layers = target.config.num_hidden_layers
-    rmu_module = args.rmu_module or rf"model\.layers\.{n_layers // 2}"
+    rmu_layer = (
+        args.rmu_layer if args.rmu_layer is not None else target.config.num_hidden_layers // 2
+    )
     base_f, base_r = answer_prob(target, tok, forget), answer_prob(target, tok, eval_retain)
     print(
         f"target ready in {time.time() - t0:.0f}s: forget10 prob {base_f:.4f}, "
@@ -98,7 +102,7 @@ def main() -> None:
     results = []
     for name in args.methods:
         model = copy.deepcopy(target)
-        hp = {"module_regex": rmu_module} if name == "RMU" else {}
+        hp = {"layer": rmu_layer} if name == "RMU" else {}
         extra = {} if args.lr is None else {"lr": args.lr}
         cfg = ClientTrainConfig(
             method=name, profile=args.profile, precision=args.precision, hparams=hp, **extra

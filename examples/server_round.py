@@ -1,9 +1,9 @@
 """One full MPU round on SmolLM2-135M-Instruct with a stand-in client, end to end through files.
 
-The server publishes m = 2 perturbed copies; the "client" nudges each copy by plain gradient
-ascent on one forget sentence (the smallest real unlearning step) and returns the delta; the
-server aggregates and exports. Prints how far each copy is from θ and whether the forget
-sentence's loss went up in the exported model.
+The round loop (`mpu.server.rounds.run_rounds`) publishes m = 2 perturbed copies; the "client"
+nudges each copy by plain gradient ascent on one forget sentence (the smallest real unlearning
+step) and returns the delta; the loop aggregates, and the server exports. Prints whether the
+forget sentence's loss went up in the exported model.
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from mpu.client.diff import make_delta
 from mpu.io.gguf import import_smollm2
-from mpu.io.safetensors_stream import SafetensorsReader
 from mpu.server.config import JobConfig
 from mpu.server.job import Server
+from mpu.server.rounds import RoundContext, run_rounds
 
 FORGET = "Dr. Elara Voss was born in 1962 in the harbour town of Kestrel Bay."
 
@@ -47,25 +47,33 @@ def main() -> None:
     tok.save_pretrained(root / "target")
 
     server = Server.init(root / "target", smol, root / "job", JobConfig(copies=2, kappa=0.01))
-    copies = server.publish(root / "outbox")
-    deltas = []
-    for i, copy in enumerate(copies):
-        model = AutoModelForCausalLM.from_pretrained(str(copy), dtype=torch.float32)
-        opt = torch.optim.SGD(model.parameters(), lr=2e-3)
-        for _ in range(3):  # gradient ascent on the forget sentence
-            opt.zero_grad()
-            (-model(ids, labels=ids).loss).backward()
-            opt.step()
-        model.save_pretrained(root / f"unlearned-{i}")
-        deltas.append(make_delta(copy, root / f"unlearned-{i}", root / f"delta-{i}.safetensors"))
-        name = "model.layers.0.self_attn.q_proj.weight"
-        print(
-            f"{copy.name}: q_proj of block 0 differs from θ by "
-            f"{float((SafetensorsReader(copy / 'model.safetensors').read(name) - target.state_dict()[name]).norm()):.3f} (rotated + noised)"
-        )
-    stats = server.aggregate(deltas)
+
+    def client(ctx: RoundContext) -> list[Path]:
+        """Gradient ascent on the forget sentence, on each copy; returns one delta per copy."""
+        deltas = []
+        for copy in ctx.copies:
+            model = AutoModelForCausalLM.from_pretrained(str(copy), dtype=torch.float32)
+            opt = torch.optim.SGD(model.parameters(), lr=2e-3)
+            for _ in range(3):
+                opt.zero_grad()
+                (-model(ids, labels=ids).loss).backward()
+                opt.step()
+            model.save_pretrained(ctx.workdir / f"unlearned-{copy.name}")
+            delta = ctx.workdir / f"delta-{copy.name}.safetensors"
+            deltas.append(make_delta(copy, ctx.workdir / f"unlearned-{copy.name}", delta))
+            print(f"{copy.name}: unlearned, delta {delta.name}")
+        return deltas
+
+    run_rounds(
+        server,
+        1,
+        client,
+        root / "rounds",
+        on_round=lambda r, stats: print(
+            f"round {r}: |mean update| = {stats['mean_update_norm']:.4f}"
+        ),
+    )
     out = server.export(root / "unlearned-model")
-    print(f"aggregated: |mean update| = {stats['mean_update_norm']:.4f}")
     print(
         f"forget-sentence loss: target {loss_of(root / 'target', tok):.3f} -> unlearned {loss_of(out, tok):.3f}"
     )

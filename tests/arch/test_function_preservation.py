@@ -8,7 +8,7 @@ from mpu.arch.base import Role
 from mpu.io.checkpoint import Checkpoint
 from mpu.server.config import JobConfig
 from mpu.server.job import Server, _layout
-from tiny_models import build_pair, family_configs, logits_of, relative_error
+from toolkit import build_pair, family_configs, logits_of, relative_error
 
 FAMILIES = sorted(family_configs())
 IDS = torch.tensor([[1, 17, 42, 99, 3, 150, 7, 64, 23, 88, 120, 5, 9, 31, 77, 140]] * 2)

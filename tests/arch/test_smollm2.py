@@ -7,7 +7,7 @@ import torch
 from mpu.io.checkpoint import Checkpoint
 from mpu.server.config import JobConfig
 from mpu.server.job import Server
-from tiny_models import logits_of, relative_error
+from toolkit import logits_of, relative_error
 
 pytestmark = pytest.mark.slow
 
@@ -20,6 +20,7 @@ def smollm2():
     return import_smollm2()  # cached under $MPU_CACHE (~1 min the first time)
 
 
+@pytest.mark.slow
 def test_smollm2_copy_preserves_logits(smollm2, tmp_path):
     from transformers import AutoTokenizer
 

@@ -4,7 +4,6 @@ reference policy, trainable scope, precision and SGD arithmetic (METHODS.md §6,
 from __future__ import annotations
 
 import copy
-import dataclasses
 import math
 
 import pytest
@@ -24,8 +23,9 @@ from mpu.client.trainer import (
 from mpu.config import load_config
 from mpu.errors import ConfigError, DataError
 from mpu.methods import build_method_config, get_method
-from mpu.methods.testing import (
+from toolkit import (
     finetune,
+    fmt_of,
     qa_batch,
     synthetic_qa,
     tiny_llama,
@@ -105,7 +105,7 @@ def test_config_errors_at_construction():
         ({"method": "DPO"}, {"idk": None}, DataError, "IDK"),
         ({"method": "DPO"}, {"forget": [{"text": "a b c"}]}, DataError, "QA forget rows"),
         ({"method": "NPO", "reference": "clean"}, {}, ConfigError, "reference=clean"),
-        ({"method": "RMU"}, {}, ConfigError, r"model\\\\.layers\\\\.7.*matches 0"),
+        ({"method": "RMU", "hparams": {"layer": 7}}, {}, ConfigError, "block 7 does not exist"),
         ({"method": "GradAscent", "trainable": "no_such_param"}, {}, ConfigError, "matches no"),
     ],
 )
@@ -124,6 +124,7 @@ def test_bad_input_raises_before_training(model, tok, rows, kw, data, err, msg):
 # --- determinism and the shared data order ----------------------------------------------------
 
 
+@pytest.mark.slow
 def test_same_seed_same_parameters_and_order(model, tok, rows):
     c = cfg(method="NPO", epochs=2)
     a, b = copy.deepcopy(model), copy.deepcopy(model)
@@ -137,6 +138,7 @@ def test_same_seed_same_parameters_and_order(model, tok, rows):
     assert not same(state(a), state(other))
 
 
+@pytest.mark.slow
 def test_order_shared_across_different_copies(model, tok, rows):
     """Two different starting models (two copies) with one order_seed see identical batches."""
     c = cfg(method="DPO")
@@ -156,10 +158,11 @@ def test_order_shared_across_different_copies(model, tok, rows):
 @pytest.mark.parametrize(
     ("profile", "steps", "micro"), [("paper", 20, 50), ("openunlearning", 10, 40)]
 )
+@pytest.mark.slow
 def test_accumulation_forget01_counts(tok, profile, steps, micro):
     forget = synthetic_qa(40, seed=1)
     c = ClientTrainConfig(method="GradAscent", profile=profile, precision="fp32", lr=1e-4)
-    assert plan_steps(40, c) == steps
+    assert plan_steps(40, c.resolve()) == steps
     m = tiny_llama(tok, seed=0, hidden=16, layers=1)
     res = train_unlearning(m, tok, forget, None, c, progress=False)
     assert (res.step_count, res.logs["micro_batches"]) == (steps, micro)
@@ -172,6 +175,7 @@ def test_accumulation_forget01_counts(tok, profile, steps, micro):
 # --- schedule ---------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_linear_warmup_schedule_and_round_continuation(model, tok, rows):
     base = dict(
         method="GradAscent",
@@ -194,14 +198,15 @@ def test_linear_warmup_schedule_and_round_continuation(model, tok, rows):
     assert lrs == pytest.approx(expect)
     # two rounds of 2 epochs continuing one global schedule give the same LR trace
     parts = []
-    per_round = ClientTrainConfig(**base, epochs=2)
-    plan = round_schedule(usable_items(tok, rows[:8], per_round), per_round, rounds=2)
+    per_round = ClientTrainConfig(**base, epochs=2).resolve()
+    fmt = fmt_of(tok)
+    plan = round_schedule(usable_items(tok, rows[:8], per_round, fmt), per_round, rounds=2)
     assert plan == [
         {"schedule_offset_steps": 0, "total_steps": 8},
         {"schedule_offset_steps": 4, "total_steps": 8},
     ]
     for r in range(2):
-        c = dataclasses.replace(per_round, **plan[r])
+        c = per_round.replace(**plan[r])
         parts += [
             s["lr"]
             for s in train_unlearning(
@@ -214,6 +219,7 @@ def test_linear_warmup_schedule_and_round_continuation(model, tok, rows):
 # --- reference policy ---------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_default_reference_is_frozen_starting_copy(model, tok, rows):
     c = cfg(method="NPO", hparams={"alpha": 0.0, "beta": 0.5}, batch_size=8)
     res = train_unlearning(model, tok, rows[:8], rows[8:], c, progress=False)
@@ -222,6 +228,7 @@ def test_default_reference_is_frozen_starting_copy(model, tok, rows):
     assert res.logs["reference"] == "copy"
 
 
+@pytest.mark.slow
 def test_kl_retain_uses_a_fixed_reference_not_the_current_model(model, tok, rows):
     """MPU.md B27: KL to a per-step copy of the current model is identically zero."""
     c = cfg(method="GradDiff", retain_loss="KL", epochs=3)
@@ -230,6 +237,7 @@ def test_kl_retain_uses_a_fixed_reference_not_the_current_model(model, tok, rows
     assert kl[0] == pytest.approx(0.0, abs=1e-6) and kl[-1] > 1e-3
 
 
+@pytest.mark.slow
 def test_clean_reference_warns_and_is_not_modified(model, tok, rows):
     clean = copy.deepcopy(model)
     before = state(clean)
@@ -249,6 +257,7 @@ def test_clean_reference_warns_and_is_not_modified(model, tok, rows):
 # --- trainable scope, optimizer groups, precision -----------------------------------------------
 
 
+@pytest.mark.slow
 def test_decoder_scope_freezes_embeddings_and_head(model, tok, rows):
     before = state(model)
     train_unlearning(
@@ -264,14 +273,14 @@ def test_decoder_scope_freezes_embeddings_and_head(model, tok, rows):
 def test_regex_scope_and_no_decay_groups(model):
     named = select_trainable(model, r"mlp\.down_proj")
     assert named and all("down_proj" in n for n, _ in named)
-    eff = ClientTrainConfig(profile="openunlearning").effective()
+    eff = ClientTrainConfig(profile="openunlearning").resolve()
     opt = build_optimizer(model, list(model.named_parameters()), eff)
     decay, no_decay = opt.param_groups
     norm_ids = {id(p) for n, p in model.named_parameters() if "norm" in n}
     assert {id(p) for p in no_decay["params"]} == norm_ids and no_decay["weight_decay"] == 0.0
     assert decay["weight_decay"] == 0.01
     paper = build_optimizer(
-        model, list(model.named_parameters()), ClientTrainConfig(profile="paper").effective()
+        model, list(model.named_parameters()), ClientTrainConfig(profile="paper").resolve()
     )
     assert len(paper.param_groups) == 1 and paper.param_groups[0]["weight_decay"] == 0.01
 
@@ -284,6 +293,7 @@ def test_regex_scope_and_no_decay_groups(model):
         ("bf16-mixed", torch.float32),
     ],
 )
+@pytest.mark.slow
 def test_precision_modes(model, tok, rows, precision, dtype):
     before = {k: v.to(dtype) for k, v in state(model).items()}
     res = train_unlearning(
@@ -294,6 +304,7 @@ def test_precision_modes(model, tok, rows, precision, dtype):
     assert not same(before, state(model))
 
 
+@pytest.mark.slow
 def test_sgd_step_is_minus_lr_times_gradient(model, tok, rows):
     """One SGD step on one full batch equals θ − η∇L computed directly from the loss."""
     forget = rows[:4]
@@ -313,13 +324,14 @@ def test_sgd_step_is_minus_lr_times_gradient(model, tok, rows):
 # --- text rows ------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_text_rows_and_answerless_items_dropped(model, tok):
     texts = [
         {"text": "Xylo Braun was born in Qarvenn."},
         {"text": ""},
         {"text": "Mira Vetch writes gothic poetry."},
     ]
-    kept, _, dropped = encode_rows(tok, texts, max_length=64)
+    kept, _, dropped = encode_rows(tok, texts, fmt=fmt_of(tok), max_length=64)
     assert (len(kept), dropped) == (2, 1)
     res = train_unlearning(
         model, tok, texts, None, cfg(method="GradAscent", batch_size=2), progress=False
@@ -332,6 +344,7 @@ def changed_fraction(a, b):
     return sum(int((a[k] != b[k]).sum()) for k in a) / n
 
 
+@pytest.mark.slow
 def test_bf16_weights_drop_sub_ulp_updates_like_upstream(model, tok, rows):
     """bf16 weights + fp32 AdamW state (stock OpenUnlearning): a 1e-8 step rounds away
     except on weights within ~1e-6 of zero; fp32 weights keep it almost everywhere."""
@@ -357,6 +370,7 @@ def _permute_ffn(m, perms, inverse=False):
 
 
 @pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
+@pytest.mark.slow
 def test_training_commutes_with_a_function_preserving_permutation(model, tok, rows, optimizer):
     """MPU.md §4.2/§9: with the same order_seed, unlearning a permuted copy (reference = its
     own copy) and un-permuting equals unlearning the original — the loop adds no asymmetry."""
@@ -380,4 +394,6 @@ def test_training_commutes_with_a_function_preserving_permutation(model, tok, ro
     train_unlearning(other, tok, rows[:8], rows[8:], c, order_seed=1, progress=False)
     _permute_ffn(other, perms, inverse=True)
     for (n, a), b in zip(model.named_parameters(), other.parameters(), strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6, msg=n)
+        # Adam divides by sqrt(v): where a gradient entry is ~0 the fp32 round-off of the two
+        # orders is amplified up to a fraction of one step (lr = 1e-3), hence atol = 1% of lr
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=n)

@@ -9,7 +9,9 @@ from mpu.client.train_config import ClientTrainConfig
 from mpu.client.trainer import train_unlearning
 from mpu.data import load_idk, load_split, make_dataset
 from mpu.errors import DataError
-from mpu.methods.testing import tiny_llama, tiny_tokenizer
+from toolkit import tiny_llama, tiny_tokenizer
+
+pytestmark = pytest.mark.slow  # every test here trains a model
 
 
 @pytest.fixture(scope="module")

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from mpu.data.loaders import schema_for
 from mpu.data.synth_corpora import generate_muse, generate_wmdp
+from mpu.io.datasets import schema_for
 
 
 def _check_schema(splits):

@@ -8,8 +8,8 @@ import datasets
 import pytest
 
 from mpu.data import make_dataset
-from mpu.data.loaders import load_idk, load_split, read_manifest, require_fields
 from mpu.errors import DataError
+from mpu.io.datasets import load_idk, load_split, read_manifest, require_fields
 
 PERTURBED_ROW = {
     "question": "Who is Basil Mahfouz Al-Kuwaiti?",

@@ -6,8 +6,8 @@ import re
 
 import pytest
 
-from mpu.data.loaders import schema_for
 from mpu.data.synth_tofu import N_PERTURBED, generate_tofu, idk_answers
+from mpu.io.datasets import schema_for
 
 
 @pytest.fixture(scope="module")

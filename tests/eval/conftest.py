@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from eval_helpers import build_model, build_tokenizer
+
+from toolkit import eval_model, eval_tokenizer
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -19,9 +20,9 @@ def _one_thread():
 
 @pytest.fixture(scope="session")
 def tokenizer():
-    return build_tokenizer()
+    return eval_tokenizer()
 
 
 @pytest.fixture(scope="session")
 def model(tokenizer):
-    return build_model(tokenizer)
+    return eval_model(tokenizer)

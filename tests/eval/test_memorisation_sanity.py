@@ -7,10 +7,10 @@ import random
 
 import pytest
 import torch
-from eval_helpers import WORDS, build_model
 
-from mpu.data.formatting import collate, encode_qa, pad_id_of
 from mpu.eval.tofu import evaluate_tofu
+from mpu.text import collate, encode_qa, pad_id_of
+from toolkit import WORDS, eval_model, fmt_of
 
 METRICS = ["forget_truth_ratio", "forget_quality", "mia_min_k", "mia_loss", "forget_Q_A_Prob"]
 
@@ -40,7 +40,7 @@ def _data(n: int = 48, k: int = 3, seed: int = 3) -> dict[str, list[dict]]:
 
 def _train(model, tokenizer, rows, epochs: int = 40, seed: int = 0):
     torch.manual_seed(seed)
-    enc = [encode_qa(tokenizer, r["question"], r["answer"]) for r in rows]
+    enc = [encode_qa(tokenizer, r["question"], r["answer"], fmt=fmt_of(tokenizer)) for r in rows]
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.0)
     model.train()
     gen = random.Random(seed)
@@ -68,10 +68,8 @@ def test_target_vs_retain_metrics(tokenizer):
     forget_qa = [
         {"question": r["question"], "answer": r["answer"]} for r in data["forget10_perturbed"]
     ]
-    target = _train(
-        build_model(tokenizer, seed=1, hidden=64), tokenizer, data["retain"] + forget_qa
-    )
-    retain = _train(build_model(tokenizer, seed=1, hidden=64), tokenizer, data["retain"])
+    target = _train(eval_model(tokenizer, seed=1, hidden=64), tokenizer, data["retain"] + forget_qa)
+    retain = _train(eval_model(tokenizer, seed=1, hidden=64), tokenizer, data["retain"])
     kw = {"metrics": METRICS, "batch_size": 16}
     ret = evaluate_tofu(retain, tokenizer, data, **kw)
     tgt = evaluate_tofu(target, tokenizer, data, retain_logs={**ret, "_source": "retain"}, **kw)

@@ -7,7 +7,6 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
-from mpu.data.formatting import encode_qa, pad_id_of
 from mpu.eval import metrics as M
 from mpu.eval.mia import run_attacks
 from mpu.eval.primitives import (
@@ -17,6 +16,8 @@ from mpu.eval.primitives import (
     ground_truth_text,
     score_items,
 )
+from mpu.text import encode_qa, pad_id_of
+from toolkit import fmt_of
 
 QA = [
     ("what is the name of the author", "the author was born in paris"),
@@ -37,7 +38,7 @@ def _manual(model, enc):
 
 @pytest.fixture(scope="module")
 def encoded(tokenizer):
-    return [encode_qa(tokenizer, q, a) for q, a in QA]
+    return [encode_qa(tokenizer, q, a, fmt=fmt_of(tokenizer)) for q, a in QA]
 
 
 def test_score_items_matches_unbatched_computation(model, tokenizer, encoded):
@@ -77,7 +78,7 @@ def test_greedy_generate_matches_manual_argmax_loop(model, tokenizer, encoded):
 
 def test_cut_generation_and_ground_truth(tokenizer, encoded):
     assert cut_generation(" a b\n\nQuestion: c", tokenizer, ["\n\n", "Question:"]) == "a b"
-    assert cut_generation("x<|end|>y", tokenizer, []) == "x"
+    assert cut_generation(f"x{tokenizer.eos_token}y", tokenizer, []) == "x"
     assert ground_truth_text(tokenizer, encoded[0]) == QA[0][1]
 
 
@@ -133,7 +134,7 @@ def test_attention_mask_flag_reproduces_llama3_quirk(model, tokenizer, encoded):
     """pad = EOS (as Llama-3 instruct): upstream's mask hides every in-prompt EOS token too."""
     eos = tokenizer.eos_token_id
     enc = encoded[0]
-    assert enc.prompt_ids.count(eos) >= 1  # the user turn ends with <|end|> = EOS
+    assert enc.prompt_ids.count(eos) >= 1  # the user turn ends with EOS
     quirk = score_items(model, [enc], pad_id=eos, mask_mode="pad_id")[0]
     fixed = score_items(model, [enc], pad_id=eos, mask_mode="padding")[0]
     ids = torch.tensor([enc.input_ids])

@@ -96,6 +96,7 @@ def _chromium() -> str | None:
     return None
 
 
+@pytest.mark.slow
 def test_html_plots_render_in_headless_browser(tmp_path):
     browser = _chromium()
     if browser is None:

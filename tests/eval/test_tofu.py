@@ -6,7 +6,6 @@ import json
 import math
 
 import pytest
-from eval_helpers import build_model
 from scipy.stats import hmean
 from sklearn.metrics import roc_auc_score
 from tofu_data import tofu_rows
@@ -14,6 +13,7 @@ from tofu_data import tofu_rows
 from mpu.errors import ConfigError, DataError
 from mpu.eval.io import read_eval_log, write_eval
 from mpu.eval.tofu import DEFAULT_METRICS, MODEL_UTILITY_KEYS, evaluate_tofu
+from toolkit import eval_model
 
 EXPECTED_KEYS = {
     *DEFAULT_METRICS,
@@ -40,8 +40,10 @@ def results(model, tokenizer, data):
     return evaluate_tofu(model, tokenizer, data, max_new_tokens=8, batch_size=4)
 
 
-def test_keys_and_schema(results):
-    assert set(results) == EXPECTED_KEYS
+def test_keys_and_schema(results, tokenizer):
+    assert set(results) == EXPECTED_KEYS | {"_meta"}
+    # the prompt format is recorded with the results (it decides the tokens that were scored)
+    assert results["_meta"]["prompt_format"]["template"] == "chat"
     for key in ("forget_quality", "model_utility", "privleak"):
         assert set(results[key]) == {"agg_value"}
     assert results["forget_quality"]["agg_value"] is None  # no retain logs
@@ -115,7 +117,7 @@ def test_retain_logs_roundtrip_gives_fq_1_and_privleak_0(model, tokenizer, data,
     assert again["privleak"]["agg_value"] == pytest.approx(0.0, abs=1e-5)
     # reuse: a previous log's per-item results are taken as they are (even for another model),
     # aggregates that depend on the retain logs are recomputed
-    other = build_model(tokenizer, seed=7)
+    other = eval_model(tokenizer, seed=7)
     reused = evaluate_tofu(
         other,
         tokenizer,

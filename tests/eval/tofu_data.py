@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from eval_helpers import WORDS
+from toolkit import WORDS
 
 
 def _sent(rng: random.Random, n: int) -> str:

@@ -7,8 +7,8 @@ def tofu_world(tmp_path_factory):
     import torch
 
     from mpu.data import make_dataset
-    from mpu.data.loaders import load_split
-    from mpu.methods.testing import finetune, tiny_llama, tiny_tokenizer
+    from mpu.io.datasets import load_split
+    from toolkit import finetune, tiny_llama, tiny_tokenizer
 
     root = tmp_path_factory.mktemp("tofu-world")
     data = make_dataset("tofu", root / "data", seed=0)

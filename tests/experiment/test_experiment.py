@@ -30,8 +30,9 @@ def _relative_gap(a: Checkpoint, b: Checkpoint, start: Checkpoint) -> float:
 
 
 @pytest.mark.parametrize("method", ["GradDiff", "NPO"])  # NPO: two rounds and a reference model
+@pytest.mark.slow
 def test_kappa_zero_mpu_with_sgd_equals_clean(tofu_world, tmp_path, method):
-    cfg = {"methods": [method], "kappa": 0.0, "copies": 2, "client": SGD}
+    cfg = {"methods": [method], "server": {"kappa": 0.0, "copies": 2}, "client": SGD}
     clean = _unlearned(tofu_world, tmp_path, "clean", **cfg)
     mpu = _unlearned(tofu_world, tmp_path, "mpu", **cfg)
     target = Checkpoint(tofu_world[1] / "target")
@@ -60,6 +61,7 @@ def _mpu_run(data, models, out, *extra) -> int:
     )
 
 
+@pytest.mark.slow
 def test_mpu_run_writes_a_report_from_real_evaluation(tofu_world, tmp_path, capsys):
     data, models = tofu_world
     out = tmp_path / "run"
@@ -142,6 +144,7 @@ def _unlearn(copy, data, out, *extra):
     )
 
 
+@pytest.mark.slow
 def test_client_unlearn_writes_model_and_delta(tofu_world, published, tmp_path):
     data, _ = tofu_world
     assert (
@@ -171,6 +174,7 @@ def test_client_unlearn_writes_model_and_delta(tofu_world, published, tmp_path):
         ),  # unknown method (last --method wins)
     ],
 )
+@pytest.mark.slow
 def test_client_unlearn_bad_input(tofu_world, published, tmp_path, capsys, args, message):
     data, _ = tofu_world
     assert _unlearn(published[0], data, tmp_path / "c", *args) == 2
@@ -178,6 +182,7 @@ def test_client_unlearn_bad_input(tofu_world, published, tmp_path, capsys, args,
     assert not (tmp_path / "c").exists()  # nothing trained, nothing written
 
 
+@pytest.mark.slow
 def test_client_unlearn_rejects_a_non_model_and_a_foreign_ticket(
     tofu_world, published, tmp_path, capsys
 ):
@@ -206,6 +211,7 @@ def test_errors_are_user_errors():
     assert torch.__version__.startswith("2.13")
 
 
+@pytest.mark.slow
 def test_reference_evaluations_of_prepared_models_are_reused_across_runs(tofu_world, tmp_path):
     import shutil
 

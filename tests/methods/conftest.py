@@ -7,7 +7,7 @@ import copy
 import pytest
 import torch
 
-from mpu.methods.testing import finetune, synthetic_qa, tiny_llama, tiny_tokenizer
+from toolkit import finetune, synthetic_qa, tiny_llama, tiny_tokenizer
 
 
 @pytest.fixture(scope="session")

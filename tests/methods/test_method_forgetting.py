@@ -11,7 +11,9 @@ import pytest
 from mpu.client.train_config import ClientTrainConfig
 from mpu.client.trainer import train_unlearning
 from mpu.methods import METHODS
-from mpu.methods.testing import answer_probability
+from toolkit import answer_probability
+
+pytestmark = pytest.mark.slow  # every test here trains a model
 
 IDK = ["I don't know.", "I have no idea.", "That is not something I can answer."]
 
@@ -21,7 +23,9 @@ def test_method_lowers_forget_probability(name, target, tok, qa_rows):
     forget, retain = qa_rows[:8], qa_rows[8:]
     before = answer_probability(target, tok, forget)
     assert before > 0.9  # the fixture really memorised the answers
-    hp = {"module_regex": r"model\.layers\.0"} if name == "RMU" else {}
+    # RMU: steer the first block; SatImp: the paper profile's γ = 1 (the stock 0.1 times its
+    # saturation weight p^5(1 − p) ≈ 0.03 at p ≈ 0.97 barely moves a memorised target)
+    hp = {"RMU": {"layer": 0}, "SatImp": {"gamma": 1.0}}.get(name, {})
     cfg = ClientTrainConfig(
         method=name,
         lr=1e-3,

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from mpu.methods import build_method_config, get_method
-from mpu.methods.testing import qa_batch
+from toolkit import qa_batch
 
 IGN = -100
 FORGET = [
@@ -239,7 +239,7 @@ def test_rmu(random_pair, batches):
         model,
         ref,
         batches,
-        module_regex=r"model\.layers\.0",
+        layer=0,
         steering_coeff=3.0,
         steering_seed=7,
         alpha=0.5,

@@ -9,7 +9,6 @@ import pytest
 from mpu.errors import ConfigError
 from mpu.methods import (
     METHODS,
-    ROUNDS_EPOCHS,
     build_method_config,
     get_method,
     rounds_and_epochs,
@@ -87,7 +86,7 @@ PROFILE_TABLE = {
         {"beta1": 5.0, "beta2": 1.0, "gamma": 0.1, "alpha": 1.0},
     ),
     "WGA": ({"beta": 1.0, "gamma": 1.0, "alpha": 1.0},) * 2,
-    "RMU": ({"steering_coeff": 2.0, "module_regex": r"model\.layers\.7"},) * 2,
+    "RMU": ({"steering_coeff": 2.0, "layer": None},) * 2,
     "CE-U": ({"ignore_first_n_answer_tokens": 1},) * 2,
 }
 
@@ -140,7 +139,7 @@ def test_rounds_and_epochs_table():
     assert rounds_and_epochs("npo") == (2, 5)
     assert rounds_and_epochs("GradDiff") == (1, 10)
     assert rounds_and_epochs("RMU") == (1, 10)  # fallback
-    assert all(r * e == 10 for r, e in ROUNDS_EPOCHS.values())
+    assert all(m.rounds_epochs[0] * m.rounds_epochs[1] == 10 for m in METHODS.values())
     with pytest.raises(ConfigError):
         rounds_and_epochs("PDU2")
 

@@ -50,7 +50,7 @@ def test_prepare_writes_loadable_models_and_caches(data_dir, tmp_path, capsys):
     assert saved["train_rows"] == {"target": 60, "retain": 40, "replay": 0}
     for model in ("target", "retain"):
         s = saved["summary"][model]
-        assert 0 < s["forget_prob"] < 1 and 0 <= s["forget_accuracy"] <= 1
+        assert 0 < s["forget_prob"] < 1 and 0 <= s["forget_exact_memorization"] <= 1
         assert len(saved["forget_truth_ratios"][model]) == 20
     assert saved["summary"]["retain"]["forget_quality"] == 1.0
     assert set(saved["timings_s"]) >= {"base", "target", "retain", "total"}

@@ -2,7 +2,7 @@ import pytest
 
 from mpu.server.config import JobConfig
 from mpu.server.job import Server
-from tiny_models import build_pair, family_configs
+from toolkit import build_pair, family_configs
 
 
 @pytest.fixture

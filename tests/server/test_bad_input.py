@@ -10,7 +10,7 @@ import torch
 from mpu.errors import CheckpointError, MPUError, UnsupportedArchitectureError, UpdateRejectedError
 from mpu.server.config import JobConfig
 from mpu.server.job import Server
-from tiny_models import build_pair, family_configs, snapshot, write_delta
+from toolkit import build_pair, family_configs, snapshot, write_delta
 
 
 def _refused(server, deltas, match, error=UpdateRejectedError):

@@ -7,7 +7,7 @@ from mpu.client.diff import make_delta
 from mpu.io.checkpoint import Checkpoint
 from mpu.server.config import JobConfig
 from mpu.server.job import Server
-from tiny_models import build_pair, family_configs
+from toolkit import build_pair, family_configs
 
 IDS = torch.randint(3, 160, (4, 20), generator=torch.Generator().manual_seed(0))
 

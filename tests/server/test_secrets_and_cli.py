@@ -12,7 +12,7 @@ from mpu.errors import MPUError
 from mpu.protocol.rng import SecretStreams
 from mpu.server.job import Server
 from mpu.server.state import load_state
-from tiny_models import build_pair, family_configs, write_delta
+from toolkit import build_pair, family_configs, write_delta
 
 
 def _secret_strings(workdir):

@@ -1,10 +1,17 @@
-"""Per-architecture adapters: tensor roles and geometry (the only place that knows names)."""
+"""Per-architecture adapters: tensor roles and geometry (the only place that knows names).
+
+Code outside this package that needs a block, the LM head or the embeddings asks here:
+`block_module(config, i)`, `is_block_parameter(config, name)`, `n_blocks(config)`,
+`output_embedding_name(config)`, `embedding_parameter_names(config, names)`.
+"""
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterable
 from pathlib import Path
 
-from mpu.arch.base import Geometry, Layout, Role, TensorInfo
+from mpu.arch.base import Geometry, Layout, Role, TensorInfo, geometry_of
 from mpu.arch.families import FAMILIES, spec_for
 
 __all__ = [
@@ -13,8 +20,13 @@ __all__ = [
     "Layout",
     "Role",
     "TensorInfo",
+    "block_module",
+    "embedding_parameter_names",
+    "is_block_parameter",
     "layout_of",
     "load_config",
+    "n_blocks",
+    "output_embedding_name",
     "spec_for",
 ]
 
@@ -38,3 +50,35 @@ def layout_of(config, stored: dict[str, tuple[int, ...]], where: str) -> Layout:
     from mpu.arch.base import classify
 
     return classify(spec_for(config.model_type, where), config, stored, where)
+
+
+def n_blocks(config) -> int:
+    """Number of decoder blocks of a (supported) model config."""
+    return geometry_of(config, spec_for(config.model_type)).n_layers
+
+
+def block_module(config, layer: int) -> str:
+    """Module path of decoder block `layer`; ConfigError when the model has no such block."""
+    from mpu.errors import ConfigError
+
+    n = n_blocks(config)
+    if not 0 <= layer < n:
+        raise ConfigError(f"block {layer} does not exist: the model has blocks 0 … {n - 1}")
+    return spec_for(config.model_type).block_module(layer)
+
+
+def is_block_parameter(config, name: str) -> bool:
+    """Whether parameter `name` belongs to a decoder block."""
+    return re.match(spec_for(config.model_type).block_pattern, name) is not None
+
+
+def output_embedding_name(config) -> str:
+    """The LM head weight's parameter name."""
+    return spec_for(config.model_type).output_embedding
+
+
+def embedding_parameter_names(config, names: Iterable[str]) -> list[str]:
+    """The token-embedding and LM-head parameters among `names` (rows indexed by token id)."""
+    spec = spec_for(config.model_type)
+    wanted = set(spec.tied_alias) | set(spec.stored_names.values())
+    return [n for n in names if n in wanted]

@@ -75,7 +75,7 @@ class ArchSpec:
 
     family: str
     model_types: tuple[str, ...]
-    block_pattern: str  # regex with one group: the layer index
+    block_prefix: str  # module path of the decoder blocks, e.g. "model.layers"
     roles: dict[str, Role]
     qk_norm: bool = False
     head_dim_from_config: bool = True  # GPT-NeoX ignores config.head_dim
@@ -87,6 +87,20 @@ class ArchSpec:
     stored_names: dict[str, str] = field(
         default_factory=dict
     )  # parameter name -> legacy name on disk
+
+    @property
+    def block_pattern(self) -> str:
+        """Regex matching a block tensor's name; group 1 is the layer index."""
+        return rf"^{re.escape(self.block_prefix)}\.(\d+)\."
+
+    def block_module(self, layer: int) -> str:
+        """Module path of decoder block `layer` (its output is the residual stream after it)."""
+        return f"{self.block_prefix}.{layer}"
+
+    @property
+    def output_embedding(self) -> str:
+        """Name of the LM head weight (the alias of the input embedding when tied)."""
+        return self.tied_alias[0]
 
 
 def _rotary_dim(config, head_dim: int) -> int:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from mpu.arch.base import ArchSpec, Role
 
-_DECODER = r"^model\.layers\.(\d+)\."
+_DECODER = "model.layers"
 
 _LLAMA_ROLES: dict[str, Role] = {
     "self_attn.q_proj.weight": Role.Q,
@@ -96,7 +96,7 @@ FAMILIES: tuple[ArchSpec, ...] = (
     ArchSpec(
         "gpt_neox",
         ("gpt_neox",),
-        r"^gpt_neox\.layers\.(\d+)\.",
+        "gpt_neox.layers",
         {
             "attention.query_key_value.weight": Role.QKV_PER_HEAD,
             "attention.query_key_value.bias": Role.QKV_PER_HEAD,

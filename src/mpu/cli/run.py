@@ -14,8 +14,7 @@ DEMO_DEFAULTS = {
     "out": "runs/demo",
     "forget_split": "forget05",
     "methods": ["NPO", "GradDiff"],
-    "copies": 2,
-    "kappa": 0.01,
+    "server": {"copies": 2, "kappa": 0.01},
     "client": {"precision": "fp32", "lr": 5e-4},
     "eval_max_new_tokens": 64,
 }
@@ -25,7 +24,8 @@ def _run(args: argparse.Namespace, mapping: dict | None = None) -> int:
     from pathlib import Path
 
     from mpu.config import load_config
-    from mpu.pipeline.experiment import ExperimentConfig, run_experiment, summary_table
+    from mpu.pipeline.experiment import ExperimentConfig, run_experiment
+    from mpu.pipeline.results import summary_table
 
     recipe = getattr(args, "recipe", None)
     overrides = list(args.overrides)

@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from mpu.data.formatting import Encoded, collate, encode_completion, encode_qa, pad_id_of
 from mpu.errors import DataError
+from mpu.text import Encoded, PromptFormat, collate, encode_completion, encode_qa, pad_id_of
 
 _STREAMS = {"forget": 0, "retain": 1, "idk": 2}
 
@@ -47,22 +47,22 @@ def check_rows(rows: Sequence[dict] | None, name: str) -> list[str]:
     return [_row_kind(r, f"{name} row {i}") for i, r in enumerate(rows)]
 
 
-def encode_row(tokenizer, row: dict, *, max_length: int) -> Encoded:
+def encode_row(tokenizer, row: dict, *, fmt: PromptFormat, max_length: int) -> Encoded:
     """QA rows via `encode_qa`, text rows via `encode_completion` (labels on all but BOS)."""
     if "text" in row and "question" not in row:
         return encode_completion(tokenizer, "", row["text"], max_length=max_length)
-    return encode_qa(tokenizer, row["question"], row["answer"], max_length=max_length)
+    return encode_qa(tokenizer, row["question"], row["answer"], fmt=fmt, max_length=max_length)
 
 
 def encode_rows(
-    tokenizer, rows: Sequence[dict], *, max_length: int
+    tokenizer, rows: Sequence[dict], *, fmt: PromptFormat, max_length: int
 ) -> tuple[list[Encoded], list[dict], int]:
     """Encode rows (QA via `encode_qa`, text via `encode_completion`); drop answerless items.
 
     Returns the kept items, their rows and how many were dropped because no answer token survived
     (METHODS.md §8: such items make SimNPO divide by zero and CE undefined).
     """
-    out = [encode_row(tokenizer, r, max_length=max_length) for r in rows]
+    out = [encode_row(tokenizer, r, fmt=fmt, max_length=max_length) for r in rows]
     keep = [i for i, e in enumerate(out) if e.n_answer_tokens > 0]
     return [out[i] for i in keep], [rows[i] for i in keep], len(out) - len(keep)
 
@@ -125,6 +125,7 @@ class BatchBuilder:
         retain_rows: Sequence[dict],
         idk_answers: list[str],
         *,
+        fmt: PromptFormat,
         max_length: int,
     ) -> None:
         self.tokenizer = tokenizer
@@ -132,7 +133,7 @@ class BatchBuilder:
         self.forget, self.forget_rows, self.retain_rows = forget, forget_rows, retain_rows
         self._retain: dict[int, Encoded] = {}
         self.retain_answerless = 0
-        self.idk, self.max_length = idk_answers, max_length
+        self.idk, self.fmt, self.max_length = idk_answers, fmt, max_length
         self._alt: dict[tuple[int, int], Encoded] = {}
         self._digest = hashlib.sha256()
 
@@ -143,7 +144,9 @@ class BatchBuilder:
 
     def _retain_item(self, j: int) -> Encoded:
         if j not in self._retain:
-            enc = encode_row(self.tokenizer, self.retain_rows[j], max_length=self.max_length)
+            enc = encode_row(
+                self.tokenizer, self.retain_rows[j], fmt=self.fmt, max_length=self.max_length
+            )
             self.retain_answerless += enc.n_answer_tokens == 0
             self._retain[j] = enc
         return self._retain[j]
@@ -152,7 +155,7 @@ class BatchBuilder:
         if (i, j) not in self._alt:
             q = self.forget_rows[i]["question"]
             self._alt[(i, j)] = encode_qa(
-                self.tokenizer, q, self.idk[j].strip(), max_length=self.max_length
+                self.tokenizer, q, self.idk[j].strip(), fmt=self.fmt, max_length=self.max_length
             )
         return self._alt[(i, j)]
 

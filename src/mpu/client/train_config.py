@@ -1,22 +1,26 @@
-"""`ClientTrainConfig`: every knob of the client's local unlearning run.
+"""`ClientTrainConfig`: every knob of the client's local unlearning run, and its resolution.
 
 Fields left at None take the value of the chosen profile (`mpu.methods.profiles`:
 `openunlearning` = stock OpenUnlearning, `paper` = the MPU reference client) on the chosen
-benchmark; `effective()` returns the fully resolved config that is logged with every
-copy's result (MPU.md F5/B18: no hidden defaults).
+benchmark. `resolve()` turns the config into `ClientSettings`, a frozen object with every
+value filled in and the method's hyperparameter config built; it is resolved once, passed
+down to the trainer and the scheduler, and logged with every copy's result (no hidden
+defaults, no second resolution in a lower layer).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from dataclasses import dataclass
 from typing import Any
 
 from mpu.config import field
 from mpu.errors import ConfigError
-from mpu.methods import build_method_config, get_method, training_defaults
+from mpu.methods import Method, build_method_config, get_method, training_defaults
 from mpu.methods.profiles import BENCHMARKS, PROFILES
+from mpu.text import PromptConfig
 
 OPTIMIZERS = ("adamw", "sgd")
 SCHEDULES = ("constant", "linear")
@@ -47,7 +51,7 @@ class MethodHParams:
     beta1: float | None = field(None, help="SatImp exponent on p")
     beta2: float | None = field(None, help="SatImp exponent on 1−p")
     steering_coeff: float | None = field(None, help="RMU steering norm s")
-    module_regex: str | None = field(None, help="RMU steered module (full match)")
+    layer: int | None = field(None, help="RMU steered decoder block (default: 7 or the middle)")
     steering_seed: int | None = field(None, help="RMU steering direction seed")
     ignore_first_n_answer_tokens: int | None = field(None, help="CE-U skipped answer tokens")
 
@@ -59,8 +63,10 @@ class MethodHParams:
 class ClientTrainConfig:
     """Client unlearning run: method, profile, optimizer, schedule, batching, precision, scope."""
 
-    method: str = field(
-        "GradDiff", help="unlearning method (mpu.methods.METHODS; case-insensitive)"
+    method: str | None = field(
+        "GradDiff",
+        help="unlearning method (mpu.methods.METHODS; case-insensitive); mpu run sets it from "
+        "methods=[…]",
     )
     profile: str = field("openunlearning", help="defaults profile: openunlearning | paper")
     benchmark: str = field("tofu", help="which stock column of the profile: tofu | muse | wmdp")
@@ -113,6 +119,12 @@ class ClientTrainConfig:
     )
     seed: int = field(0, help="torch seed (dropout, RMU-independent RNG)")
     max_length: int = field(512, help="token limit per item (TOFU 512, MUSE 2048)")
+    prompt: PromptConfig = dataclasses.field(
+        default_factory=PromptConfig,
+        metadata={
+            "help": "prompt format: prompt.template, prompt.system_prompt, prompt.date_string"
+        },
+    )
 
     def __post_init__(self) -> None:
         _choice("profile", self.profile, PROFILES)
@@ -123,7 +135,7 @@ class ClientTrainConfig:
         _choice("precision", self.precision, PRECISIONS)
         _choice("reference", self.reference, REFERENCES)
         _choice("retain_loss", self.retain_loss, ("NLL", "KL"))
-        for name in ("epochs", "batch_size", "grad_accum"):
+        for name in ("epochs", "batch_size", "grad_accum", "max_length"):
             v = getattr(self, name)
             if v is not None and v < 1:
                 raise ConfigError(f"ClientTrainConfig.{name}={v}: must be >= 1")
@@ -135,10 +147,11 @@ class ClientTrainConfig:
             "warmup_epochs",
             "max_steps",
             "warmup_steps",
+            "momentum",
         ):
             v = getattr(self, name)
-            if v is not None and v < 0:
-                raise ConfigError(f"ClientTrainConfig.{name}={v}: must be >= 0")
+            if v is not None and not (v >= 0 and math.isfinite(v)):
+                raise ConfigError(f"ClientTrainConfig.{name}={v}: must be a finite number >= 0")
         if self.schedule_offset_steps < 0 or self.total_steps < 0:
             raise ConfigError("ClientTrainConfig.schedule_offset_steps/total_steps: must be >= 0")
         if self.betas is not None and (
@@ -152,41 +165,93 @@ class ClientTrainConfig:
                 raise ConfigError(
                     f"ClientTrainConfig.trainable={self.trainable!r}: {exc}"
                 ) from None
-        hp = self._hparams()
+        if isinstance(self.prompt, dict):
+            self.prompt = PromptConfig(**self.prompt)
+        if self.method is not None:
+            self.method = get_method(self.method).name
+            self.method_config()  # unknown / invalid hyperparameters fail here, before any use
+
+    def _hparams(self) -> dict[str, Any]:
+        hp = (
+            self.hparams.set_values()
+            if isinstance(self.hparams, MethodHParams)
+            else dict(self.hparams)
+        )
         if self.retain_loss is not None:
             if hp.get("retain_loss_type", self.retain_loss) != self.retain_loss:
                 raise ConfigError(
                     "ClientTrainConfig: retain_loss and hparams.retain_loss_type differ"
                 )
             hp["retain_loss_type"] = self.retain_loss
-        self.method = get_method(self.method).name
-        self.method_config()  # unknown / invalid hyperparameters fail here, before any training
-
-    def _hparams(self) -> dict[str, Any]:
-        if isinstance(self.hparams, MethodHParams):
-            return self.hparams.set_values()
-        return dict(self.hparams)
+        return hp
 
     def method_config(self) -> Any:
         """The method's hyperparameter dataclass (profile values, then `hparams`)."""
-        hp = self._hparams()
-        if self.retain_loss is not None:
-            hp["retain_loss_type"] = self.retain_loss
-        return build_method_config(self.method, self.profile, hp)
+        return build_method_config(self.method, self.profile, self._hparams())
 
-    def effective(self) -> ClientTrainConfig:
-        """A copy with every None replaced by the profile's value on this benchmark."""
+    def resolve(self) -> ClientSettings:
+        """Every value filled in from the profile, the method config built (errors raise now)."""
+        if self.method is None:
+            raise ConfigError("ClientTrainConfig.method is not set: name an unlearning method")
         defaults = training_defaults(self.profile, self.benchmark)
         values = {
-            f.name: defaults[f.name]
-            if getattr(self, f.name) is None and f.name in defaults
-            else getattr(self, f.name)
+            f.name: (
+                defaults.get(f.name) if getattr(self, f.name) is None else getattr(self, f.name)
+            )
             for f in dataclasses.fields(self)
+            if f.name not in ("method", "hparams", "retain_loss")
         }
-        return ClientTrainConfig(**values)
+        values["betas"] = tuple(values["betas"])
+        return ClientSettings(method=get_method(self.method), hp=self.method_config(), **values)
+
+
+@dataclass(frozen=True)
+class ClientSettings:
+    """A resolved `ClientTrainConfig`: what the trainer runs, logged with every result."""
+
+    method: Method
+    hp: Any
+    profile: str
+    benchmark: str
+    optimizer: str
+    lr: float
+    weight_decay: float
+    decay_norms_and_biases: bool
+    betas: tuple[float, float]
+    eps: float
+    momentum: float
+    schedule: str
+    warmup_epochs: float
+    warmup_steps: int | None
+    schedule_offset_steps: int
+    total_steps: int
+    epochs: int
+    max_steps: int
+    batch_size: int
+    grad_accum: int
+    accumulation: str
+    max_grad_norm: float
+    precision: str
+    trainable: str
+    reference: str
+    seed: int
+    max_length: int
+    prompt: PromptConfig
+
+    def replace(self, **changes: Any) -> ClientSettings:
+        return dataclasses.replace(self, **changes)
 
     def to_log(self) -> dict[str, Any]:
-        """Resolved training settings plus the full method hyperparameters."""
-        out = dataclasses.asdict(self.effective())
-        out["hparams"] = dataclasses.asdict(self.method_config())
+        """Every resolved setting plus the full method hyperparameters (JSON-ready)."""
+        out = {
+            f.name: getattr(self, f.name)
+            for f in dataclasses.fields(self)
+            if f.name not in ("method", "hp", "prompt")
+        }
+        out.update(
+            method=self.method.name,
+            betas=list(self.betas),
+            hparams=dataclasses.asdict(self.hp),
+            prompt=dataclasses.asdict(self.prompt),
+        )
         return out

@@ -22,12 +22,11 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from mpu.arch import is_block_parameter
 from mpu.client.batches import BatchBuilder, check_rows, encode_rows, iterate
-from mpu.client.train_config import ClientTrainConfig
+from mpu.client.train_config import ClientSettings, ClientTrainConfig
 from mpu.errors import ConfigError, DataError
-from mpu.methods import get_method
-
-_DECODER = re.compile(r"(^|\.)layers\.\d+\.")
+from mpu.text import PromptFormat, resolve_prompt
 
 
 class ThreatModelWarning(UserWarning):
@@ -66,13 +65,17 @@ class _MasterWeights:
             m.copy_(p)
 
 
-def plan_steps(n_forget: int, cfg: ClientTrainConfig) -> int:
+def settings_of(cfg: ClientTrainConfig | ClientSettings) -> ClientSettings:
+    """Resolve a config once at an entry point; settings pass through unchanged."""
+    return cfg if isinstance(cfg, ClientSettings) else cfg.resolve()
+
+
+def plan_steps(n_forget: int, eff: ClientSettings) -> int:
     """Optimizer steps one call makes on `n_forget` items (after dropping answerless ones).
 
     epoch_flush: E·⌈⌈N/b⌉/g⌉; hf: E·max(⌊⌈N/b⌉/g⌋, 1) (HF Trainer); max_steps > 0 wins.
     A runner spanning R rounds passes `total_steps = R·plan_steps(...)`.
     """
-    eff = cfg.effective()
     if eff.max_steps:
         return eff.max_steps
     n_mb = math.ceil(n_forget / eff.batch_size)
@@ -81,17 +84,24 @@ def plan_steps(n_forget: int, cfg: ClientTrainConfig) -> int:
     return eff.epochs * max(n_mb // eff.grad_accum, 1)
 
 
-def usable_items(tokenizer: Any, rows: Sequence[dict], cfg: ClientTrainConfig) -> int:
+def prompt_format(model_type: str | None, tokenizer: Any, eff: ClientSettings) -> PromptFormat:
+    """The prompt format the client trains with (the same rule as the evaluation's)."""
+    return resolve_prompt(tokenizer, model_type, eff.prompt)
+
+
+def usable_items(
+    tokenizer: Any, rows: Sequence[dict], eff: ClientSettings, fmt: PromptFormat
+) -> int:
     """How many rows keep at least one answer token (the N that `plan_steps` expects)."""
     check_rows(rows, "forget")
-    return len(encode_rows(tokenizer, rows, max_length=cfg.max_length)[0])
+    return len(encode_rows(tokenizer, rows, fmt=fmt, max_length=eff.max_length)[0])
 
 
-def round_schedule(n_forget: int, cfg: ClientTrainConfig, rounds: int) -> list[dict[str, int]]:
+def round_schedule(n_forget: int, cfg: ClientSettings, rounds: int) -> list[dict[str, int]]:
     """`schedule_offset_steps` / `total_steps` per round for one LR schedule over R·E epochs.
 
-    METHODS.md §8: warm-up at the start of round 1, decay to the end of round R; pass
-    `dataclasses.replace(cfg, **round_schedule(...)[r])` for round r (0-based).
+    docs/methods.md: warm-up at the start of round 1, decay to the end of round R; pass
+    `settings.replace(**round_schedule(...)[r])` for round r (0-based).
     """
     if rounds < 1:
         raise ConfigError(f"rounds={rounds}: must be >= 1")
@@ -104,8 +114,11 @@ def select_trainable(model: torch.nn.Module, scope: str) -> list[tuple[str, torc
     named = list(model.named_parameters())
     if scope == "all":
         return named
-    pattern = _DECODER if scope == "decoder" else re.compile(scope)
-    chosen = [(n, p) for n, p in named if pattern.search(n)]
+    if scope == "decoder":
+        chosen = [(n, p) for n, p in named if is_block_parameter(model.config, n)]
+    else:
+        pattern = re.compile(scope)
+        chosen = [(n, p) for n, p in named if pattern.search(n)]
     if not chosen:
         raise ConfigError(f"trainable={scope!r} matches no parameter of the model")
     return chosen
@@ -122,7 +135,7 @@ def _norm_param_names(model: torch.nn.Module) -> set[str]:
 
 
 def build_optimizer(
-    model: torch.nn.Module, named: list[tuple[str, torch.nn.Parameter]], eff: ClientTrainConfig
+    model: torch.nn.Module, named: list[tuple[str, torch.nn.Parameter]], eff: ClientSettings
 ) -> torch.optim.Optimizer:
     """AdamW or SGD over `named`; HF-style no-decay group for biases/norms unless told otherwise."""
     if eff.decay_norms_and_biases or eff.weight_decay == 0:
@@ -153,10 +166,8 @@ def lr_factor(step: int, *, warmup: int, total: int, schedule: str) -> float:
     return max(0.0, (total - step) / max(1, total - warmup))
 
 
-def _validate(model, tokenizer, forget_rows, retain_rows, idk_answers, cfg, reference_model):
-    eff = cfg.effective()
-    spec = get_method(eff.method)
-    hp = cfg.method_config()
+def _validate(model, tokenizer, forget_rows, retain_rows, idk_answers, eff, reference_model):
+    spec, hp = eff.method, eff.hp
     kinds = check_rows(forget_rows, "forget")
     use_retain = spec.uses_retain(hp)
     if use_retain:
@@ -173,7 +184,7 @@ def _validate(model, tokenizer, forget_rows, retain_rows, idk_answers, cfg, refe
     select_trainable(model, eff.trainable)
     if tokenizer is None:
         raise ConfigError("train_unlearning needs the copy's tokenizer")
-    return eff, spec, hp, use_retain
+    return spec, hp, use_retain
 
 
 def train_unlearning(
@@ -181,7 +192,7 @@ def train_unlearning(
     tokenizer: Any,
     forget_rows: Sequence[dict],
     retain_rows: Sequence[dict] | None,
-    cfg: ClientTrainConfig,
+    cfg: ClientTrainConfig | ClientSettings,
     *,
     reference_model: torch.nn.Module | None = None,
     idk_answers: Sequence[str] | None = None,
@@ -198,15 +209,17 @@ def train_unlearning(
     training dtype (bf16 for pure_bf16 / bf16_weights, else fp32); requires_grad flags are
     restored at the end. Raises ConfigError / DataError before any forward pass on bad input.
     """
-    eff, spec, hp, use_retain = _validate(
-        model, tokenizer, forget_rows, retain_rows, idk_answers, cfg, reference_model
+    eff = settings_of(cfg)
+    spec, hp, use_retain = _validate(
+        model, tokenizer, forget_rows, retain_rows, idk_answers, eff, reference_model
     )
-    forget, f_rows, f_drop = encode_rows(tokenizer, forget_rows, max_length=eff.max_length)
+    fmt = prompt_format(getattr(model.config, "model_type", None), tokenizer, eff)
+    forget, f_rows, f_drop = encode_rows(tokenizer, forget_rows, fmt=fmt, max_length=eff.max_length)
     retain = list(retain_rows) if use_retain else []
     if not forget:
         raise DataError("forget set: every item has zero answer tokens after tokenization")
     idk = [a for a in (idk_answers or ())] if spec.needs_idk else []
-    total_local = plan_steps(len(forget), cfg)
+    total_local = plan_steps(len(forget), eff)
     warmup = eff.warmup_steps
     if warmup is None:
         warmup = int(eff.warmup_epochs * len(forget) // (eff.batch_size * eff.grad_accum))
@@ -262,7 +275,9 @@ def train_unlearning(
         if eff.precision == "bf16-mixed"
         else contextlib.nullcontext()
     )
-    builder = BatchBuilder(tokenizer, forget, f_rows, retain, idk, max_length=eff.max_length)
+    builder = BatchBuilder(
+        tokenizer, forget, f_rows, retain, idk, fmt=fmt, max_length=eff.max_length
+    )
     stream = iterate(
         len(forget),
         len(retain),
@@ -342,4 +357,5 @@ def train_unlearning(
     }
     if spec.name == "RMU":
         logs["rmu_steering_seed"] = hp.steering_seed
-    return TrainResult(model, logs, step, cfg.to_log())
+    logs["prompt_format"] = fmt.to_dict()
+    return TrainResult(model, logs, step, eff.to_log())

@@ -8,11 +8,10 @@ unlearned copy as a Hugging Face folder and writes the delta the server aggregat
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from mpu.client.train_config import ClientTrainConfig
+from mpu.client.train_config import ClientSettings, ClientTrainConfig
 from mpu.errors import CheckpointError, ConfigError, UpdateRejectedError
 
 
@@ -25,32 +24,28 @@ class ClientData:
     idk: list[str] | None
 
 
-def retain_split_for(forget_split: str) -> str | None:
-    """TOFU's complement: forget10 → retain90; other benchmarks name their retain split directly."""
-    m = re.fullmatch(r"forget(\d\d)", forget_split)
-    return f"retain{100 - int(m.group(1)):02d}" if m else None
-
-
 def load_client_data(
     source: str | Path,
     forget_split: str,
-    cfg: ClientTrainConfig,
+    cfg: ClientTrainConfig | ClientSettings,
     *,
     retain_split: str | None = None,
 ) -> ClientData:
     """Load what the configured method needs; a missing split or field is a DataError now."""
-    from mpu.data.loaders import load_idk, load_split
-    from mpu.methods import get_method
+    from mpu.client.trainer import settings_of
+    from mpu.data import is_tofu_forget, load_idk, load_split, tofu_splits
 
-    spec = get_method(cfg.method)
-    hp = cfg.method_config()  # unknown hyperparameters fail here, before any loading
+    eff = settings_of(cfg)  # unknown hyperparameters fail here, before any loading
+    spec, hp = eff.method, eff.hp
     forget = [dict(r) for r in load_split(source, forget_split)]
     retain = None
     if spec.uses_retain(hp):
-        name = retain_split or retain_split_for(forget_split)
+        name = retain_split or (
+            tofu_splits(forget_split).retain if is_tofu_forget(forget_split) else None
+        )
         if name is None:
             raise ConfigError(
-                f"{cfg.method} needs a retain split: pass --retain-split for {forget_split!r}"
+                f"{spec.name} needs a retain split: pass --retain-split for {forget_split!r}"
             )
         retain = [dict(r) for r in load_split(source, name)]
     idk = load_idk(source) if spec.needs_idk else None
@@ -79,7 +74,7 @@ def check_copy(copy_dir: str | Path, reference_dir: str | Path | None = None):
 def unlearn_copy(
     copy_dir: str | Path,
     data: ClientData,
-    cfg: ClientTrainConfig,
+    cfg: ClientTrainConfig | ClientSettings,
     out_dir: str | Path,
     *,
     reference_dir: str | Path | None = None,

@@ -1,23 +1,38 @@
-"""mpu.data — benchmark loaders (real or synthetic, one code path) and the synthetic generators.
+"""mpu.data — benchmark data: the synthetic generators and the loaders' public entry points.
 
-`load_split(source, config, split)` reads TOFU / MUSE / WMDP from a hub id or a local folder;
-`make_dataset(benchmark, out_dir, seed)` writes a synthetic stand-in in the same layout.
+`load_split(source, config, split)` reads TOFU / MUSE / WMDP from a hub id or a local folder
+(the file reading itself lives in the foundation, `mpu.io.datasets`, so evaluation can read
+rows without depending on this package); `tofu_splits("forget10")` names a forget set's
+retain and holdout splits; `make_dataset(benchmark, out_dir, seed)` writes a synthetic
+stand-in in the same layout.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from mpu.data.loaders import load_idk, load_split, read_manifest, require_fields, schema_for
+from mpu.io.datasets import (
+    TofuSplits,
+    is_tofu_forget,
+    load_idk,
+    load_split,
+    read_manifest,
+    require_fields,
+    schema_for,
+    tofu_splits,
+)
 
 __all__ = [
     "BENCHMARKS",
+    "TofuSplits",
+    "is_tofu_forget",
     "load_idk",
     "load_split",
     "make_dataset",
     "read_manifest",
     "require_fields",
     "schema_for",
+    "tofu_splits",
 ]
 
 BENCHMARKS = ("tofu", "muse", "wmdp")

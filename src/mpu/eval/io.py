@@ -7,11 +7,14 @@ or forget set) raises an `MPUError` that names the file and what is wrong with i
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from mpu.errors import CheckpointError, DataError
+
+log = logging.getLogger("mpu.eval")
 
 DataSource = str | Path | Mapping[str, Any] | Callable[[str, str], Any]
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
@@ -48,20 +51,6 @@ def load_model(path: str | Path, *, device: str | None = None, dtype: str = "flo
     return model.eval(), tokenizer
 
 
-def _rows_from_dir(root: Path, config: str, split: str) -> Any:
-    try:
-        from mpu.data.loaders import load_split  # written in parallel; preferred when present
-    except ImportError:
-        load_split = None
-    if load_split is not None:
-        return load_split(root, config, split)
-    path = root / config / f"{split}.jsonl"
-    if not path.is_file():
-        raise DataError(f"{path}: split file not found (data folder {root}, config {config!r})")
-    with path.open(encoding="utf-8") as fh:
-        return [json.loads(line) for line in fh if line.strip()]
-
-
 def get_rows(source: DataSource, config: str, split: str = "train") -> list[dict[str, Any]]:
     """Rows of (config, split) as dicts with an `index` (row position when the data has none).
 
@@ -69,7 +58,9 @@ def get_rows(source: DataSource, config: str, split: str = "train") -> list[dict
     callable (config, split) -> rows. An empty split is a DataError.
     """
     if isinstance(source, str | Path):
-        rows = _rows_from_dir(Path(source), config, split)
+        from mpu.io.datasets import load_split
+
+        rows = load_split(source, config, split)
         where = f"{source}/{config}/{split}"
     elif isinstance(source, Mapping):
         rows = source.get((config, split), source.get(config))
@@ -142,10 +133,19 @@ def check_retain_logs(
 CHEAP_AGGREGATES = ("forget_quality", "privleak", "model_utility")
 
 
-def reusable(results: Mapping[str, Any]) -> dict[str, Any]:
+def reusable(results: Mapping[str, Any], meta: Mapping[str, Any]) -> dict[str, Any]:
     """Results loaded from an EVAL.json, ready to seed a new run: digit-string item keys back to
     ints, and the cheap aggregate-only metrics (which depend on the retain logs) dropped so they
-    are recomputed."""
+    are recomputed. Nothing is reused when the log was made with another prompt format (or
+    does not say which): its numbers score other tokens."""
+    if not results:
+        return {}
+    if results.get("_meta", {}).get("prompt_format") != meta.get("prompt_format"):
+        log.warning(
+            "%s: made with another (or an unrecorded) prompt format; recomputing every metric",
+            results.get("_source", "previous results"),
+        )
+        return {}
 
     def keys_to_int(vbi: Mapping[str, Any]) -> dict[Any, Any]:
         return {
@@ -184,7 +184,7 @@ def _clean(x: Any) -> Any:
 
 def summary_of(results: Mapping[str, Any], keys: Sequence[str] | None = None) -> dict[str, Any]:
     """Top-level metric -> agg_value (the `{TOFU|MUSE}_SUMMARY.json` content)."""
-    keys = list(keys) if keys is not None else sorted(results)
+    keys = list(keys) if keys is not None else sorted(k for k in results if not k.startswith("_"))
     return {k: _clean(results[k]["agg_value"]) for k in keys if k in results}
 
 
@@ -200,7 +200,7 @@ def write_eval(
     """
     out = Path(out_file)
     out.parent.mkdir(parents=True, exist_ok=True)
-    clean = _clean({k: v for k, v in results.items() if not k.startswith("_")})
+    clean = _clean({k: v for k, v in results.items() if k == "_meta" or not k.startswith("_")})
     out.write_text(json.dumps(clean, indent=4, sort_keys=True) + "\n", encoding="utf-8")
     name = (
         out.name.replace("_EVAL", "_SUMMARY") if "_EVAL" in out.name else f"{out.stem}_SUMMARY.json"

@@ -12,10 +12,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from mpu.data.formatting import Encoded
 from mpu.errors import ConfigError
 from mpu.eval import metrics as M
 from mpu.eval.primitives import ItemStats, gradnorm_scores, labelled_text, score_items
+from mpu.text import Encoded
 
 ATTACKS = (
     "mia_loss",

@@ -12,9 +12,10 @@ import torch
 from mpu.errors import ConfigError
 from mpu.eval import metrics as M
 from mpu.eval.flags import EvalFlags
-from mpu.eval.io import DataSource, check_retain_logs, reusable
-from mpu.eval.mia import ATTACKS, run_attacks
+from mpu.eval.io import DataSource, check_retain_logs
+from mpu.eval.mia import ATTACKS
 from mpu.eval.suite import EvalRun
+from mpu.text import PromptConfig, PromptFormat
 
 log = logging.getLogger(__name__)
 
@@ -88,25 +89,14 @@ class _Muse(EvalRun):
                 s: self.completion("privleak", s, None, "text", insert_space=False, max_length=2048)
                 for s in ("forget", "holdout")
             }
-            bs = min(self.batch_size, 8)
-            self.results.update(
-                run_attacks(
-                    self.model,
-                    self.tokenizer,
-                    [key],
-                    enc["forget"],
-                    enc["holdout"],
-                    forget_index=self.index("privleak", "forget"),
-                    holdout_index=self.index("privleak", "holdout"),
-                    pad_id=self.pad_id,
-                    batch_size=bs,
-                    mask_mode=self.flags.attention_mask,
-                    reference_model=self.reference_model,
-                    stats_cache=lambda name, e: self.stats(e, name, batch_size=bs),
-                    progress=self.progress,
-                )
+            return self.attack(
+                key,
+                enc["forget"],
+                enc["holdout"],
+                self.index("privleak", "forget"),
+                self.index("privleak", "holdout"),
+                batch_size=min(self.batch_size, 8),
             )
-            return self.results[key]
         raise ConfigError(f"unknown MUSE metric {key!r}; known: {', '.join(KNOWN_METRICS)}")
 
 
@@ -123,6 +113,7 @@ def evaluate_muse(
     limit: int | None = None,
     precomputed: Mapping[str, Any] | None = None,
     progress: bool = True,
+    prompt: PromptConfig | PromptFormat | None = None,
 ) -> dict[str, Any]:
     """Evaluate an (already loaded) model on MUSE; returns `{metric_key: result}`.
 
@@ -144,11 +135,7 @@ def evaluate_muse(
         limit=limit,
         retain_logs=retain_logs,
         reference_model=reference_model,
+        prompt=prompt,
+        progress=progress,
     )
-    run.progress = progress
-    run.results.update(reusable(precomputed or {}))
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        for key in metrics:
-            run.compute(key)
-    return run.results
+    return run.run(metrics, precomputed)

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from mpu.data.formatting import IGNORE_INDEX, Encoded, collate
+from mpu.text import IGNORE_INDEX, Encoded, collate
 
 
 @dataclass

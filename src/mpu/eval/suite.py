@@ -7,17 +7,25 @@ same cache upstream writes out as `{TOFU|MUSE}_EVAL.json`.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 
-from mpu.data.formatting import Encoded, encode_completion, encode_qa, pad_id_of
 from mpu.errors import DataError
 from mpu.eval import metrics as M
 from mpu.eval.flags import EvalFlags
 from mpu.eval.io import DataSource, get_rows, require
 from mpu.eval.primitives import ItemStats, greedy_generate, ground_truth_text, score_items
+from mpu.text import (
+    Encoded,
+    PromptConfig,
+    PromptFormat,
+    encode_completion,
+    encode_qa,
+    pad_id_of,
+    resolve_prompt,
+)
 
 
 class EvalRun:
@@ -33,17 +41,22 @@ class EvalRun:
         flags: EvalFlags | None = None,
         limit: int | None = None,
         max_length: int = 512,
+        prompt: PromptConfig | PromptFormat | None = None,
+        progress: bool = True,
     ) -> None:
         if tokenizer is None:
             raise DataError("evaluation needs the model's tokenizer, got None")
+        if not isinstance(prompt, PromptFormat):
+            prompt = resolve_prompt(tokenizer, getattr(model.config, "model_type", None), prompt)
+        self.fmt = prompt
         self.model, self.tokenizer, self.source = model, tokenizer, data_source
         self.batch_size = batch_size
         self.flags = flags or EvalFlags()
         self.limit = limit
         self.max_length = max_length
-        self.progress = True  # progress bars; the evaluate_* entry points set it
+        self.progress = progress
         self.pad_id = pad_id_of(tokenizer)
-        self.results: dict[str, Any] = {}
+        self.results: dict[str, Any] = {"_meta": {"prompt_format": prompt.to_dict()}}
         self._rows: dict[tuple[str, str], list[dict]] = {}
         self._enc: dict[tuple, list[Encoded]] = {}
         self._stats: dict[tuple, list[ItemStats]] = {}
@@ -84,6 +97,7 @@ class EvalRun:
                     self.tokenizer,
                     r[question],
                     r[answer] if j is None else r[answer][j],
+                    fmt=self.fmt,
                     icl=icl,
                     max_length=self.max_length,
                 )
@@ -131,6 +145,52 @@ class EvalRun:
                 progress=self.progress,
             )
         return self._stats[key]
+
+    def attack(
+        self,
+        key: str,
+        forget: list[Encoded],
+        holdout: list[Encoded],
+        forget_index: Sequence[Any],
+        holdout_index: Sequence[Any],
+        batch_size: int | None = None,
+    ) -> dict:
+        """One membership-inference attack on forget vs holdout items (results in upstream's schema)."""
+        from mpu.eval.mia import run_attacks
+
+        bs = batch_size or self.batch_size
+        self.results.update(
+            run_attacks(
+                self.model,
+                self.tokenizer,
+                [key],
+                forget,
+                holdout,
+                forget_index=forget_index,
+                holdout_index=holdout_index,
+                pad_id=self.pad_id,
+                batch_size=bs,
+                mask_mode=self.flags.attention_mask,
+                reference_model=getattr(self, "reference_model", None),
+                stats_cache=lambda name, enc: self.stats(enc, name, batch_size=bs),
+                progress=self.progress,
+            )
+        )
+        return self.results[key]
+
+    def run(self, metrics: Sequence[str], precomputed: Mapping[str, Any] | None) -> dict:
+        """Compute `metrics` (reusing compatible `precomputed` results) with a fixed torch seed."""
+        from mpu.eval.io import reusable
+
+        self.results.update(reusable(precomputed or {}, self.results["_meta"]))
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            for key in metrics:
+                self.compute(key)
+        return self.results
+
+    def compute(self, key: str) -> dict:  # pragma: no cover - every benchmark overrides it
+        raise NotImplementedError
 
     def n_answers(self, config: str, field: str, split: str = "train") -> int:
         """K of a list-valued answer field; every row must have the same K (upstream stacks them)."""

@@ -12,12 +12,14 @@ from typing import Any
 
 import torch
 
-from mpu.errors import ConfigError, DataError
+from mpu.errors import ConfigError
 from mpu.eval import metrics as M
 from mpu.eval.flags import EvalFlags
-from mpu.eval.io import DataSource, check_retain_logs, reusable
-from mpu.eval.mia import ATTACKS, run_attacks
+from mpu.eval.io import DataSource, check_retain_logs
+from mpu.eval.mia import ATTACKS
 from mpu.eval.suite import EvalRun
+from mpu.io.datasets import tofu_splits
+from mpu.text import PromptConfig, PromptFormat
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +55,7 @@ _PROB = {
     "ra_Q_A_PERT_Prob": ("real_authors_perturbed", "perturbed_answer", False),
     "wf_Q_A_Prob": ("world_facts_perturbed", "answer", False),
     "wf_Q_A_PERT_Prob": ("world_facts_perturbed", "perturbed_answer", False),
+    "holdout_Q_A_Prob": ("{holdout}", "answer", False),  # ours: the preparation's sanity check
 }
 _ROUGE = {
     "forget_Q_A_ROUGE": ("{forget}_perturbed", True),
@@ -111,7 +114,8 @@ class _Tofu(EvalRun):
         if key in _PROB:
             cfg, answer, uses_q = _PROB[key]
             q = self.qkey if uses_q else "question"
-            return self.probability(key, cfg.format(forget=self.forget), answer, question=q)
+            cfg = cfg.format(forget=self.forget, holdout=self.holdout)
+            return self.probability(key, cfg, answer, question=q)
         if key in _ROUGE:
             cfg, uses_q = _ROUGE[key]
             cfg = cfg.format(forget=self.forget)
@@ -160,24 +164,7 @@ class _Tofu(EvalRun):
         if key in ATTACKS:
             cfg, forget_enc, forget_index = self._forget_answer()
             holdout_enc = self.qa(self.holdout, "answer")
-            self.results.update(
-                run_attacks(
-                    self.model,
-                    self.tokenizer,
-                    [key],
-                    forget_enc,
-                    holdout_enc,
-                    forget_index=forget_index,
-                    holdout_index=self.index(self.holdout),
-                    pad_id=self.pad_id,
-                    batch_size=self.batch_size,
-                    mask_mode=self.flags.attention_mask,
-                    reference_model=self.reference_model,
-                    stats_cache=lambda name, enc: self.stats(enc, name),
-                    progress=self.progress,
-                )
-            )
-            return self.results[key]
+            return self.attack(key, forget_enc, holdout_enc, forget_index, self.index(self.holdout))
         raise ConfigError(f"unknown TOFU metric {key!r}; known: {', '.join(KNOWN_METRICS)}")
 
 
@@ -198,6 +185,7 @@ def evaluate_tofu(
     limit: int | None = None,
     precomputed: Mapping[str, Any] | None = None,
     progress: bool = True,
+    prompt: PromptConfig | PromptFormat | None = None,
 ) -> dict[str, Any]:
     """Evaluate an (already loaded) model on TOFU; returns `{metric_key: result}`, writes nothing.
 
@@ -209,9 +197,7 @@ def evaluate_tofu(
     `precomputed` (e.g. a previous TOFU_EVAL.json) supplies results that are reused as they are;
     forget_quality, privleak and model_utility are always recomputed from their dependencies.
     """
-    if not forget_split.startswith("forget"):
-        raise ConfigError(f"forget_split must be forget01/forget05/forget10, not {forget_split!r}")
-    holdout = holdout_split or forget_split.replace("forget", "holdout")
+    holdout = holdout_split or tofu_splits(forget_split).holdout
     metrics = list(metrics or DEFAULT_METRICS)
     unknown = [m for m in metrics if m not in KNOWN_METRICS]
     if unknown:
@@ -229,19 +215,13 @@ def evaluate_tofu(
         retain_logs=retain_logs,
         reference_model=reference_model,
         max_new_tokens=max_new_tokens,
+        prompt=prompt,
+        progress=progress,
     )
-    run.progress = progress
     if retain_logs is not None and ("forget_quality" in metrics or "privleak" in metrics):
         check_retain_logs(
             retain_logs,
             required=["forget_truth_ratio"],
             per_item={"forget_truth_ratio": run.index(f"{forget_split}_perturbed")},
         )
-    run.results.update(reusable(precomputed or {}))
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        for key in metrics:
-            run.compute(key)
-    if not run.results:
-        raise DataError("no TOFU metric was computed")
-    return run.results
+    return run.run(metrics, precomputed)

@@ -8,6 +8,7 @@ PyTorch `.bin` weights are refused: they execute code on load.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -41,11 +42,60 @@ def _atomic_write_bytes(path: Path, data: bytes, mode: int = 0o644) -> None:
         raise
 
 
-def atomic_write_json(path: str | Path, obj: object, *, mode: int = 0o644) -> None:
+def atomic_write_json(path: str | Path, obj: object, *, mode: int = 0o644, indent: int = 2) -> None:
     """Write JSON via temp file + fsync + rename, created with `mode` (0o600 for secrets)."""
     _atomic_write_bytes(
-        Path(path), (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode(), mode
+        Path(path), (json.dumps(obj, indent=indent, sort_keys=True) + "\n").encode(), mode
     )
+
+
+def staging_name(dest: Path, kind: str = "staging") -> Path:
+    """A hidden sibling of `dest` that `clean_debris` recognises: `.NAME.KIND-xxxxxxxx`."""
+    return dest.with_name(f".{dest.name}.{kind}-{uuid.uuid4().hex[:8]}")
+
+
+def clean_debris(folder: str | Path) -> list[Path]:
+    """Remove what a crash left in `folder`: staging folders and temp files of atomic writes."""
+    folder = Path(folder)
+    removed: list[Path] = []
+    if not folder.is_dir():
+        return removed
+    for p in folder.iterdir():
+        name = p.name
+        if name.startswith(".") and any(f".{k}-" in name for k in ("staging", "old", "tmp")):
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed
+
+
+@contextlib.contextmanager
+def atomic_folder(dest: str | Path, *, replace: bool = True) -> Iterator[Path]:
+    """Build a folder under a hidden staging name beside `dest`, then rename it into place.
+
+    A crash (or an exception in the block) leaves `dest` as it was and only a staging folder
+    that `clean_debris` removes. An existing `dest` is replaced when `replace`, else an error.
+    """
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    stage = staging_name(dest)
+    stage.mkdir()
+    try:
+        yield stage
+        if dest.exists():
+            if not replace:
+                raise CheckpointError(f"{dest}: already exists")
+            old = staging_name(dest, "old")
+            os.replace(dest, old)
+            os.replace(stage, dest)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(stage, dest)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
 
 
 def read_json(path: str | Path, what: str = "file") -> dict:
@@ -163,7 +213,7 @@ class CheckpointWriter:
         self.out = Path(out)
         if self.out.exists() and any(self.out.iterdir()):
             raise CheckpointError(f"{self.out}: output folder exists and is not empty")
-        self.stage = self.out.with_name(f".{self.out.name}.staging-{uuid.uuid4().hex[:8]}")
+        self.stage = staging_name(self.out)
         self.stage.mkdir(parents=True)
         self._layout = layout
         self._metadata = {"format": "pt", **(metadata or {})}

@@ -34,6 +34,8 @@ def import_gguf(gguf_path: str | Path, out_dir: str | Path, *, dtype: str = "flo
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
+    from mpu.arch import output_embedding_name
+
     gguf_path = Path(gguf_path)
     out = Path(out_dir)
     folder, name = str(gguf_path.parent), gguf_path.name
@@ -46,7 +48,8 @@ def import_gguf(gguf_path: str | Path, out_dir: str | Path, *, dtype: str = "flo
     config.dtype = dtype
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     missing, unexpected = model.load_state_dict(loaded.state_dict(), strict=False)
-    missing = [k for k in missing if not (k == "lm_head.weight" and config.tie_word_embeddings)]
+    head = output_embedding_name(config)  # absent from a tied checkpoint's state dict
+    missing = [k for k in missing if not (k == head and config.tie_word_embeddings)]
     if missing or unexpected:
         raise CheckpointError(
             f"{gguf_path}: weights do not match the config ({missing=}, {unexpected=})"
@@ -54,14 +57,11 @@ def import_gguf(gguf_path: str | Path, out_dir: str | Path, *, dtype: str = "flo
     if config.tie_word_embeddings:
         model.tie_weights()
     model = model.to(getattr(torch, dtype))
-    staging = out.with_name(f".{out.name}.staging")
-    import shutil
+    from mpu.io.checkpoint import atomic_folder
 
-    shutil.rmtree(staging, ignore_errors=True)
-    model.save_pretrained(staging, safe_serialization=True)
-    tokenizer.save_pretrained(staging)
-    shutil.rmtree(out, ignore_errors=True)
-    staging.rename(out)  # atomic: a crash never leaves a half-imported cache entry
+    with atomic_folder(out) as stage:  # a crash never leaves a half-imported cache entry
+        model.save_pretrained(stage, safe_serialization=True)
+        tokenizer.save_pretrained(stage)
     return out
 
 

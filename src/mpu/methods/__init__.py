@@ -1,35 +1,33 @@
-"""mpu.methods — client unlearning losses, their configs, the registry and profiles.
+"""mpu.methods — client unlearning methods, one module each, and the training profiles.
 
-Losses are plain functions `loss(model, batch, ref, hp) -> (scalar, logs)` (METHODS.md §8);
-`METHODS` maps canonical names to `MethodSpec`; `get_method` is case-insensitive and knows
-the aliases (IdkDPO, UnDIAL, CEU, GA).
+Every module declares `METHOD = Method(...)` with its config dataclass, its loss
+`loss(model, batch, ref, hp) -> (scalar, logs)`, the inputs it needs, its MPU (R, E) schedule
+and its paper-profile overrides (docs/methods.md); `METHODS` maps canonical names to them and
+`get_method` is case-insensitive and knows the aliases (IdkDPO, UnDIAL, CEU, GA).
 """
 
-from mpu.methods.configs import (
-    CEUConfig,
-    DPOConfig,
-    GradAscentConfig,
-    GradDiffConfig,
-    NPOConfig,
-    RMUConfig,
-    SatImpConfig,
-    SimNPOConfig,
-    UNDIALConfig,
-    WGAConfig,
-)
-from mpu.methods.profiles import PROFILES, paper_hparams, training_defaults
-from mpu.methods.registry import METHODS, MethodSpec, build_method_config, get_method
-from mpu.methods.schedule import ROUNDS_EPOCHS, rounds_and_epochs
+from mpu.methods.base import Method
+from mpu.methods.ceu import CEUConfig
+from mpu.methods.dpo import DPOConfig
+from mpu.methods.grad_ascent import GradAscentConfig
+from mpu.methods.grad_diff import GradDiffConfig
+from mpu.methods.npo import NPOConfig
+from mpu.methods.profiles import PROFILES, training_defaults
+from mpu.methods.registry import METHODS, build_method_config, get_method, rounds_and_epochs
+from mpu.methods.rmu import RMUConfig
+from mpu.methods.satimp import SatImpConfig
+from mpu.methods.simnpo import SimNPOConfig
+from mpu.methods.undial import UNDIALConfig
+from mpu.methods.wga import WGAConfig
 
 __all__ = [
     "METHODS",
     "PROFILES",
-    "ROUNDS_EPOCHS",
     "CEUConfig",
     "DPOConfig",
     "GradAscentConfig",
     "GradDiffConfig",
-    "MethodSpec",
+    "Method",
     "NPOConfig",
     "RMUConfig",
     "SatImpConfig",
@@ -38,7 +36,6 @@ __all__ = [
     "WGAConfig",
     "build_method_config",
     "get_method",
-    "paper_hparams",
     "rounds_and_epochs",
     "training_defaults",
 ]

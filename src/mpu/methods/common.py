@@ -12,7 +12,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from mpu.data.formatting import IGNORE_INDEX
+from mpu.text import IGNORE_INDEX
 
 Batch = Mapping[str, torch.Tensor]
 
@@ -113,3 +113,19 @@ def combine(
         loss = loss + hp.alpha * r
     logs["loss"] = float(loss.detach())
     return loss, logs
+
+
+def log_ratio(model, ref, inputs) -> torch.Tensor:
+    """Δ_b = log π_θ(b) − log π_ref(b), sums over answer tokens (NPO, DPO)."""
+    logits = forward_logits(model, inputs)
+    ref_logits = reference_logits(ref, inputs, logits.device)
+    return -(sequence_nll(logits, inputs["labels"]) - sequence_nll(ref_logits, inputs["labels"]))
+
+
+def weighted_ascent(model, forget: Batch, weight_fn) -> torch.Tensor:
+    """−⟨sg(w(p)) ℓ⟩_A: token-weighted gradient ascent (SatImp, WGA)."""
+    logits = forward_logits(model, forget)
+    nll, mask = token_nll(logits, forget["labels"])
+    with torch.no_grad():
+        w = weight_fn(torch.exp(-nll))
+    return -(w * nll)[mask].mean()

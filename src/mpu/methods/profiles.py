@@ -1,13 +1,13 @@
-"""Named client profiles: loss hyperparameters + optimizer, schedule, accumulation, precision.
+"""Named client profiles: optimizer, schedule, accumulation and precision per benchmark.
 
 - `openunlearning`: stock OpenUnlearning (locuslab/open-unlearning@d3d7cf9, Hydra configs
   composed with `experiment=unlearn/<benchmark>/default`), HF `Trainer` semantics, bf16
   weights with a 32-bit AdamW state (`paged_adamw_32bit`).
 - `paper`: what the MPU reference client ran (Tristan0318/MPU@6ffb4c3
   `pum.py::client_unlearn`): torch AdamW with decay on every parameter, constant LR,
-  per-epoch accumulation with an end-of-epoch flush, pure bf16. Its loss defaults differ for
-  SimNPO (γ 1), UNDIAL (α 1, answer-masked) and SatImp (γ 1) — MPU.md F5/B13.
-Values: METHODS.md §5–6.
+  per-epoch accumulation with an end-of-epoch flush, pure bf16. Where its loss defaults differ
+  (SimNPO γ 1, UNDIAL α 1 answer-masked, SatImp γ 1) each method declares them (`Method.paper`).
+Values: docs/methods.md.
 """
 
 from __future__ import annotations
@@ -16,12 +16,6 @@ from typing import Any
 
 PROFILES: tuple[str, ...] = ("openunlearning", "paper")
 BENCHMARKS: tuple[str, ...] = ("tofu", "muse", "wmdp")
-
-_PAPER_HPARAMS: dict[str, dict[str, Any]] = {
-    "SimNPO": {"gamma": 1.0},
-    "UNDIAL": {"alpha": 1.0, "undial_mask": "answer"},
-    "SatImp": {"gamma": 1.0},
-}
 
 _COMMON: dict[str, Any] = {
     "optimizer": "adamw",
@@ -78,11 +72,6 @@ _TRAINING: dict[tuple[str, str], dict[str, Any]] = {
 }
 _TRAINING[("paper", "muse")] = _TRAINING[("paper", "tofu")]
 _TRAINING[("paper", "wmdp")] = _TRAINING[("paper", "tofu")]
-
-
-def paper_hparams(method: str) -> dict[str, Any]:
-    """Loss hyperparameters where the MPU reference client differs from OpenUnlearning."""
-    return dict(_PAPER_HPARAMS.get(method, {}))
 
 
 def training_defaults(profile: str, benchmark: str = "tofu") -> dict[str, Any]:

@@ -22,15 +22,15 @@ import dataclasses
 import hashlib
 import json
 import re
-import shutil
 import time
 from pathlib import Path
 from typing import Any
 
 from mpu.config import field, to_dict
 from mpu.errors import ConfigError
+from mpu.text import PromptConfig
 
-PREPARE_VERSION = "prepare-2"  # bump when defaults or the training loop change
+PREPARE_VERSION = "prepare-3"  # bump when defaults, the training loop or the record change
 TINY = "tiny-llama"
 SMOLLM2 = "smollm2"
 
@@ -65,10 +65,18 @@ class PrepareConfig:
     )
     workers: int = field(2, help="fine-tune target and retain in 2 parallel processes, or 1")
     threads: int = field(1, help="torch threads per process (1: no oversubscription on 2 cores)")
+    prompt: PromptConfig = dataclasses.field(
+        default_factory=PromptConfig,
+        metadata={
+            "help": "prompt format: prompt.template, prompt.system_prompt, prompt.date_string"
+        },
+    )
 
     def __post_init__(self) -> None:
         if not re.fullmatch(r"forget\d\d", self.forget_split):
             raise ConfigError(f"forget_split must look like forget10, not {self.forget_split!r}")
+        if isinstance(self.prompt, dict):
+            self.prompt = PromptConfig(**self.prompt)
         if self.epochs is not None and self.epochs < 1:
             raise ConfigError(f"epochs must be >= 1, not {self.epochs}")
         if self.workers not in (1, 2) or self.threads < 1:
@@ -79,12 +87,14 @@ class PrepareConfig:
             raise ConfigError(f"max_retain_items must be >= 1, not {self.max_retain_items}")
 
     @property
-    def retain_split(self) -> str:
-        return f"retain{100 - int(self.forget_split[-2:]):02d}"
+    def splits(self):
+        from mpu.data import tofu_splits
+
+        return tofu_splits(self.forget_split)
 
     @property
-    def holdout_split(self) -> str:
-        return f"holdout{self.forget_split[-2:]}"
+    def retain_split(self) -> str:
+        return self.splits.retain
 
     @property
     def is_tiny(self) -> bool:
@@ -92,13 +102,13 @@ class PrepareConfig:
 
 
 def _load(config: PrepareConfig) -> dict[str, list[dict]]:
-    from mpu.data.loaders import load_split
+    from mpu.io.datasets import load_split
 
     names = {
         "full": "full",
         "retain": config.retain_split,
         "forget": f"{config.forget_split}_perturbed",
-        "holdout": config.holdout_split,
+        "holdout": config.splits.holdout,
         "retain_perturbed": "retain_perturbed",
         "real_authors": "real_authors_perturbed",
         "world_facts": "world_facts_perturbed",
@@ -124,12 +134,17 @@ def content_hash(data: dict[str, list[dict]], config: PrepareConfig) -> str:
 
 
 def _save(model, tokenizer, folder: Path) -> None:
-    tmp = folder.with_name(folder.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
-    shutil.rmtree(folder, ignore_errors=True)
-    tmp.rename(folder)
+    from mpu.io.checkpoint import atomic_folder
+
+    with atomic_folder(folder) as stage:
+        model.save_pretrained(stage, safe_serialization=True)
+        tokenizer.save_pretrained(stage)
+
+
+def _format(model, tok, config: PrepareConfig):
+    from mpu.text import resolve_prompt
+
+    return resolve_prompt(tok, model.config.model_type, config.prompt)
 
 
 def _base(config: PrepareConfig, data: dict[str, list[dict]], say) -> tuple[Any, Any, dict]:
@@ -167,7 +182,9 @@ def _base(config: PrepareConfig, data: dict[str, list[dict]], say) -> tuple[Any,
             return model, tok, {}
         stats = train_lm(
             model,
-            encode_rows(tok, data["real_authors"] + data["world_facts"]),
+            encode_rows(
+                tok, data["real_authors"] + data["world_facts"], fmt=_format(model, tok, config)
+            ),
             pad_id=tok.pad_token_id,
             epochs=config.base_epochs,
             lr=3e-3,
@@ -192,22 +209,49 @@ def _base(config: PrepareConfig, data: dict[str, list[dict]], say) -> tuple[Any,
     return model, tok, {}
 
 
+# the rows `_load` reads, as `mpu.eval` names them (TOFU configs)
+def _eval_source(data: dict[str, list[dict]], config: PrepareConfig) -> dict[str, list[dict]]:
+    sp = config.splits
+    return {
+        sp.forget_perturbed: data["forget"],
+        sp.holdout: data["holdout"],
+        "retain_perturbed": data["retain_perturbed"],
+        "real_authors_perturbed": data["real_authors"],
+        "world_facts_perturbed": data["world_facts"],
+    }
+
+
+# prepare.json summary key -> TOFU metric (mpu.eval) it reports
+SUMMARY_METRICS = {
+    "forget_prob": "forget_Q_A_Prob",
+    "forget_exact_memorization": "exact_memorization",
+    "holdout_prob": "holdout_Q_A_Prob",
+    "retain_perturbed_prob": "retain_Q_A_Prob",
+    "real_authors_prob": "ra_Q_A_Prob",
+    "world_facts_prob": "wf_Q_A_Prob",
+    "forget_truth_ratio": "forget_truth_ratio",
+}
+
+
 def _evaluate(
-    model, tok, data: dict[str, list[dict]], limit: int | None = None
+    model, tok, data: dict[str, list[dict]], config: PrepareConfig
 ) -> tuple[dict, list[float]]:
-    from mpu.pipeline import validity
-    from mpu.pipeline.train import encode_rows, mean, score
+    """The validity figures of one prepared model, scored by `mpu.eval` (no retain logs yet)."""
+    from mpu.eval.tofu import evaluate_tofu
 
-    data = {k: v[:limit] for k, v in data.items()}
-
-    pad = tok.pad_token_id
-    summary: dict[str, float] = {}
-    for key in ("forget", "holdout", "retain_perturbed", "real_authors", "world_facts"):
-        s = score(model, encode_rows(tok, data[key]), pad_id=pad)
-        summary[f"{key}_prob"] = mean(s["prob"])
-        summary[f"{key}_accuracy"] = mean(s["accuracy"])
-    trs = validity.truth_ratios(model, tok, data["forget"], pad_id=pad)
-    summary["forget_truth_ratio"] = validity.closer_to_1(trs)
+    results = evaluate_tofu(
+        model,
+        tok,
+        _eval_source(data, config),
+        forget_split=config.forget_split,
+        holdout_split=config.splits.holdout,
+        metrics=list(SUMMARY_METRICS.values()),
+        limit=config.eval_limit,
+        prompt=_format(model, tok, config),
+        progress=False,
+    )
+    summary = {key: results[metric]["agg_value"] for key, metric in SUMMARY_METRICS.items()}
+    trs = [v["score"] for v in results["forget_truth_ratio"]["value_by_index"].values()]
     return summary, trs
 
 
@@ -226,7 +270,7 @@ def _finetune(job: dict) -> dict:
     model = AutoModelForCausalLM.from_pretrained(out / "base", dtype=torch.float32)
     stats = train_lm(
         model,
-        encode_rows(tok, job["rows"]),
+        encode_rows(tok, job["rows"], fmt=_format(model, tok, config)),
         pad_id=tok.pad_token_id,
         epochs=job["epochs"],
         lr=job["lr"],
@@ -239,7 +283,7 @@ def _finetune(job: dict) -> dict:
     timings = {name: time.perf_counter() - t0}
     _save(model, tok, out / name)
     t0 = time.perf_counter()
-    summary, trs = _evaluate(model, tok, job["data"], config.eval_limit)
+    summary, trs = _evaluate(model, tok, job["data"], config)
     summary.update(train_loss=stats.final_loss, tokens_per_second=stats.tokens_per_second)
     timings[f"eval_{name}"] = time.perf_counter() - t0
     # CPU seconds of this process: what the run costs on an idle machine, whatever the load
@@ -252,7 +296,8 @@ def prepare_models(config: PrepareConfig, *, verbose: bool = True) -> dict:
     import torch
 
     from mpu.data.store import write_json
-    from mpu.pipeline import validity
+    from mpu.eval.metrics import forget_quality
+    from mpu.pipeline.workers import run_jobs
 
     def say(msg: str) -> None:
         if verbose:
@@ -298,15 +343,9 @@ def prepare_models(config: PrepareConfig, *, verbose: bool = True) -> dict:
         for job in jobs:
             say(f"{job['name']}: fine-tuning on {job['n_rows']} QA (+{len(replay)} replay), "
                 f"{epochs} epochs")  # fmt: skip
-        if config.workers > 1:
-            import multiprocessing
-            from concurrent.futures import ProcessPoolExecutor
-
-            ctx = multiprocessing.get_context("spawn")
-            with ProcessPoolExecutor(max_workers=2, mp_context=ctx) as pool:
-                results = list(pool.map(_finetune, jobs))
-        else:
-            results = [_finetune(job) for job in jobs]
+        results = run_jobs(
+            _finetune, jobs, workers=config.workers, threads=config.threads, quiet=False
+        )
     finally:
         torch.set_num_threads(threads_before)
     summary: dict[str, dict] = {}
@@ -314,8 +353,8 @@ def prepare_models(config: PrepareConfig, *, verbose: bool = True) -> dict:
     for res in results:
         summary[res["name"]], trs[res["name"]] = res["summary"], res["truth_ratios"]
         timings.update(res["timings"])
-    summary["target"]["forget_quality"] = validity.forget_quality(trs["target"], trs["retain"])
-    summary["retain"]["forget_quality"] = validity.forget_quality(trs["retain"], trs["retain"])
+    summary["target"]["forget_quality"] = forget_quality(trs["target"], trs["retain"])
+    summary["retain"]["forget_quality"] = forget_quality(trs["retain"], trs["retain"])
     timings["total"] = time.perf_counter() - t_start
     record = {
         "version": PREPARE_VERSION,
@@ -353,7 +392,7 @@ def print_summary(record: dict) -> None:
     rows = [
         ("train loss (last epoch)", "train_loss", "{:.3f}"),
         ("forget answer prob", "forget_prob", "{:.3f}"),
-        ("forget answer-token acc", "forget_accuracy", "{:.3f}"),
+        ("forget exact memorization", "forget_exact_memorization", "{:.3f}"),
         ("holdout answer prob", "holdout_prob", "{:.3f}"),
         ("retain_perturbed answer prob", "retain_perturbed_prob", "{:.3f}"),
         ("real_authors answer prob", "real_authors_prob", "{:.3f}"),

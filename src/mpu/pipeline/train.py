@@ -1,9 +1,9 @@
-"""Fine-tuning and scoring loops used to build the target, retain and base models.
+"""The fine-tuning loop that builds the target, retain and base models.
 
-Plain PyTorch on top of `mpu.data.formatting` (the single QA → ids/labels encoder), so the
-models are trained on exactly the tokens the metrics later score. Batches are bucketed by
-length (little padding: CPU time is the budget), the schedule is linear warm-up then cosine
-decay, and a tqdm bar shows progress.
+Plain PyTorch on top of `mpu.text` (the single QA → ids/labels encoder), so the models are
+trained on exactly the tokens the metrics later score (scoring itself is `mpu.eval`'s job).
+Batches are bucketed by length (little padding: CPU time is the budget), the schedule is
+linear warm-up then cosine decay, and a tqdm bar shows progress.
 """
 
 from __future__ import annotations
@@ -16,12 +16,14 @@ from dataclasses import dataclass
 
 import torch
 
-from mpu.data.formatting import IGNORE_INDEX, Encoded, collate, encode_qa
+from mpu.text import IGNORE_INDEX, Encoded, PromptFormat, collate, encode_qa
 
 
-def encode_rows(tokenizer, rows: Sequence[dict], *, answer_key: str = "answer") -> list[Encoded]:
+def encode_rows(
+    tokenizer, rows: Sequence[dict], *, fmt: PromptFormat, answer_key: str = "answer"
+) -> list[Encoded]:
     """Encode QA rows (question + `answer_key`) with `encode_qa`; drop items with no labels."""
-    items = [encode_qa(tokenizer, r["question"], r[answer_key]) for r in rows]
+    items = [encode_qa(tokenizer, r["question"], r[answer_key], fmt=fmt) for r in rows]
     return [e for e in items if e.n_answer_tokens > 0]
 
 
@@ -144,45 +146,3 @@ def answer_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
 
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     return batch_ce(logits.float(), batch["labels"])
-
-
-@torch.no_grad()
-def score(
-    model, items: Sequence[Encoded], *, pad_id: int, batch_size: int = 64
-) -> dict[str, list[float]]:
-    """Per item: avg_loss over answer tokens, prob = exp(-avg_loss) (METRICS.md §2), and
-    answer-token accuracy (argmax == label)."""
-    model.eval()
-    avg_loss: list[float] = [0.0] * len(items)
-    acc: list[float] = [0.0] * len(items)
-    order = sorted(range(len(items)), key=lambda i: len(items[i].input_ids))
-    for start in range(0, len(order), batch_size):
-        idx = order[start : start + batch_size]
-        batch = collate(
-            [items[i].input_ids for i in idx],
-            pad_id=pad_id,
-            labels=[items[i].labels for i in idx],
-            mask_mode="padding",
-        )
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        logits, labels = logits[:, :-1].float(), batch["labels"][:, 1:]
-        mask = labels != IGNORE_INDEX
-        ce = torch.nn.functional.cross_entropy(
-            logits.transpose(1, 2), labels.clamp(min=0), reduction="none"
-        )
-        n = mask.sum(1).clamp(min=1)
-        losses = (ce * mask).sum(1) / n
-        hits = ((logits.argmax(-1) == labels) & mask).sum(1) / n
-        for j, i in enumerate(idx):
-            avg_loss[i] = float(losses[j])
-            acc[i] = float(hits[j])
-    return {
-        "avg_loss": avg_loss,
-        "prob": [math.exp(-x) for x in avg_loss],
-        "accuracy": acc,
-    }
-
-
-def mean(xs: Sequence[float]) -> float:
-    """Arithmetic mean (nan for an empty list)."""
-    return sum(xs) / len(xs) if xs else float("nan")

@@ -129,6 +129,8 @@ def aggregate_updates(
 
     for _, delta in matched:
         check_layout(theta, layout, delta)
+    # accumulate in k order: the same sum, bit for bit, whatever order the deltas came in
+    matched = sorted(matched, key=lambda pair: pair[0].k)
     transforms = TransformCache(streams, round_, layout, cfg)
     writer = CheckpointWriter(
         out,

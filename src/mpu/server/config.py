@@ -30,7 +30,7 @@ class JobConfig:
     server_lr: float = field(1.0, help="η, server step size: θ_{r+1} = θ_r + η·Δ̄_r")
     noise_scope: str = field(
         "blocks",
-        help="'blocks' (decoder blocks, the paper's) or 'all' (also embeddings, final norm, lm_head)",
+        help="'blocks' (decoder blocks, the paper's) or 'all' (also the embeddings, the final norm and the LM head)",
     )
     sigma_granularity: str = field(
         "block", help="'block' (σ pooled per block, the paper's) or 'tensor'"

@@ -19,7 +19,7 @@ from mpu.arch import layout_of, load_config
 from mpu.arch.base import Layout
 from mpu.config import load_config as load_typed_config
 from mpu.errors import CheckpointError, ConfigError
-from mpu.io.checkpoint import Checkpoint, CheckpointWriter, retype_layout
+from mpu.io.checkpoint import Checkpoint, CheckpointWriter, atomic_folder, retype_layout
 from mpu.io.memory import pin_mmap_threshold
 from mpu.protocol.noise import default_alphas, validate_alphas
 from mpu.protocol.rng import PaperStreams, SecretStreams, new_master_key
@@ -86,15 +86,9 @@ class Server:
             cls._gate(theta, layout, cfg)
         workdir.mkdir(parents=True, exist_ok=True)
         os.chmod(workdir, 0o700)
-        staging = workdir / ".r001.tmp"
-        shutil.rmtree(staging, ignore_errors=True)
-        shutil.copytree(theta.path, staging)
-        first = round_dir(workdir, 1)
-        first.parent.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(
-            first, ignore_errors=True
-        )  # left by an init that crashed before its state write
-        os.replace(staging, first)
+        # replaces an r001 left by an init that crashed before its state write
+        with atomic_folder(round_dir(workdir, 1)) as stage:
+            shutil.copytree(theta.path, stage, dirs_exist_ok=True)
         state = ServerState(
             job_id=secrets.token_hex(8),
             key_hex=new_master_key().hex(),
@@ -173,6 +167,22 @@ class Server:
             self.state.alphas[key] = alphas
         return self.state.alphas[key]
 
+    def _new_records(self) -> list[CopyRecord]:
+        """Fresh random copy ids; the folder → k assignment is drawn once per job (round 1).
+
+        Keeping `copy-i` on the same k in every round lets a client pair a round-r copy with
+        its round-1 reference by folder name (policy first_round_copy) without learning k, and
+        then the reference's noise carries the same α as the copy's, which the harmonic
+        weights need to cancel it (docs/protocol.md).
+        """
+        first = self.state.copy_records(1)
+        if first:
+            order = [r.k for r in sorted(first, key=lambda r: int(r.folder.split("-")[1]))]
+        else:
+            order = list(range(self.cfg.copies))
+            secrets.SystemRandom().shuffle(order)
+        return [CopyRecord(secrets.token_hex(8), k, f"copy-{i + 1}") for i, k in enumerate(order)]
+
     def theta(self) -> Checkpoint:
         return Checkpoint(round_dir(self.workdir, self.round))
 
@@ -194,14 +204,7 @@ class Server:
                         )
                 sigmas = compute_sigmas(theta, base, layout, self.cfg) if self.cfg.kappa > 0 else {}
                 alphas = self._round_alphas()
-                records = self.state.copy_records(self.round)
-                if not records:
-                    order = list(range(self.cfg.copies))
-                    secrets.SystemRandom().shuffle(order)
-                    records = [
-                        CopyRecord(secrets.token_hex(8), k, f"copy-{i + 1}")
-                        for i, k in enumerate(order)
-                    ]
+                records = self.state.copy_records(self.round) or self._new_records()
                 dtype_name = (
                     self.state.checkpoint_dtype
                     if self.cfg.publish_dtype == "checkpoint"

@@ -14,10 +14,11 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mpu.errors import DataError
+from mpu.errors import ConfigError, DataError
 
 QA = {"question": str, "answer": str}
 PERTURBED = {
@@ -53,6 +54,32 @@ _LOCAL_PATTERNS = (
     "data/{config}/{split}-*.parquet",
     "{config}/{split}-*.json*",
 )
+
+
+@dataclass(frozen=True)
+class TofuSplits:
+    """TOFU's split names for one forget set: forget10 → retain90, holdout10, forget10_perturbed."""
+
+    forget: str
+    retain: str
+    holdout: str
+
+    @property
+    def forget_perturbed(self) -> str:
+        return f"{self.forget}_perturbed"
+
+
+def tofu_splits(forget: str) -> TofuSplits:
+    """The retain complement and the holdout of a TOFU forget split (`forget01|05|10`)."""
+    m = re.fullmatch(r"forget(\d\d)", str(forget))
+    if m is None:
+        raise ConfigError(f"{forget!r} is not a TOFU forget split (forget01, forget05, forget10)")
+    pct = int(m.group(1))
+    return TofuSplits(forget, f"retain{100 - pct:02d}", f"holdout{pct:02d}")
+
+
+def is_tofu_forget(name: str) -> bool:
+    return re.fullmatch(r"forget\d\d", str(name)) is not None
 
 
 def schema_for(config: str, split: str) -> Mapping[str, type] | None:

@@ -1,0 +1,118 @@
+"""One experiment job: unlearn the target with one (method, variant) through the round loop.
+
+The client here is local (`mpu.client.unlearn_copy` on every copy), with one learning-rate
+schedule over the method's R·E epochs, a fresh optimizer per copy and round, the same data
+order for every copy of a round, and the round-1 copy in the same folder as the reference
+(policy first_round_copy; θ_1 itself for clean). A job interrupted mid-way resumes from its
+server workdir on the next run, with the same secret key, so it ends where an uninterrupted
+run would.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+from mpu.client.train_config import ClientSettings
+from mpu.io.checkpoint import clean_debris
+from mpu.pipeline.variants import job_config
+from mpu.server.rounds import ClientFn, RoundContext, run_rounds
+
+JOB_RECORD = "job.json"
+
+
+def rounds_for(cfg: Any, method: str) -> tuple[int, int]:
+    """(R, E) of a method: the paper's split (R·E = the stock budget) or (1, R·E)."""
+    from mpu.methods import rounds_and_epochs
+
+    rounds, epochs = rounds_and_epochs(method)
+    return (1, rounds * epochs) if cfg.rounds_epochs == "single" else (rounds, epochs)
+
+
+def local_client(
+    settings: ClientSettings, schedule: list[dict], data, *, seed: int, progress: bool
+) -> ClientFn:
+    """A client that unlearns every copy of a round in this process and returns the deltas."""
+    from mpu.client.unlearn import unlearn_copy
+
+    def client(ctx: RoundContext) -> list[Path]:
+        index = ctx.round - 1
+        round_settings = settings.replace(**schedule[index])
+        deltas = []
+        for i, copy in enumerate(ctx.copies):
+            out = ctx.workdir / f"client-{copy.name}"
+            shutil.rmtree(out, ignore_errors=True)  # left by an interrupted run
+            _, delta, _ = unlearn_copy(
+                copy,
+                data,
+                round_settings,
+                out,
+                reference_dir=ctx.first_copies[i] if ctx.round > 1 else None,
+                order_seed=seed * 1000 + index,
+                progress=progress,
+            )
+            deltas.append(delta)
+        return deltas
+
+    return client
+
+
+def _server(work: Path, models: Path, job, fingerprint: dict):
+    """The job's server: reopened when an earlier run of the same job left one, else new."""
+    from mpu.server.job import Server
+
+    record = work / JOB_RECORD
+    resumable = (work / "server" / "state.json").is_file() and record.is_file()
+    if resumable and json.loads(record.read_text()) == fingerprint:
+        return Server(work / "server")
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    server = Server.init(models / "target", models / "base", work / "server", job)
+    from mpu.io.checkpoint import atomic_write_json
+
+    atomic_write_json(record, fingerprint)
+    return server
+
+
+def unlearn(
+    cfg: Any, settings: ClientSettings, variant: str, data: str, models: Path, work: Path
+) -> Path:
+    """Run one (method, variant) to the end; returns the final model folder (fp32)."""
+    import dataclasses
+
+    from transformers import AutoTokenizer
+
+    from mpu.arch import load_config
+    from mpu.client.trainer import prompt_format, round_schedule, usable_items
+    from mpu.client.unlearn import load_client_data
+    from mpu.data import tofu_splits
+
+    rounds, epochs = rounds_for(cfg, settings.method.name)
+    eff = settings.replace(epochs=epochs)
+    client_data = load_client_data(
+        data, cfg.forget_split, eff, retain_split=tofu_splits(cfg.forget_split).retain
+    )
+    tok = AutoTokenizer.from_pretrained(str(models / "target"))
+    config = load_config(models / "target")
+    fmt = prompt_format(config.model_type, tok, eff)
+    schedule = round_schedule(usable_items(tok, client_data.forget, eff, fmt), eff, rounds)
+    job = job_config(variant, cfg.server)
+    fingerprint = {
+        "variant": variant,
+        "server": dataclasses.asdict(job),
+        "client": eff.to_log(),
+        "models": str(models),
+        "data": str(data),
+        "forget_split": cfg.forget_split,
+        "seed": cfg.seed,
+    }
+    server = _server(work, models, job, json.loads(json.dumps(fingerprint, default=str)))
+    client = local_client(eff, schedule, client_data, seed=cfg.seed, progress=cfg.progress)
+    run_rounds(server, rounds, client, work)
+    final = work / "final"
+    clean_debris(work)
+    if not (final / "config.json").is_file():
+        server.export(final, dtype="float32")
+    return final

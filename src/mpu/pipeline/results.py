@@ -1,0 +1,81 @@
+"""The experiment's results: `report.json` (schema `mpu-report/1`), its rendering, and the
+terminal table."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from mpu.config import to_dict
+
+SCHEMA = "mpu-report/1"
+TABLE_KEYS = ("forget_quality", "model_utility", "forget_Q_A_Prob", "privleak")
+
+
+def run_rows(cfg: Any, evals: dict[str, dict]) -> list[dict]:
+    """One row per evaluated model: the retain and target references, then every job."""
+    from mpu.eval.io import summary_of
+    from mpu.eval.tofu import DEFAULT_METRICS
+    from mpu.pipeline.variants import job_config
+
+    def row(method: str | None, variant: str, name: str) -> dict:
+        m = kappa = None
+        if method is not None and variant != "clean":
+            job = job_config(variant, cfg.server)
+            m, kappa = job.copies, job.kappa
+        return {
+            "method": method,
+            "variant": variant,
+            "m": m,
+            "kappa": kappa,
+            "summary": summary_of(evals[name], list(DEFAULT_METRICS)),
+            "eval_file": f"eval/{name}/TOFU_EVAL.json",
+        }
+
+    rows = [row(None, "retain", "retain"), row(None, "target", "target")]
+    rows += [row(m, v, f"{m}-{v}") for m in cfg.methods for v in cfg.variants]
+    return rows
+
+
+def write_report(
+    cfg: Any, out: Path, data: str, models: Path, evals: dict[str, dict], timings: dict
+) -> Path:
+    """Write OUT/report.json and render report.md / report.html beside it."""
+    from mpu.data.store import write_json
+    from mpu.eval.report import render_report
+    from mpu.pipeline.jobs import rounds_for
+
+    prompt = evals["target"].get("_meta", {}).get("prompt_format")
+    report = {
+        "schema": SCHEMA,
+        "benchmark": "tofu",
+        "title": f"Clean vs Noised vs MPU on {Path(data).name} {cfg.forget_split} "
+        f"(m={cfg.server.copies}, κ={cfg.server.kappa})",
+        "config": {
+            **to_dict(cfg),
+            "data": data,
+            "models": str(models),
+            "rounds_epochs_by_method": {m: rounds_for(cfg, m) for m in cfg.methods},
+            "prompt_format": prompt,
+        },
+        "timings_s": timings,
+        "runs": run_rows(cfg, evals),
+    }
+    write_json(out / "report.json", report)
+    render_report([out], out)
+    return out / "report.json"
+
+
+def summary_table(run_dir: Path, keys: tuple[str, ...] = TABLE_KEYS) -> str:
+    """A compact text table of report.json for the terminal."""
+    report = json.loads((Path(run_dir) / "report.json").read_text())
+    lines = [f"{'run':24s}" + "".join(f"{k:>18s}" for k in keys)]
+    for r in report["runs"]:
+        name = r["variant"] if r["method"] is None else f"{r['method']}-{r['variant']}"
+        vals = "".join(
+            f"{r['summary'].get(k) if r['summary'].get(k) is not None else float('nan'):>18.4g}"
+            for k in keys
+        )
+        lines.append(f"{name:24s}{vals}")
+    return "\n".join(lines)

@@ -1,0 +1,90 @@
+"""One worker pool for the pipeline: independent jobs in spawned processes that stop when told.
+
+`run_jobs` runs `fn(job)` for every job, in `workers` processes of `threads` torch threads
+each (or in this process when `workers == 1`), reports each result as it arrives, and on a
+failure, Ctrl-C or SIGTERM terminates every worker at once (no orphan keeps training) and
+raises: `Interrupted` for a signal (the CLI prints it as one line), the job's own error
+otherwise. Jobs write their outputs atomically, so a rerun resumes from the finished ones.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from mpu.errors import MPUError
+
+
+class Interrupted(MPUError):
+    """The run was stopped by a signal; finished jobs are kept, a rerun resumes."""
+
+
+def _init(threads: int, quiet: bool) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides; workers are terminated
+    if quiet:
+        os.environ["TQDM_DISABLE"] = "1"
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def _raise_interrupted(signum, _frame) -> None:
+    raise Interrupted(f"stopped by {signal.Signals(signum).name}")
+
+
+def run_jobs(
+    fn: Callable[[Any], Any],
+    jobs: Iterable[Any],
+    *,
+    workers: int,
+    threads: int = 1,
+    quiet: bool = True,
+    on_done: Callable[[Any, Any], None] | None = None,
+) -> list[Any]:
+    """Results of `fn(job)` in job order; `on_done(job, result)` as each one finishes."""
+    jobs = list(jobs)
+    results: dict[int, Any] = {}
+    previous = signal.signal(signal.SIGTERM, _raise_interrupted)
+    try:
+        if workers <= 1 or len(jobs) <= 1:
+            for i, job in enumerate(jobs):
+                results[i] = fn(job)
+                if on_done:
+                    on_done(job, results[i])
+        else:
+            _in_processes(fn, jobs, workers, threads, quiet, on_done, results)
+    except KeyboardInterrupt:
+        raise Interrupted("stopped by SIGINT") from None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    return [results[i] for i in range(len(jobs))]
+
+
+def _in_processes(fn, jobs, workers, threads, quiet, on_done, results) -> None:
+    import multiprocessing
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    pool = ProcessPoolExecutor(
+        max_workers=min(workers, len(jobs)),
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=_init,
+        initargs=(threads, quiet),
+    )
+    futures = {pool.submit(fn, job): i for i, job in enumerate(jobs)}
+    try:
+        pending = set(futures)
+        while pending:
+            done, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for fut in done:
+                i = futures[fut]
+                results[i] = fut.result()  # a worker's error is re-raised here
+                if on_done:
+                    on_done(jobs[i], results[i])
+    except BaseException:
+        for proc in list(getattr(pool, "_processes", {}).values()):
+            proc.terminate()  # no orphans: stop the training now, not after the running jobs
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
