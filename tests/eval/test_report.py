@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import json
 import re
 import shutil
@@ -22,9 +21,11 @@ def _run_dir(path, kappa: float, seed: int):
     rng = np.random.default_rng(seed)
     runs = [
         {"method": "", "variant": "target", "m": None, "kappa": None,
-         "summary": {"forget_quality": 1e-12, "model_utility": 0.61, "privleak": -98.0}},
+         "summary": {"forget_quality": 1e-12, "model_utility": 0.61, "privleak": -98.0,
+                     "forget_Q_A_Prob": 0.94}},
         {"method": "", "variant": "retain", "m": None, "kappa": None,
-         "summary": {"forget_quality": 1.0, "model_utility": 0.6, "privleak": 0.0}},
+         "summary": {"forget_quality": 1.0, "model_utility": 0.6, "privleak": 0.0,
+                     "forget_Q_A_Prob": 0.03}},
     ]  # fmt: skip
     for method in METHODS:
         for variant in ("clean", "noised", "mpu"):
@@ -38,6 +39,7 @@ def _run_dir(path, kappa: float, seed: int):
                         "forget_quality": float(10 ** -rng.uniform(0, 6)),
                         "model_utility": float(rng.uniform(0.3, 0.6)),
                         "forget_Q_A_ROUGE": float(rng.uniform(0, 1)),
+                        "forget_Q_A_Prob": float(rng.uniform(0.2, 0.8)),
                         "privleak": float(rng.uniform(-50, 10)),
                         "extraction_strength": None,
                     },
@@ -65,9 +67,17 @@ def test_single_run_dir_report_contents(tmp_path):
     page = html_path.read_text()
     assert "&lt;tiny&gt;" in page  # escaped title
     assert not re.search(r"(src|href)=\"(http|//)", page)  # self-contained
-    pngs = re.findall(r'src="data:image/png;base64,([^"]+)"', page)
-    assert len(pngs) == 2
-    assert all(base64.b64decode(p)[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
+    assert page.count("<svg") == 2 and 'id="fq_vs_mu"' in page and 'id="bars"' in page
+    assert (d / "bars.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # the report explains itself, with numbers computed from these runs
+    runs = {(r["method"], r["variant"]): r["summary"] for r in report["runs"]}
+    clean = runs[("NPO", "clean")]["forget_Q_A_Prob"]
+    mpu = runs[("NPO", "mpu")]["forget_Q_A_Prob"]
+    share = (0.94 - mpu) / (0.94 - clean)
+    assert f"NPO at κ = 0.01, m = 4: MPU recovered {100 * share:.0f}% of Clean's forgetting" in md
+    assert f"Clean {clean:.3f}" in md and "What was run" in md
+    assert all(f"| {k} |" in md for k in ("forget_quality", "model_utility", "privleak"))
+    assert oct((d / "report.html").stat().st_mode & 0o777) == oct(0o644)
 
 
 def test_sweep_over_kappa_combines_run_dirs(tmp_path, capsys):
@@ -76,7 +86,24 @@ def test_sweep_over_kappa_combines_run_dirs(tmp_path, capsys):
     assert main(["report", *dirs, "--out", str(out)]) == 0
     assert (out / "sweep_kappa.png").is_file()
     assert "sweep_kappa" in (out / "report.html").read_text()
-    assert (out / "report.md").read_text().count("\n| NPO | mpu |") == 3
+    md = (out / "report.md").read_text()
+    # runs with different κ stay apart: one row and one verdict per κ, none averaged together
+    assert md.count("\n| NPO | mpu |") == 3
+    for kappa in (0.001, 0.01, 0.1):
+        assert f"NPO at κ = {kappa:g}, m = 4: MPU recovered" in md
+
+
+def test_scatter_labels_are_distinct(tmp_path):
+    from mpu.eval.plots import scatter
+
+    dirs = [_run_dir(tmp_path / f"k{k}", k, i)[0] for i, k in enumerate((0.01, 0.1))]
+    runs = []
+    for d in dirs:
+        for r in json.loads((d / "report.json").read_text())["runs"]:
+            runs.append({**r, "method": r["method"] or ""})
+    fig = scatter(runs)
+    labels = [t.get_text() for t in fig.axes[0].texts]
+    assert len(labels) == len(set(labels)) == 12
 
 
 def test_bad_run_dirs(tmp_path, capsys):
@@ -96,11 +123,73 @@ def _chromium() -> str | None:
     return None
 
 
+LABEL_PROBE = """<script>
+const boxes = [...document.querySelectorAll('#fq_vs_mu g[id^="label-"]')].map(g => {
+  const rs = [...g.querySelectorAll('use, path')].filter(u => u.closest('g[id^="label-"]') === g
+     && !(u.tagName === 'path' && !u.closest('defs') && u.getAttribute('style')?.includes('stroke')))
+     .map(u => u.getBoundingClientRect()).filter(r => r.width > 0);
+  const x0 = Math.min(...rs.map(r => r.left)), x1 = Math.max(...rs.map(r => r.right));
+  const y0 = Math.min(...rs.map(r => r.top)), y1 = Math.max(...rs.map(r => r.bottom));
+  return {id: g.id, x0, x1, y0, y1};
+});
+const shows = document.querySelector('#what-it-shows').innerText;
+const metrics = [...document.querySelectorAll('#metrics tr[data-metric]')].map(
+  tr => [tr.dataset.metric, tr.cells[1].innerText]);
+document.body.insertAdjacentHTML('beforeend',
+  '<pre id="probe">' + JSON.stringify({boxes, shows, metrics}) + '</pre>');
+</script>"""
+
+
+def _dump_dom(browser: str, page, profile) -> str:
+    cmd = [
+        browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync",
+        f"--user-data-dir={profile}", "--window-size=1400,2400", "--dump-dom", page.as_uri(),
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert '<pre id="probe">' in proc.stdout, f"chromium ran no probe: {proc.stderr[-2000:]}"
+    return proc.stdout
+
+
+@pytest.mark.slow
+def test_html_report_explains_itself_with_legible_separate_labels(tmp_path):
+    """Must-show: headless Chromium finds the explanation with the run's numbers, every
+    metric's description, and scatter labels that are distinct, legible and never overlap."""
+    import html as html_lib
+
+    from mpu.eval.findings import METRICS
+
+    browser = _chromium()
+    if browser is None:
+        pytest.fail("no chromium binary found: install Debian `chromium` (CI does)")
+    dirs = [str(_run_dir(tmp_path / f"k{k}", k, i)[0]) for i, k in enumerate((0.01, 0.1))]
+    _, page = render_report(dirs, tmp_path / "combined")
+    probe = tmp_path / "probe.html"
+    probe.write_text(page.read_text().replace("</body>", LABEL_PROBE + "</body>"))
+    dom = _dump_dom(browser, probe, tmp_path / "profile")
+    found = json.loads(html_lib.unescape(dom.rsplit('<pre id="probe">', 1)[1].split("</pre>")[0]))
+    assert "MPU recovered" in found["shows"] and "0.940" in found["shows"]
+    described = dict(found["metrics"])
+    for key in ("forget_quality", "model_utility", "forget_Q_A_Prob", "privleak"):
+        assert described[key] == METRICS[key][0]
+    boxes = found["boxes"]
+    # target, retain + per method: Clean (replicates of one setting), 2× Noised, 2× MPU
+    assert len(boxes) == 2 + 2 * 5
+    for b in boxes:
+        assert b["y1"] - b["y0"] >= 7, f"label {b['id']} is {b['y1'] - b['y0']:.1f} px tall"
+    for i, a in enumerate(boxes):
+        for b in boxes[i + 1 :]:
+            apart = (
+                a["x1"] <= b["x0"] or b["x1"] <= a["x0"] or a["y1"] <= b["y0"] or b["y1"] <= a["y0"]
+            )
+            assert apart, f"labels {a['id']} and {b['id']} overlap: {a} {b}"
+
+
 @pytest.mark.slow
 def test_html_plots_render_in_headless_browser(tmp_path):
     browser = _chromium()
     if browser is None:
-        pytest.skip("no chromium binary found (install Debian `chromium` to run this test)")
+        pytest.fail("no chromium binary found: install Debian `chromium` (CI does)")
     import matplotlib.image as mpimg
 
     d, _ = _run_dir(tmp_path / "run", 0.01, 0)
@@ -110,18 +199,15 @@ def test_html_plots_render_in_headless_browser(tmp_path):
     cmd = [
         browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-        f"--user-data-dir={profile}", f"--screenshot={shot}", "--window-size=1200,1600",
+        f"--user-data-dir={profile}", f"--screenshot={shot}", "--window-size=1400,4000",
         html_path.as_uri(),
     ]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert shot.is_file(), f"chromium wrote no screenshot: {proc.stderr[-2000:]}"
-    img = mpimg.imread(shot)[..., :3]
-    assert img.shape[:2] == (1600, 1200)
-    # plot region (below the title): many distinct colours, and the variant colours are drawn
-    region = (img[120:1000] * 255).round().astype(int)
-    colours = {tuple(c) for c in region.reshape(-1, 3)[::7]}
+    img = (mpimg.imread(shot)[..., :3] * 255).round().astype(int)
+    colours = {tuple(c) for c in img.reshape(-1, 3)[::7]}
     assert len(colours) > 200, f"only {len(colours)} distinct colours: plots did not render"
     for hex_colour in ("#1f77b4", "#ff7f0e", "#d62728"):  # clean, noised, MPU bars
         rgb = np.array([int(hex_colour[i : i + 2], 16) for i in (1, 3, 5)])
-        hits = (np.abs(region - rgb).sum(-1) <= 6).sum()
+        hits = (np.abs(img - rgb).sum(-1) <= 6).sum()
         assert hits > 200, f"bar colour {hex_colour} not visible in the screenshot ({hits} px)"

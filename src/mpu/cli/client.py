@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import sys
+
+from mpu.cli import EXIT_NO_EFFECT
 
 
 def _diff(args: argparse.Namespace) -> int:
@@ -46,14 +49,32 @@ def _unlearn(args: argparse.Namespace) -> int:
         order_seed=args.order_seed,
         progress=not args.quiet,
     )
+    loss = info["forget_loss"]
     print(f"unlearned {args.copy} with {cfg.method} ({info['steps']} optimizer steps)")
+    print(f"  forget-set loss {loss['before']:.4f} -> {loss['after']:.4f}; "
+          f"{100 * info['changed_fraction']:.1f}% of the weights changed")  # fmt: skip
     print(f"  model: {model_dir}\n  delta: {delta}  (send this file to the server)")
+    if info["no_effect"]:
+        print(f"mpu: warning: {info['no_effect']}", file=sys.stderr)
+        return EXIT_NO_EFFECT
     return 0
 
 
 def _register_unlearn(csub: argparse._SubParsersAction) -> None:
+    from mpu.client.train_config import ClientTrainConfig
+    from mpu.config import describe
+
     p = csub.add_parser(
-        "unlearn", help="run an unlearning method on a copy, write the model and its delta"
+        "unlearn",
+        help="run an unlearning method on a copy, write the model and its delta",
+        description="Unlearn the forget split from one published copy with a built-in method "
+        "(docs/methods.md) and write OUT/model (the unlearned copy) and OUT/delta.safetensors "
+        "(the update to send back). Unset settings take the profile's values, adjusted for "
+        "small models (docs/methods.md, 'Defaults that unlearn'). Exit code 3: training ran but "
+        "did not move the model (the message says which setting to change).",
+        epilog="settings (key=value; nested with dots):\n"
+        + describe(ClientTrainConfig, skip=("method",)),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--copy", required=True, help="published copy folder (with mpu-ticket.json)")
     p.add_argument("--data", required=True, help="data folder (`mpu data make …`) or hub id")

@@ -84,7 +84,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     ssub = server.add_subparsers(dest="server_command", metavar="ACTION", required=True)
 
-    p = ssub.add_parser("init", help="start a job: check model and base, create the secret state")
+    from mpu.config import describe
+    from mpu.server.config import JobConfig
+
+    p = ssub.add_parser(
+        "init",
+        help="start a job: check model and base, create the secret state",
+        description="Create a server workdir for one unlearning job: check the model against "
+        "the public base, run the function-preservation gate and draw the secret key "
+        "(docs/protocol.md).",
+        epilog="settings (key=value):\n" + describe(JobConfig),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument(
         "--model", required=True, help="Hugging Face folder of the model to unlearn (θ_1)"
     )

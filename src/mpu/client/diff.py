@@ -18,8 +18,19 @@ from mpu.io.delta import delta_metadata, read_ticket
 from mpu.io.safetensors_stream import SafetensorsWriter, TensorSpec
 
 
-def make_delta(before: str | Path, after: str | Path, out: str | Path) -> Path:
-    """Write the delta file `out` = after − before (fp32), with the ticket of `before`."""
+def make_delta(
+    before: str | Path, after: str | Path, out: str | Path, *, stats: dict | None = None
+) -> Path:
+    """Write the delta file `out` = after − before (fp32), with the ticket of `before`.
+
+    `stats`, when given, receives `changed_fraction`: the share of entries that changed (the
+    check that the unlearning moved the model). An existing `out` is never overwritten.
+    """
+    out = Path(out)
+    if out.suffix != ".safetensors":
+        out = out.with_suffix(".safetensors")
+    if out.exists():
+        raise CheckpointError(f"{out}: already exists; choose another --out (nothing was written)")
     before_ck, after_ck = Checkpoint(before), Checkpoint(after)
     ticket = read_ticket(before)
     hashes = before_ck.sha256()
@@ -40,13 +51,15 @@ def make_delta(before: str | Path, after: str | Path, out: str | Path) -> Path:
                 f"{after}: tensor {name!r} has shape {a.shape}, the copy has {b.shape}"
             )
         specs.append(TensorSpec(name, torch.float32, b.shape))
-    out = Path(out)
-    if out.suffix != ".safetensors":
-        out = out.with_suffix(".safetensors")
+    changed = total = 0
     with SafetensorsWriter(out, specs, delta_metadata(ticket)) as writer:
         for name in names:
             delta = after_ck.read(name).to(torch.float32) - before_ck.read(name).to(torch.float32)
             if not torch.isfinite(delta).all():
                 raise CheckpointError(f"{after}: tensor {name!r} has NaN or Inf values")
+            changed += int(torch.count_nonzero(delta))
+            total += delta.numel()
             writer.add(name, delta)
+    if stats is not None:
+        stats["changed_fraction"] = changed / max(total, 1)
     return out

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import logging
 import math
 import re
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,6 +28,9 @@ from mpu.client.batches import BatchBuilder, check_rows, encode_rows, iterate
 from mpu.client.train_config import ClientSettings, ClientTrainConfig
 from mpu.errors import ConfigError, DataError
 from mpu.text import PromptFormat, resolve_prompt
+
+log = logging.getLogger("mpu.client")
+MOVED_LOSS = 0.01  # a relative change of the forget loss below this is "did not move"
 
 
 class ThreatModelWarning(UserWarning):
@@ -65,9 +69,11 @@ class _MasterWeights:
             m.copy_(p)
 
 
-def settings_of(cfg: ClientTrainConfig | ClientSettings) -> ClientSettings:
+def settings_of(
+    cfg: ClientTrainConfig | ClientSettings, n_params: int | None = None
+) -> ClientSettings:
     """Resolve a config once at an entry point; settings pass through unchanged."""
-    return cfg if isinstance(cfg, ClientSettings) else cfg.resolve()
+    return cfg if isinstance(cfg, ClientSettings) else cfg.resolve(n_params)
 
 
 def plan_steps(n_forget: int, eff: ClientSettings) -> int:
@@ -198,6 +204,7 @@ def train_unlearning(
     idk_answers: Sequence[str] | None = None,
     order_seed: int | None = None,
     progress: bool = True,
+    on_step: Callable[[int, int], None] | None = None,
 ) -> TrainResult:
     """Unlearn `forget_rows` from `model` in place and return it with logs.
 
@@ -209,7 +216,9 @@ def train_unlearning(
     training dtype (bf16 for pure_bf16 / bf16_weights, else fp32); requires_grad flags are
     restored at the end. Raises ConfigError / DataError before any forward pass on bad input.
     """
-    eff = settings_of(cfg)
+    eff = settings_of(cfg, model.num_parameters())
+    if eff.defaults_rule:
+        log.info("%s: %s", eff.method.name, eff.defaults_rule)
     spec, hp, use_retain = _validate(
         model, tokenizer, forget_rows, retain_rows, idk_answers, eff, reference_model
     )
@@ -249,6 +258,7 @@ def train_unlearning(
             ref = reference_model
         ref.eval()
 
+    loss_before = forget_loss(model, forget, tokenizer)
     torch.manual_seed(eff.seed)
     det = (
         torch.are_deterministic_algorithms_enabled(),
@@ -335,12 +345,15 @@ def train_unlearning(
             window = []
             bar.update(1)
             bar.set_postfix(loss=f"{rec['loss']:.4f}")
+            if on_step is not None:
+                on_step(step, total_local)
     finally:
         bar.close()
         torch.use_deterministic_algorithms(det[0], warn_only=det[1])
         for n, p in model.named_parameters():
             p.requires_grad_(flags[n])
         model.train(was_training)
+    loss_after = forget_loss(model, forget, tokenizer)
     logs = {
         "steps": steps,
         "micro_batches": n_mb,
@@ -358,4 +371,51 @@ def train_unlearning(
     if spec.name == "RMU":
         logs["rmu_steering_seed"] = hp.steering_seed
     logs["prompt_format"] = fmt.to_dict()
+    logs["forget_loss"] = {"before": loss_before, "after": loss_after}
     return TrainResult(model, logs, step, eff.to_log())
+
+
+@torch.no_grad()
+def forget_loss(model: torch.nn.Module, items: Sequence, tokenizer: Any, limit: int = 64) -> float:
+    """Token-mean cross-entropy of the first `limit` forget answers, in eval mode: the check
+    that a run moved the model (a change below 1 % means it did not)."""
+    from mpu.methods.common import forward_logits, token_nll
+    from mpu.text import collate, pad_id_of
+
+    was = model.training
+    model.eval()
+    total, count = 0.0, 0
+    try:
+        for start in range(0, min(limit, len(items)), 16):
+            chunk = items[start : min(start + 16, limit)]
+            batch = collate(
+                [e.input_ids for e in chunk],
+                pad_id=pad_id_of(tokenizer),
+                labels=[e.labels for e in chunk],
+                mask_mode="padding",
+            )
+            nll, mask = token_nll(forward_logits(model, batch), batch["labels"])
+            total += float(nll.sum())
+            count += int(mask.sum())
+    finally:
+        model.train(was)
+    return total / max(count, 1)
+
+
+def no_effect(logs: dict, changed_fraction: float | None, eff: ClientSettings) -> str | None:
+    """Why a finished run did not move the model, in plain words naming the settings to change;
+    None when it did. `changed_fraction`: share of weights whose stored value changed."""
+    before, after = logs["forget_loss"]["before"], logs["forget_loss"]["after"]
+    rel = abs(after - before) / max(abs(before), 1e-12)
+    frozen = changed_fraction is not None and changed_fraction < 0.01
+    if rel >= MOVED_LOSS and not frozen:
+        return None
+    what = f"forget-set loss {before:.4f} → {after:.4f} ({100 * rel:.2f} % change)"
+    if changed_fraction is not None:
+        what += f", {100 * changed_fraction:.1f} % of the weights changed"
+    advice = [f"raise lr (now {eff.lr:g})"]
+    if eff.precision in ("bf16_weights", "pure_bf16"):
+        advice.append(f"use precision=fp32 (now {eff.precision}: bf16 rounds small updates away)")
+    if eff.max_steps == 0:
+        advice.append(f"or train longer (epochs, now {eff.epochs})")
+    return f"the {eff.method.name} run did not move the model: {what}; " + ", ".join(advice)

@@ -8,11 +8,14 @@ unlearned copy as a Hugging Face folder and writes the delta the server aggregat
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 from mpu.client.train_config import ClientSettings, ClientTrainConfig
 from mpu.errors import CheckpointError, ConfigError, UpdateRejectedError
+
+log = logging.getLogger("mpu.client")
 
 
 @dataclass
@@ -80,13 +83,14 @@ def unlearn_copy(
     reference_dir: str | Path | None = None,
     order_seed: int | None = None,
     progress: bool = True,
+    on_step=None,
 ) -> tuple[Path, Path, dict]:
     """Unlearn one copy; returns (unlearned model folder, delta file, training logs)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from mpu.client.diff import make_delta
-    from mpu.client.trainer import train_unlearning
+    from mpu.client.trainer import no_effect, settings_of, train_unlearning
 
     check_copy(copy_dir, reference_dir)
     out = Path(out_dir)
@@ -100,23 +104,32 @@ def unlearn_copy(
             str(reference_dir), dtype=torch.float32
         ).eval()
         reference.requires_grad_(False)
+    eff = settings_of(cfg, model.num_parameters())
     result = train_unlearning(
         model,
         tokenizer,
         data.forget,
         data.retain,
-        cfg,
+        eff,
         reference_model=reference,
         idk_answers=data.idk,
         order_seed=order_seed,
         progress=progress,
+        on_step=on_step,
     )
     model_dir = out / "model"
     result.model.save_pretrained(model_dir, safe_serialization=True)
     tokenizer.save_pretrained(model_dir)
-    delta = make_delta(copy_dir, model_dir, out / "delta.safetensors")
-    return (
-        model_dir,
-        delta,
-        {"steps": result.step_count, "effective_config": result.effective_config},
-    )
+    stats: dict = {}
+    delta = make_delta(copy_dir, model_dir, out / "delta.safetensors", stats=stats)
+    warning = no_effect(result.logs, stats["changed_fraction"], eff)
+    if warning:
+        log.warning("%s", warning)
+    info = {
+        "steps": result.step_count,
+        "effective_config": result.effective_config,
+        "forget_loss": result.logs["forget_loss"],
+        "changed_fraction": stats["changed_fraction"],
+        "no_effect": warning,
+    }
+    return model_dir, delta, info

@@ -186,6 +186,10 @@ class Checkpoint:
             if p.is_file() and p.name not in skip and p.suffix not in WEIGHT_SUFFIXES
         )
 
+    def n_params(self) -> int:
+        """Parameters stored in the folder, from the headers alone (no weights read)."""
+        return sum(self.spec(name).numel for name in self.names())
+
     def sha256(self) -> dict[str, str]:
         return {f: sha256_file(self.path / f) for f in self.readers}
 

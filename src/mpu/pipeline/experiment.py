@@ -19,6 +19,9 @@ from pathlib import Path
 from mpu.client.train_config import ClientSettings, ClientTrainConfig
 from mpu.config import field, to_dict
 from mpu.errors import ConfigError
+from mpu.io.checkpoint import Checkpoint
+from mpu.logs import console_warnings_only, progress
+from mpu.logs import job as job_label
 from mpu.pipeline.variants import VARIANTS
 from mpu.server.config import JobConfig
 from mpu.text import PromptConfig
@@ -106,10 +109,12 @@ class ExperimentConfig:
             raise ConfigError(f"workers={self.workers}, threads={self.threads}: both must be >= 1")
 
 
-def client_settings(cfg: ExperimentConfig, method: str) -> ClientSettings:
-    """The method's resolved client settings (validated now, before any training)."""
+def client_settings(
+    cfg: ExperimentConfig, method: str, n_params: int | None = None
+) -> ClientSettings:
+    """The method's resolved client settings (the small-model rule needs the model's size)."""
     client = dataclasses.replace(cfg.client, method=method, seed=cfg.seed, prompt=cfg.prompt)
-    return client.resolve()
+    return client.resolve(n_params)
 
 
 def _say(msg: str) -> None:
@@ -119,12 +124,14 @@ def _say(msg: str) -> None:
 class Experiment:
     """One run folder: resolves data and models, runs every (method, variant), evaluates, reports."""
 
-    def __init__(self, cfg: ExperimentConfig):
+    def __init__(self, cfg: ExperimentConfig, n_params: int | None = None):
         from mpu.data import tofu_splits
 
         self.cfg = cfg
         self.out = Path(cfg.out)
-        self.settings = {m: client_settings(cfg, m) for m in cfg.methods}  # bad method: fail now
+        # bad methods or hyperparameters fail now; the sizes are known once the models are
+        self.settings = {m: client_settings(cfg, m, n_params) for m in cfg.methods}
+        self.n_params = n_params
         tofu_splits(cfg.forget_split)
         self.timings: dict[str, float] = {}
 
@@ -145,6 +152,10 @@ class Experiment:
     def job(self, name: str, data: str, models: Path, retain_logs: dict) -> dict[str, float]:
         """Unlearn (unless `name` is "target") and evaluate one run; returns its timings."""
         self.timings = {}
+        with job_label(name), console_warnings_only("mpu.server"):
+            return self._job(name, data, models, retain_logs)
+
+    def _job(self, name: str, data: str, models: Path, retain_logs: dict) -> dict[str, float]:
         if name == "target":
             self.evaluate("target", models / "target", data, retain_logs)
             return self.timings
@@ -153,6 +164,7 @@ class Experiment:
         t = time.perf_counter()
         final = self.unlearn(method, variant, data, models, work)
         self.timings[f"unlearn/{name}"] = time.perf_counter() - t
+        progress("evaluating")
         self.evaluate(name, final, data, retain_logs)
         if not self.cfg.keep_models:
             shutil.rmtree(work, ignore_errors=True)
@@ -169,29 +181,34 @@ class Experiment:
 
     def _run_jobs(self, todo: list[str], data: str, models: Path, retain_logs: dict) -> None:
         """Every pending run, in `workers` processes when > 1; a failure stops the experiment."""
+        from mpu.pipeline.progress import JobBoard
         from mpu.pipeline.workers import run_jobs
 
+        if not todo:
+            return
         todo = sorted(todo, key=self._cost, reverse=True)
-        t0, done = time.perf_counter(), []
-        if len(todo) > 1 and self.cfg.workers > 1:
-            _say(f"{len(todo)} runs on {self.cfg.workers} worker processes, longest first")
-        cfg = {**to_dict(self.cfg), "progress": self.cfg.progress and self.cfg.workers == 1}
+        t0 = time.perf_counter()
+        where = f"{self.cfg.workers} worker processes" if self.cfg.workers > 1 else "this process"
+        _say(f"{len(todo)} runs in {where}, longest first: {', '.join(todo)}")
+        cfg = {**to_dict(self.cfg), "progress": False}  # the job board shows the progress
 
-        def finished(name: str, timings: dict) -> None:
-            done.append(name)
+        def finished(board: JobBoard, name: str, timings: dict) -> None:
+            board.finished(name)
             self.timings.update(timings)
             spent = sum(v for k, v in timings.items() if k.endswith(f"/{name}"))
-            _say(f"[{len(done)}/{len(todo)}] {name} done ({spent:.0f} s; "
+            _say(f"[{board.done}/{len(todo)}] {name} done ({spent:.0f} s; "
                  f"{time.perf_counter() - t0:.0f} s elapsed)")  # fmt: skip
 
-        jobs = [(cfg, name, data, str(models), retain_logs) for name in todo]
-        run_jobs(
-            _job_in_worker,
-            jobs,
-            workers=self.cfg.workers,
-            threads=self.cfg.threads,
-            on_done=lambda job, timings: finished(job[1], timings),
-        )
+        jobs = [(cfg, name, data, str(models), retain_logs, self.n_params) for name in todo]
+        with JobBoard(todo, enabled=self.cfg.progress) as board:
+            run_jobs(
+                _job_in_worker,
+                jobs,
+                workers=self.cfg.workers,
+                threads=self.cfg.threads,
+                on_done=lambda job, timings: finished(board, job[1], timings),
+                board=board,
+            )
 
     def run(self) -> Path:
         from mpu.pipeline.inputs import copy_references, reference_cache, resolve_inputs
@@ -201,6 +218,8 @@ class Experiment:
         start = time.perf_counter()
         data, models = resolve_inputs(self.cfg, _say)
         self.timings["inputs"] = time.perf_counter() - start
+        self.n_params = Checkpoint(models / "target").n_params()
+        self.settings = {m: client_settings(self.cfg, m, self.n_params) for m in self.cfg.methods}
         cache = reference_cache(self.cfg, data, models)
         copy_references(cache, self.out / "eval", _say)
         _say("evaluating the retain and target models (the reference points)")
@@ -214,15 +233,15 @@ class Experiment:
         for name in ["target", *names]:
             evals[name] = self.evaluate(name, self.out / "work" / name / "final", data, retain_logs)
         self.timings["total"] = time.perf_counter() - start
-        write_report(self.cfg, self.out, data, models, evals, self.timings)
+        write_report(self.cfg, self.out, data, models, evals, self.timings, self.settings)
         return self.out
 
 
 def _job_in_worker(job: tuple) -> dict[str, float]:
     from mpu.config import load_config
 
-    cfg, name, data, models, retain_logs = job
-    experiment = Experiment(load_config(ExperimentConfig, mapping=cfg))
+    cfg, name, data, models, retain_logs, n_params = job
+    experiment = Experiment(load_config(ExperimentConfig, mapping=cfg), n_params)
     return experiment.job(name, data, Path(models), retain_logs)
 
 

@@ -17,6 +17,7 @@ from typing import Any
 
 from mpu.client.train_config import ClientSettings
 from mpu.io.checkpoint import clean_debris
+from mpu.logs import progress as report
 from mpu.pipeline.variants import job_config
 from mpu.server.rounds import ClientFn, RoundContext, run_rounds
 
@@ -42,6 +43,7 @@ def local_client(
         round_settings = settings.replace(**schedule[index])
         deltas = []
         for i, copy in enumerate(ctx.copies):
+            where = f"round {ctx.round}/{len(schedule)} copy {i + 1}/{len(ctx.copies)} step"
             out = ctx.workdir / f"client-{copy.name}"
             shutil.rmtree(out, ignore_errors=True)  # left by an interrupted run
             _, delta, _ = unlearn_copy(
@@ -52,6 +54,7 @@ def local_client(
                 reference_dir=ctx.first_copies[i] if ctx.round > 1 else None,
                 order_seed=seed * 1000 + index,
                 progress=progress,
+                on_step=lambda step, total, where=where: report(where, step, total),
             )
             deltas.append(delta)
         return deltas
@@ -110,7 +113,14 @@ def unlearn(
     }
     server = _server(work, models, job, json.loads(json.dumps(fingerprint, default=str)))
     client = local_client(eff, schedule, client_data, seed=cfg.seed, progress=cfg.progress)
-    run_rounds(server, rounds, client, work)
+    report("publishing round 1")
+    run_rounds(
+        server,
+        rounds,
+        client,
+        work,
+        on_round=lambda r, _: report(f"publishing round {r + 1}") if r < rounds else None,
+    )
     final = work / "final"
     clean_debris(work)
     if not (final / "config.json").is_file():

@@ -39,7 +39,13 @@ def run_rows(cfg: Any, evals: dict[str, dict]) -> list[dict]:
 
 
 def write_report(
-    cfg: Any, out: Path, data: str, models: Path, evals: dict[str, dict], timings: dict
+    cfg: Any,
+    out: Path,
+    data: str,
+    models: Path,
+    evals: dict[str, dict],
+    timings: dict,
+    settings: dict | None = None,
 ) -> Path:
     """Write OUT/report.json and render report.md / report.html beside it."""
     from mpu.data.store import write_json
@@ -58,6 +64,7 @@ def write_report(
             "models": str(models),
             "rounds_epochs_by_method": {m: rounds_for(cfg, m) for m in cfg.methods},
             "prompt_format": prompt,
+            "client_settings_by_method": {m: s.to_log() for m, s in (settings or {}).items()},
         },
         "timings_s": timings,
         "runs": run_rows(cfg, evals),

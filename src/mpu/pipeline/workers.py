@@ -4,27 +4,30 @@
 each (or in this process when `workers == 1`), reports each result as it arrives, and on a
 failure, Ctrl-C or SIGTERM terminates every worker at once (no orphan keeps training) and
 raises: `Interrupted` for a signal (the CLI prints it as one line), the job's own error
-otherwise. Jobs write their outputs atomically, so a rerun resumes from the finished ones.
+otherwise. Workers' log records and progress events travel to this process, which prints the
+records in the common format and feeds the progress display. Jobs write their outputs
+atomically, so a rerun resumes from the finished ones.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from mpu.errors import MPUError
+from mpu.errors import Interrupted
 
 
-class Interrupted(MPUError):
-    """The run was stopped by a signal; finished jobs are kept, a rerun resumes."""
-
-
-def _init(threads: int, quiet: bool) -> None:
+def _init(threads: int, quiet: bool, queue) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides; workers are terminated
     if quiet:
         os.environ["TQDM_DISABLE"] = "1"
+    if queue is not None:
+        from mpu.logs import forward_to
+
+        forward_to(queue)
     import torch
 
     torch.set_num_threads(threads)
@@ -42,8 +45,14 @@ def run_jobs(
     threads: int = 1,
     quiet: bool = True,
     on_done: Callable[[Any, Any], None] | None = None,
+    board=None,
+    worker_log_level: int = logging.WARNING,
 ) -> list[Any]:
-    """Results of `fn(job)` in job order; `on_done(job, result)` as each one finishes."""
+    """Results of `fn(job)` in job order; `on_done(job, result)` as each one finishes.
+
+    `board` (a `JobBoard`) receives the jobs' progress; workers' log records at or above
+    `worker_log_level` are printed here.
+    """
     jobs = list(jobs)
     results: dict[int, Any] = {}
     previous = signal.signal(signal.SIGTERM, _raise_interrupted)
@@ -54,7 +63,9 @@ def run_jobs(
                 if on_done:
                     on_done(job, results[i])
         else:
-            _in_processes(fn, jobs, workers, threads, quiet, on_done, results)
+            _in_processes(
+                fn, jobs, workers, threads, quiet, on_done, results, board, worker_log_level
+            )
     except KeyboardInterrupt:
         raise Interrupted("stopped by SIGINT") from None
     finally:
@@ -62,15 +73,23 @@ def run_jobs(
     return [results[i] for i in range(len(jobs))]
 
 
-def _in_processes(fn, jobs, workers, threads, quiet, on_done, results) -> None:
+def _in_processes(fn, jobs, workers, threads, quiet, on_done, results, board, level) -> None:
+    import logging.handlers
     import multiprocessing
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
+    from mpu.logs import console_handler
+
+    ctx = multiprocessing.get_context("spawn")
+    queue = ctx.Queue()
+    handlers = [console_handler(level)] + ([board.handler] if board is not None else [])
+    listener = logging.handlers.QueueListener(queue, *handlers, respect_handler_level=True)
+    listener.start()
     pool = ProcessPoolExecutor(
         max_workers=min(workers, len(jobs)),
-        mp_context=multiprocessing.get_context("spawn"),
+        mp_context=ctx,
         initializer=_init,
-        initargs=(threads, quiet),
+        initargs=(threads, quiet, queue),
     )
     futures = {pool.submit(fn, job): i for i, job in enumerate(jobs)}
     try:
@@ -87,4 +106,6 @@ def _in_processes(fn, jobs, workers, threads, quiet, on_done, results) -> None:
             proc.terminate()  # no orphans: stop the training now, not after the running jobs
         pool.shutdown(wait=False, cancel_futures=True)
         raise
+    finally:
+        listener.stop()
     pool.shutdown(wait=True)

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
-from mpu.config import field
+from mpu.config import check_number, field
 from mpu.errors import ConfigError
 
 NOISE_SCOPES = ("blocks", "all")
@@ -65,12 +66,20 @@ class JobConfig:
     )
 
     def __post_init__(self) -> None:
-        if self.copies < 1:
-            raise ConfigError(f"copies must be ≥ 1, got {self.copies}")
-        if not self.kappa >= 0:
-            raise ConfigError(f"kappa must be ≥ 0, got {self.kappa}")
-        if self.server_lr <= 0:
-            raise ConfigError(f"server_lr must be > 0, got {self.server_lr}")
+        check_number(self, "copies", self.copies, low=1, high=64, allow_none=False)
+        # κ ≥ 10 makes the noise ten times the whole fine-tuning delta: not a privacy setting
+        # anyone means, and 1e300 overflows the noise to Inf
+        check_number(self, "kappa", self.kappa, low=0, high=10, allow_none=False)
+        check_number(self, "server_lr", self.server_lr, low=0, low_open=True, allow_none=False)
+        check_number(self, "alpha_min", self.alpha_min, low=0, low_open=True, allow_none=False)
+        check_number(self, "alpha_max", self.alpha_max, low=0, low_open=True, allow_none=False)
+        check_number(self, "max_update_norm", self.max_update_norm, low=0, allow_none=False)
+        check_number(
+            self, "median_factor", self.median_factor, low=1, low_open=True, allow_none=False
+        )
+        check_number(
+            self, "min_changed_fraction", self.min_changed_fraction, low=0, high=1, allow_none=False
+        )
         for name, value, allowed in (
             ("noise_scope", self.noise_scope, NOISE_SCOPES),
             ("sigma_granularity", self.sigma_granularity, SIGMA_GRANULARITIES),
@@ -88,7 +97,7 @@ class JobConfig:
                 raise ConfigError(
                     f"alphas must be 'linspace', 'random' or numbers 'a,b,..', got {self.alphas!r}"
                 ) from None
-            if len(values) != self.copies or not all(a > 0 for a in values):
+            if len(values) != self.copies or not all(math.isfinite(a) and a > 0 for a in values):
                 raise ConfigError(
                     f"alphas {self.alphas!r}: need {self.copies} positive values (one per copy)"
                 )
@@ -96,5 +105,3 @@ class JobConfig:
             raise ConfigError(
                 f"need 0 < alpha_min ≤ alpha_max, got {self.alpha_min}, {self.alpha_max}"
             )
-        if self.median_factor <= 1:
-            raise ConfigError(f"median_factor must be > 1, got {self.median_factor}")

@@ -109,9 +109,13 @@ class Server:
             cfg.copies,
             cfg.kappa,
         )
-        if cfg.kappa == 0:
+        if cfg.kappa == 0 and cfg.reparameterize:
             log.warning(
                 "kappa = 0: reparameterization only, no noise (an ablation, not a privacy setting)"
+            )
+        elif cfg.kappa == 0:
+            log.info(
+                "kappa = 0 and no reparameterization: copies are θ itself (the Clean baseline)"
             )
         if cfg.seeds == "paper_public":
             log.warning(

@@ -193,11 +193,11 @@ def publish_copies(
                 "worst_tensor_changed_fraction": worst[k] if frac is not None else None,
             }
             if frac is not None:
-                log.info(
-                    "%s: noise changed %.1f%% of noised entries after the cast to %s",
+                log.debug(
+                    "%s: the noise survived the cast to %s in %.1f%% of noised entries",
                     rec.folder,
-                    100 * frac,
                     publish_dtype,
+                    100 * frac,
                 )
                 if worst[k] < cfg.min_changed_fraction:
                     log.warning(
