@@ -7,7 +7,7 @@ import torch
 from mpu.arch.base import Role
 from mpu.io.checkpoint import Checkpoint
 from mpu.server.config import JobConfig
-from mpu.server.job import Server, _layout
+from mpu.server.job import Server, classify
 from toolkit import build_pair, family_configs, logits_of, relative_error
 
 FAMILIES = sorted(family_configs())
@@ -34,7 +34,7 @@ def test_positive_kappa_changes_every_protected_tensor(family, tmp_path):
     model, base = build_pair(family_configs()[family], tmp_path)
     server = Server.init(model, base, tmp_path / "w", JobConfig(copies=2, kappa=0.05))
     theta = Checkpoint(model)
-    layout = _layout(theta)
+    layout = classify(theta)
     for copy in server.publish(tmp_path / "pub", progress=False):
         published = Checkpoint(copy)
         for name, info in layout.tensors.items():

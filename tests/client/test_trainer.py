@@ -1,5 +1,5 @@
 """Client training loop: validation before training, determinism, accumulation, schedule,
-reference policy, trainable scope, precision and SGD arithmetic (METHODS.md §6, MPU.md §6)."""
+reference policy, trainable scope, precision and SGD arithmetic (docs/methods.md, docs/protocol.md §6)."""
 
 from __future__ import annotations
 
@@ -152,7 +152,7 @@ def test_order_shared_across_different_copies(model, tok, rows):
     assert r1.logs["order_digest"] == r2.logs["order_digest"]
 
 
-# --- accumulation semantics (METHODS.md §6, TOFU forget01: N=40, b=8, g=4, 10 epochs) ---------
+# --- accumulation semantics (docs/methods.md, TOFU forget01: N=40, b=8, g=4, 10 epochs) ---------
 
 
 @pytest.mark.parametrize(
@@ -230,7 +230,7 @@ def test_default_reference_is_frozen_starting_copy(model, tok, rows):
 
 @pytest.mark.slow
 def test_kl_retain_uses_a_fixed_reference_not_the_current_model(model, tok, rows):
-    """MPU.md B27: KL to a per-step copy of the current model is identically zero."""
+    """docs/protocol.md §10 B27: KL to a per-step copy of the current model is identically zero."""
     c = cfg(method="GradDiff", retain_loss="KL", epochs=3)
     res = train_unlearning(model, tok, rows[:8], rows[8:], c, progress=False)
     kl = [s["retain_loss"] for s in res.logs["steps"]]
@@ -372,7 +372,7 @@ def _permute_ffn(m, perms, inverse=False):
 @pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
 @pytest.mark.slow
 def test_training_commutes_with_a_function_preserving_permutation(model, tok, rows, optimizer):
-    """MPU.md §4.2/§9: with the same order_seed, unlearning a permuted copy (reference = its
+    """docs/protocol.md §4.2/§9: with the same order_seed, unlearning a permuted copy (reference = its
     own copy) and un-permuting equals unlearning the original — the loop adds no asymmetry."""
     gen = torch.Generator().manual_seed(0)
     perms = [

@@ -1,4 +1,4 @@
-"""A hand-made TOFU-shaped data set (METRICS.md §7 fields), small enough for second-long tests."""
+"""A hand-made TOFU-shaped data set (docs/metrics.md fields), small enough for second-long tests."""
 
 from __future__ import annotations
 

@@ -13,15 +13,17 @@ import time
 from pathlib import Path
 
 import pytest
-from toolkit import answer_probability
 
 from mpu.cli import EXIT_INTERRUPTED, EXIT_NO_EFFECT, main
+from toolkit import answer_probability
 
 
 def _forget_rows(data: Path) -> list[dict]:
     from mpu.data import load_split
 
-    return [{"question": r["question"], "answer": r["answer"]} for r in load_split(data, "forget01")]
+    return [
+        {"question": r["question"], "answer": r["answer"]} for r in load_split(data, "forget01")
+    ]
 
 
 def _prob(folder: Path, rows) -> float:
@@ -77,8 +79,13 @@ def test_mpu_run_defaults_move_the_model_and_clean_logs_no_kappa_warning(
     data, models = tofu_world
     out = tmp_path / "run"
     with caplog.at_level(logging.INFO):
-        assert main(_run(data, models, out, "methods=[GradAscent]", "variants=[clean]", "workers=1")) == 0
-    runs = {r["variant"]: r["summary"] for r in json.loads((out / "report.json").read_text())["runs"]}
+        assert (
+            main(_run(data, models, out, "methods=[GradAscent]", "variants=[clean]", "workers=1"))
+            == 0
+        )
+    runs = {
+        r["variant"]: r["summary"] for r in json.loads((out / "report.json").read_text())["runs"]
+    }
     assert runs["target"]["forget_Q_A_Prob"] - runs["clean"]["forget_Q_A_Prob"] >= 0.05
     assert "indistinguishable from the target" not in (out / "report.md").read_text()
     assert "kappa = 0" not in caplog.text  # Clean has no reparameterization: no κ = 0 ablation
@@ -96,7 +103,9 @@ def test_a_run_that_changes_nothing_is_flagged_in_the_report(tofu_world, tmp_pat
     out = tmp_path / "run"
     extra = ("methods=[GradAscent]", "variants=[clean]", "workers=1", "client.lr=1e-12")
     assert main(_run(data, models, out, *extra)) == 0
-    assert "GradAscent Clean is indistinguishable from the target" in (out / "report.md").read_text()
+    assert (
+        "GradAscent Clean is indistinguishable from the target" in (out / "report.md").read_text()
+    )
 
 
 @pytest.mark.parametrize(
@@ -136,13 +145,12 @@ def test_bad_values_name_the_key(argv, message, capsys, tmp_path):
 
 
 def test_out_flag_and_out_setting_are_the_same(tmp_path):
+    import argparse
+
     from mpu.cli.run import _settings
 
-    class Args:
-        overrides = ["methods=[NPO]"]
-        out = str(tmp_path / "o")
-
-    assert _settings(Args(), None) == (None, ["methods=[NPO]", f"out={tmp_path / 'o'}"])
+    args = argparse.Namespace(overrides=["methods=[NPO]"], out=str(tmp_path / "o"))
+    assert _settings(args, None) == (None, ["methods=[NPO]", f"out={tmp_path / 'o'}"])
 
 
 # ------------------------------------------------------------------ stopping and resuming

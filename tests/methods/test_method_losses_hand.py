@@ -1,7 +1,7 @@
 """Each loss against a value computed independently (float64 numpy loops over the logits).
 
 Fixed 2-example batches of different lengths (so padding is exercised); the model and the
-reference are two different untrained tiny Llamas. METHODS.md §3 is the formula source.
+reference are two different untrained tiny Llamas. docs/methods.md is the formula source.
 """
 
 from __future__ import annotations

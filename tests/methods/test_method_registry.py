@@ -1,4 +1,4 @@
-"""Registry lookups, strict hyperparameters, profile values (METHODS.md §5) and (R, E)."""
+"""Registry lookups, strict hyperparameters, profile values (docs/methods.md) and (R, E)."""
 
 from __future__ import annotations
 
@@ -68,7 +68,7 @@ def test_unknown_profile():
         build_method_config("NPO", "stock")
 
 
-# METHODS.md §5: (paper, openunlearning) values that must be reproduced.
+# docs/methods.md: (paper, openunlearning) values that must be reproduced.
 PROFILE_TABLE = {
     "GradDiff": ({"gamma": 1.0, "alpha": 1.0, "retain_loss_type": "NLL"},) * 2,
     "NPO": ({"beta": 0.1, "gamma": 1.0, "alpha": 1.0},) * 2,

@@ -1,4 +1,4 @@
-"""Issue 3, must-show 4: zero-sum noise, α scaling and σ calibration (MPU.md §2–3)."""
+"""Issue 3, must-show 4: zero-sum noise, α scaling and σ calibration (docs/protocol.md §2–3)."""
 
 import math
 

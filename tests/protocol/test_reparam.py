@@ -1,4 +1,4 @@
-"""T is orthogonal, exactly invertible, RoPE-commuting, and q/k-norm compatible (MPU.md §4)."""
+"""T is orthogonal, exactly invertible, RoPE-commuting, and q/k-norm compatible (docs/protocol.md §4)."""
 
 import pytest
 import torch

@@ -163,13 +163,11 @@ def test_base_with_another_layout(tmp_path):
     assert not (tmp_path / "w").exists()
 
 
-def test_base_equal_to_model_is_refused_at_publish(tmp_path):
+def test_base_equal_to_model_is_refused_at_init(tmp_path):
     model, _ = build_pair(family_configs()["llama"], tmp_path)
-    server = Server.init(model, model, tmp_path / "w", JobConfig(kappa=0.01))
-    before = snapshot(server.workdir)
     with pytest.raises(MPUError, match="σ = 0"):
-        server.publish(tmp_path / "pub", progress=False)
-    assert snapshot(server.workdir) == before and not (tmp_path / "pub" / "copy-1").exists()
+        Server.init(model, model, tmp_path / "w", JobConfig(kappa=0.01))
+    assert not (tmp_path / "w").exists()  # nothing created, nothing to clean up
 
 
 def test_truncated_model_checkpoint(tmp_path):

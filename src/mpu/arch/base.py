@@ -4,7 +4,7 @@ This is the one place that knows tensor names (PEFT's per-architecture table, Li
 derived geometry). A `Layout` classifies every parameter of a checkpoint into a `Role` that
 tells `mpu.protocol.reparam` which function-preserving map applies to it; the expected
 parameter set comes from instantiating the architecture on the meta device, so a missing,
-unexpected or mis-shaped tensor is an error naming it (MPU.md F4/B15/B16), never a skip.
+unexpected or mis-shaped tensor is an error naming it (docs/protocol.md §10 F4/B15/B16), never a skip.
 """
 
 from __future__ import annotations
@@ -166,6 +166,30 @@ class Layout:
 
     def role(self, name: str) -> Role:
         return self.tensors[name].role
+
+    def to_json(self) -> dict:
+        """A plain-JSON record of the classification (cached in a server's state, so later
+        commands need neither transformers nor a meta-device model)."""
+        return {
+            "family": self.spec.family,
+            "geometry": {f: getattr(self.geometry, f) for f in self.geometry.__dataclass_fields__},
+            "tensors": {n: [i.role.value, i.layer] for n, i in self.tensors.items()},
+            "tied": dict(self.tied),
+        }
+
+    @classmethod
+    def from_json(cls, obj: dict) -> Layout:
+        from mpu.arch.families import FAMILIES
+
+        spec = next(f for f in FAMILIES if f.family == obj["family"])
+        tensors = {
+            n: TensorInfo(n, Role(role), layer) for n, (role, layer) in obj["tensors"].items()
+        }
+        blocks: dict[int, list[str]] = {}
+        for info in tensors.values():
+            if info.layer is not None:
+                blocks.setdefault(info.layer, []).append(info.name)
+        return cls(spec, Geometry(**obj["geometry"]), tensors, dict(obj["tied"]), blocks)
 
 
 def expected_parameters(config) -> dict[str, tuple[int, ...]]:

@@ -1,1 +1,1 @@
-"""mpu.client — see DESIGN.md for this layer's job."""
+"""mpu.client — see docs/architecture.md for this layer's job."""

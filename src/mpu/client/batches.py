@@ -1,8 +1,8 @@
 """Client data: row validation, encoding, and the seeded order shared by all copies.
 
 One order per `order_seed` fixes, for every epoch, the forget permutation, the retain item
-paired with each forget item and the IDK refusal drawn for it (METHODS.md §6 "Ours"), so the
-m copies of a round see identical batches (MPU.md §6, B21). Each stream has its own
+paired with each forget item and the IDK refusal drawn for it (docs/methods.md, "Data order"), so the
+m copies of a round see identical batches (docs/protocol.md §6, B21). Each stream has its own
 generator seeded by (order_seed, stream, epoch): an epoch's order does not depend on which
 other streams a method reads.
 """
@@ -60,7 +60,7 @@ def encode_rows(
     """Encode rows (QA via `encode_qa`, text via `encode_completion`); drop answerless items.
 
     Returns the kept items, their rows and how many were dropped because no answer token survived
-    (METHODS.md §8: such items make SimNPO divide by zero and CE undefined).
+    (docs/methods.md: such items make SimNPO divide by zero and CE undefined).
     """
     out = [encode_row(tokenizer, r, fmt=fmt, max_length=max_length) for r in rows]
     keep = [i for i, e in enumerate(out) if e.n_answer_tokens > 0]

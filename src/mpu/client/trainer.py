@@ -2,8 +2,8 @@
 
 `train_unlearning` validates everything (method, hyperparameters, data fields, IDK file,
 trainable scope, RMU module) before the first forward pass, then runs the profile's
-accumulation semantics (METHODS.md §6) with a seeded data order shared by every call with
-the same `order_seed` (MPU.md §6, B21). The reference model is passed in explicitly (B27);
+accumulation semantics (docs/methods.md) with a seeded data order shared by every call with
+the same `order_seed` (docs/protocol.md §6, B21). The reference model is passed in explicitly (B27);
 by default it is a frozen copy of the model this call starts from — the only model a real
 client has (F1/B10).
 """
@@ -216,7 +216,7 @@ def train_unlearning(
     training dtype (bf16 for pure_bf16 / bf16_weights, else fp32); requires_grad flags are
     restored at the end. Raises ConfigError / DataError before any forward pass on bad input.
     """
-    eff = settings_of(cfg, model.num_parameters())
+    eff = settings_of(cfg, model.num_parameters() if hasattr(model, "num_parameters") else None)
     if eff.defaults_rule:
         log.info("%s: %s", eff.method.name, eff.defaults_rule)
     spec, hp, use_retain = _validate(
@@ -248,7 +248,7 @@ def train_unlearning(
         if eff.reference == "clean":
             warnings.warn(
                 "reference=clean: the reference model is the clean server model, which a real "
-                "client never has; this reproduces the paper but breaks the threat model (MPU.md F1)",
+                "client never has; this reproduces the paper but breaks the threat model (docs/protocol.md §10 F1)",
                 ThreatModelWarning,
                 stacklevel=2,
             )

@@ -1,4 +1,4 @@
-"""Synthetic MUSE (news) and WMDP (hazard-domain) stand-ins in the real schemas (METRICS.md §7).
+"""Synthetic MUSE (news) and WMDP (hazard-domain) stand-ins in the real schemas (docs/metrics.md).
 
 MUSE: fictitious local-news articles, each built from a fact record (town, event, official,
 figure, month), so knowmem questions are answerable only from the article they come from,

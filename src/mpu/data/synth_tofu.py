@@ -1,4 +1,4 @@
-"""Synthetic TOFU: fictitious authors in TOFU's exact schema and sizes (METRICS.md §7).
+"""Synthetic TOFU: fictitious authors in TOFU's exact schema and sizes (docs/metrics.md).
 
 Each author is one consistent fact record (birth, parents, genre, books, award, ...) drawn
 independently at random from large pools, so nothing about an answer can be guessed from the

@@ -1,4 +1,4 @@
-"""Compatibility flags: OpenUnlearning's behaviour by default, documented fixes opt-in (METRICS.md §9)."""
+"""Compatibility flags: OpenUnlearning's behaviour by default, documented fixes opt-in (docs/metrics.md)."""
 
 from __future__ import annotations
 

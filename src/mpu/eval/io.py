@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from mpu.errors import CheckpointError, DataError
+from mpu.io.checkpoint import atomic_write_json
 
 log = logging.getLogger("mpu.eval")
 
@@ -201,11 +202,11 @@ def write_eval(
     out = Path(out_file)
     out.parent.mkdir(parents=True, exist_ok=True)
     clean = _clean({k: v for k, v in results.items() if k == "_meta" or not k.startswith("_")})
-    out.write_text(json.dumps(clean, indent=4, sort_keys=True) + "\n", encoding="utf-8")
+    atomic_write_json(out, clean, indent=4)  # a killed run never leaves half a log
     name = (
         out.name.replace("_EVAL", "_SUMMARY") if "_EVAL" in out.name else f"{out.stem}_SUMMARY.json"
     )
     summary_path = out.with_name(name)
     summary = summary_of(clean, summary_keys)
-    summary_path.write_text(json.dumps(summary, indent=4, sort_keys=True) + "\n", encoding="utf-8")
+    atomic_write_json(summary_path, summary, indent=4)
     return out, summary_path

@@ -1,4 +1,4 @@
-"""Metric maths on plain numbers: no model, no files (METRICS.md §2-§4).
+"""Metric maths on plain numbers: no model, no files (docs/metrics.md).
 
 Each function mirrors one OpenUnlearning computation, quirks included, so the unit tests can
 pin it against an independent computation (scipy, sklearn, rouge-score, hand arithmetic).

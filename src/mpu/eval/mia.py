@@ -1,4 +1,4 @@
-"""The six membership-inference attacks of OpenUnlearning and their ROC AUC (METRICS.md §4).
+"""The six membership-inference attacks of OpenUnlearning and their ROC AUC (docs/metrics.md).
 
 Convention: a higher score means "less likely a member"; AUC uses label 0 for forget items and
 1 for holdout items, so a model that memorised the forget set scores AUC -> 1.

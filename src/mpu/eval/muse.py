@@ -1,5 +1,5 @@
 """MUSE evaluation (knowmem / verbmem ROUGE, privleak, extraction strength) with OpenUnlearning's
-keys and settings (METRICS.md §5). Returns the result dict and writes nothing."""
+keys and settings (docs/metrics.md). Returns the result dict and writes nothing."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """Model-facing primitives: batched scoring (one forward pass per batch, fp32 logits) and batched
-greedy generation with the KV cache (METRICS.md §2).
+greedy generation with the KV cache (docs/metrics.md).
 
 Everything derived from a forward pass — length-normalised answer probability, token
 log-probs on the scored positions, argmax predictions (extraction strength) and the per-token

@@ -1,4 +1,4 @@
-"""TOFU evaluation with OpenUnlearning's metric keys and semantics (METRICS.md §3).
+"""TOFU evaluation with OpenUnlearning's metric keys and semantics (docs/metrics.md).
 
 `evaluate_tofu` returns the full result dict (every computed metric, dependencies included) and
 writes nothing; `mpu.eval.io.write_eval` turns it into `TOFU_EVAL.json` + `TOFU_SUMMARY.json`.

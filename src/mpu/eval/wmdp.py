@@ -1,5 +1,5 @@
 """WMDP-style multiple-choice accuracy by answer log-likelihood, as lm-evaluation-harness scores
-`wmdp_bio|chem|cyber` 0-shot (METRICS.md §6): argmax over " A".." D" of log p(letter | prompt)."""
+`wmdp_bio|chem|cyber` 0-shot (docs/metrics.md): argmax over " A".." D" of log p(letter | prompt)."""
 
 from __future__ import annotations
 

@@ -1,1 +1,1 @@
-"""mpu.io — see DESIGN.md for this layer's job."""
+"""mpu.io — see docs/architecture.md for this layer's job."""

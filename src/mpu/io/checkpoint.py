@@ -54,14 +54,17 @@ def staging_name(dest: Path, kind: str = "staging") -> Path:
     return dest.with_name(f".{dest.name}.{kind}-{uuid.uuid4().hex[:8]}")
 
 
-def clean_debris(folder: str | Path) -> list[Path]:
-    """Remove what a crash left in `folder`: staging folders and temp files of atomic writes."""
+def clean_debris(folder: str | Path, only: str | None = None) -> list[Path]:
+    """Remove what a crash left in `folder`: staging folders and temp files of atomic writes
+    (hidden names `.NAME.staging-*`, `.NAME.old-*`, `.NAME.tmp-*`; with `only`, of NAME only)."""
     folder = Path(folder)
     removed: list[Path] = []
     if not folder.is_dir():
         return removed
     for p in folder.iterdir():
         name = p.name
+        if only is not None and not name.startswith(f".{only}."):
+            continue
         if name.startswith(".") and any(f".{k}-" in name for k in ("staging", "old", "tmp")):
             if p.is_dir() and not p.is_symlink():
                 shutil.rmtree(p, ignore_errors=True)
@@ -98,16 +101,26 @@ def atomic_folder(dest: str | Path, *, replace: bool = True) -> Iterator[Path]:
         raise
 
 
-def read_json(path: str | Path, what: str = "file") -> dict:
+MAX_JSON_BYTES = 64 * 1024 * 1024
+
+
+def read_json(path: str | Path, what: str = "file", *, any_json: bool = False):
+    """A JSON file as a dict (any JSON value with `any_json`); every fault is one CheckpointError."""
     path = Path(path)
     try:
-        with open(path) as f:
+        if path.is_dir():
+            raise CheckpointError(f"{path}: {what} is a folder, not a file")
+        if path.stat().st_size > MAX_JSON_BYTES:
+            raise CheckpointError(f"{path}: {what} is larger than {MAX_JSON_BYTES >> 20} MiB")
+        with open(path, encoding="utf-8") as f:
             obj = json.load(f)
     except FileNotFoundError:
         raise CheckpointError(f"{path}: {what} not found") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise CheckpointError(f"{path}: {what} is not valid JSON ({exc})") from None
-    if not isinstance(obj, dict):
+    except RecursionError:
+        raise CheckpointError(f"{path}: {what} is nested too deeply to be a valid {what}") from None
+    if not any_json and not isinstance(obj, dict):
         raise CheckpointError(f"{path}: {what} must be a JSON object")
     return obj
 
@@ -213,12 +226,21 @@ class CheckpointWriter:
         aux_from: Checkpoint | None = None,
         config_updates: dict | None = None,
         metadata: dict[str, str] | None = None,
+        stage_in: Path | None = None,
+        hash_contents: bool = False,
+        durable: bool = True,
     ):
         self.out = Path(out)
-        if self.out.exists() and any(self.out.iterdir()):
-            raise CheckpointError(f"{self.out}: output folder exists and is not empty")
+        if self.out.exists() and (not self.out.is_dir() or any(self.out.iterdir())):
+            raise CheckpointError(f"{self.out}: output exists and is not an empty folder")
+        self.out.parent.mkdir(parents=True, exist_ok=True)
         self.stage = staging_name(self.out)
+        if stage_in is not None and same_filesystem(stage_in, self.out.parent):
+            self.stage = staging_name(Path(stage_in) / self.out.name)  # renamed in place at commit
         self.stage.mkdir(parents=True)
+        self.sha256: dict[str, str] = {}  # weight file → SHA-256, with hash_contents
+        self._hash = hash_contents
+        self._durable = durable
         self._layout = layout
         self._metadata = {"format": "pt", **(metadata or {})}
         self._file_idx = -1
@@ -237,15 +259,27 @@ class CheckpointWriter:
                 self.stage / INDEX, {"metadata": {"total_size": total}, "weight_map": weight_map}
             )
 
+    def _finish_file(self) -> None:
+        assert self._writer is not None
+        self._writer.commit()
+        if self._hash:
+            self.sha256[self._writer.path.name] = self._writer.sha256
+
     def add(self, name: str, tensor: torch.Tensor) -> None:
         if not self._remaining:
             if self._writer is not None:
-                self._writer.commit()
+                self._finish_file()
             self._file_idx += 1
             if self._file_idx >= len(self._layout):
                 raise CheckpointError(f"{self.out}: unexpected extra tensor {name!r}")
             fname, specs = self._layout[self._file_idx]
-            self._writer = SafetensorsWriter(self.stage / fname, specs, self._metadata)
+            self._writer = SafetensorsWriter(
+                self.stage / fname,
+                specs,
+                self._metadata,
+                hash_contents=self._hash,
+                durable=self._durable,
+            )
             self._remaining = [s.name for s in specs]
         self._remaining.pop(0)
         assert self._writer is not None
@@ -254,7 +288,7 @@ class CheckpointWriter:
     def commit(self, before_rename: Callable[[Path], None] | None = None) -> Path:
         """Finish the weight files, let `before_rename(stage)` add files, then move into place."""
         if self._writer is not None:
-            self._writer.commit()
+            self._finish_file()
             self._writer = None
         if self._file_idx != len(self._layout) - 1 or self._remaining:
             self.abort()
@@ -270,6 +304,26 @@ class CheckpointWriter:
         if self._writer is not None:
             self._writer.abort()
         shutil.rmtree(self.stage, ignore_errors=True)
+
+
+def same_filesystem(a: str | Path, b: str | Path) -> bool:
+    """Whether a rename from under `a` to under `b` is atomic (same device)."""
+    try:
+        return os.stat(a).st_dev == os.stat(b).st_dev
+    except OSError:
+        return False
+
+
+def set_mtimes(folder: str | Path, when: float) -> None:
+    """Give every file and folder under (and including) `folder` the modification time `when`.
+
+    Published copies carry one fixed time, so neither their files' nor their folders' times
+    (which `tar` and `rsync -a` preserve) tell in which order the server wrote them.
+    """
+    folder = Path(folder)
+    for p in sorted(folder.rglob("*"), reverse=True):
+        os.utime(p, (when, when), follow_symlinks=False)
+    os.utime(folder, (when, when))
 
 
 def retype_layout(

@@ -5,7 +5,7 @@ A source is either a local folder or a Hugging Face hub id (`locuslab/TOFU`,
 (`DIR/{config}/{split}.jsonl`) or real data saved as JSON / JSON lines / Parquet
 (`DIR/{config}/{split}.parquet`, `DIR/{config}/{split}-00000-of-00001.parquet`, or, for TOFU's
 single-split configs, `DIR/{config}.json`). Every returned dataset carries an integer `index`
-column (the row position) and is checked against the schema of METRICS.md §7, so a missing
+column (the row position) and is checked against the schema of docs/metrics.md, so a missing
 split or field fails here, with the file named, rather than deep inside a metric.
 """
 
@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from mpu.errors import ConfigError, DataError
+from mpu.io.cache import datasets_cache
 
 QA = {"question": str, "answer": str}
 PERTURBED = {
@@ -144,7 +145,7 @@ def _available(root: Path) -> list[str]:
 
 def _load_corpus_lines(files: list[Path]):
     """WMDP corpus files as OpenUnlearning reads them: a line that is a JSON object with
-    `text` gives that text, any other non-empty line is taken verbatim (METRICS.md §7)."""
+    `text` gives that text, any other non-empty line is taken verbatim (docs/metrics.md)."""
     import datasets
 
     texts = []
@@ -172,7 +173,9 @@ def _load_files(files: list[Path], config: str = ""):
 
     builder = "parquet" if files[0].suffix == ".parquet" else "json"
     try:
-        return datasets.load_dataset(builder, data_files=[str(f) for f in files], split="train")
+        return datasets.load_dataset(
+            builder, data_files=[str(f) for f in files], split="train", cache_dir=datasets_cache()
+        )
     except Exception as exc:  # datasets raises many types for malformed files
         raise DataError(f"{files[0]}: cannot be read as {builder}: {exc}".splitlines()[0]) from None
 
@@ -188,7 +191,7 @@ def load_split(
 
     `source` is a local data dir or a hub id (passed to `datasets.load_dataset(source,
     name=config, split=split)`; only when the user asks for it — nothing here downloads by
-    default). `fields` overrides the schema check; by default the METRICS.md §7 schema of the
+    default). `fields` overrides the schema check; by default the docs/metrics.md schema of the
     config is required.
     """
     root = Path(source)
@@ -209,7 +212,9 @@ def load_split(
         import datasets
 
         try:
-            ds = datasets.load_dataset(str(source), name=config, split=split)
+            ds = datasets.load_dataset(
+                str(source), name=config, split=split, cache_dir=datasets_cache()
+            )
         except Exception as exc:
             raise DataError(
                 f"{source}: cannot load config {config!r} split {split!r}: {exc}".splitlines()[0]

@@ -12,6 +12,9 @@ import importlib.util
 from pathlib import Path
 
 from mpu.errors import CheckpointError
+from mpu.io.cache import cache_dir
+
+__all__ = ["cache_dir", "import_gguf", "import_smollm2", "smollm2_gguf_path"]
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -63,13 +66,6 @@ def import_gguf(gguf_path: str | Path, out_dir: str | Path, *, dtype: str = "flo
         model.save_pretrained(stage, safe_serialization=True)
         tokenizer.save_pretrained(stage)
     return out
-
-
-def cache_dir() -> Path:
-    """Where MPU caches what it builds (imported models, prepared models): $MPU_CACHE or ~/.cache/mpu."""
-    import os
-
-    return Path(os.environ.get("MPU_CACHE", Path.home() / ".cache" / "mpu"))
 
 
 def import_smollm2(out_dir: str | Path | None = None, *, dtype: str = "float32") -> Path:

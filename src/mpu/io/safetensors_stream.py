@@ -14,6 +14,7 @@ dtype, size/shape mismatch) raises `CheckpointError` naming the file and the fau
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import os
@@ -40,6 +41,7 @@ DTYPES: dict[str, torch.dtype] = {
 }
 DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
 MAX_HEADER_BYTES = 100 * 1024 * 1024
+WRITEBACK_BYTES = 32 * 1024 * 1024  # start the disk writeback every this many bytes
 
 
 @dataclass(frozen=True)
@@ -62,38 +64,73 @@ class TensorSpec:
         return self.numel * torch.empty((), dtype=self.dtype).element_size()
 
 
+def _integer(x: object) -> int:
+    """A JSON integer, strictly: 1.9 and true are not sizes."""
+    if type(x) is not int:
+        raise ValueError(f"{x!r} is not an integer")
+    return x
+
+
 class SafetensorsReader:
     """Validated random access to the tensors of one `.safetensors` file, one at a time."""
 
-    def __init__(self, path: str | Path):
+    def __init__(
+        self, path: str | Path, *, max_entries: int | None = None, defer_index: bool = False
+    ):
+        """Open and validate a file. `max_entries` caps the tensor count (and so the header's
+        size, checked before it is parsed); `defer_index` parses only `__metadata__` until
+        `parse_index()` is called (check a file's claims before paying for its index)."""
         self.path = Path(path)
         try:
             size = self.path.stat().st_size
         except FileNotFoundError:
             raise CheckpointError(f"{self.path}: file not found") from None
+        if self.path.is_dir():
+            raise CheckpointError(f"{self.path}: is a folder, not a safetensors file")
         if size < 8:
             raise CheckpointError(f"{self.path}: truncated ({size} bytes, no header length)")
+        limit = MAX_HEADER_BYTES
+        if max_entries is not None:
+            limit = min(limit, (1 << 20) + 1024 * max_entries)
         with open(self.path, "rb") as f:
             (header_len,) = struct.unpack("<Q", f.read(8))
-            if header_len > min(MAX_HEADER_BYTES, size - 8):
+            if header_len > size - 8:
                 raise CheckpointError(
                     f"{self.path}: corrupt or truncated header (claims {header_len} bytes, file has {size})"
+                )
+            if header_len > limit:
+                raise CheckpointError(
+                    f"{self.path}: header of {header_len} bytes is larger than {limit} (the most "
+                    f"{max_entries or 'any'} tensors can need): refused unread"
                 )
             raw = f.read(header_len)
         try:
             header = json.loads(raw)
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise CheckpointError(f"{self.path}: header is not valid JSON ({exc})") from None
+        except RecursionError:
+            raise CheckpointError(f"{self.path}: header is nested too deeply") from None
         if not isinstance(header, dict):
             raise CheckpointError(f"{self.path}: header is not a JSON object")
         meta = header.pop("__metadata__", None) or {}
         if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
             raise CheckpointError(f"{self.path}: __metadata__ must map strings to strings")
+        if max_entries is not None and len(header) > max_entries:
+            raise CheckpointError(
+                f"{self.path}: {len(header)} tensors, more than the model's {max_entries}"
+            )
         self.metadata: dict[str, str] = meta
         self._data_start = 8 + header_len
-        data_len = size - self._data_start
+        self._data_len = size - self._data_start
+        self._header = header
         self.specs: dict[str, TensorSpec] = {}
         self._offsets: dict[str, tuple[int, int]] = {}
+        if not defer_index:
+            self.parse_index()
+
+    def parse_index(self) -> None:
+        """Validate every tensor entry: dtype, shape, offsets inside the data, no overlap, no gap."""
+        header, data_len = self._header, self._data_len
         spans = []
         for name, entry in header.items():
             spec, (start, end) = self._parse_entry(name, entry)
@@ -119,12 +156,13 @@ class SafetensorsReader:
                 f"{self.path}: data section has {data_len} bytes but tensors cover {covered}: "
                 "file truncated or has trailing garbage"
             )
+        self._header = {}
 
     def _parse_entry(self, name: str, entry: object) -> tuple[TensorSpec, tuple[int, int]]:
         try:
             dtype = DTYPES[entry["dtype"]]  # type: ignore[index]
-            shape = tuple(int(s) for s in entry["shape"])  # type: ignore[index]
-            start, end = (int(x) for x in entry["data_offsets"])  # type: ignore[index]
+            shape = tuple(_integer(s) for s in entry["shape"])  # type: ignore[index]
+            start, end = (_integer(x) for x in entry["data_offsets"])  # type: ignore[index]
         except KeyError as exc:
             raise CheckpointError(
                 f"{self.path}: tensor {name!r}: missing or unknown field {exc}"
@@ -147,15 +185,41 @@ class SafetensorsReader:
             raise CheckpointError(f"{self.path}: no tensor named {name!r}")
         spec = self.specs[name]
         start, end = self._offsets[name]
-        buf = bytearray(end - start)
+        out = torch.empty(spec.shape, dtype=spec.dtype)  # not zero-filled: read straight into it
+        if end == start:
+            return out
         with open(self.path, "rb") as f:
             f.seek(self._data_start + start)
-            got = f.readinto(buf)
-        if got != len(buf):
+            got = f.readinto(out.reshape(-1).view(torch.uint8).numpy())
+        if got != end - start:
             raise CheckpointError(f"{self.path}: tensor {name!r} truncated while reading")
-        if not buf:
-            return torch.empty(spec.shape, dtype=spec.dtype)
-        return torch.frombuffer(buf, dtype=spec.dtype).reshape(spec.shape)
+        return out
+
+
+class _Hasher:
+    """SHA-256 on a helper thread (hashlib releases the GIL on large buffers), fed in order."""
+
+    def __init__(self) -> None:
+        import queue
+        import threading
+
+        self._hash = hashlib.sha256()
+        self._queue: queue.Queue = queue.Queue(maxsize=8)
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while (data := self._queue.get()) is not None:
+            self._hash.update(data)
+
+    def update(self, data) -> None:
+        self._queue.put(data)  # the buffer is kept alive by the queue until hashed
+
+    def hexdigest(self) -> str:
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join()
+        return self._hash.hexdigest()
 
 
 class SafetensorsWriter:
@@ -170,7 +234,15 @@ class SafetensorsWriter:
         path: str | Path,
         specs: Iterable[TensorSpec],
         metadata: Mapping[str, str] | None = None,
+        *,
+        hash_contents: bool = False,
+        durable: bool = True,
     ):
+        """`hash_contents`: compute the file's SHA-256 while writing (on a helper thread, so
+        hashing overlaps the writes), available as `sha256` after `commit()`. `durable`: fsync
+        before the rename (data that cannot be regenerated); without it the rename is still
+        atomic for a crashed process, only an OS crash could lose the data."""
+        self._durable = durable
         self.path = Path(path)
         self._specs = list(specs)
         header: dict[str, object] = {}
@@ -191,9 +263,32 @@ class SafetensorsWriter:
         self._tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._file = open(self._tmp, "wb")  # noqa: SIM115 - closed in commit/abort
-        self._file.write(struct.pack("<Q", len(raw)))
-        self._file.write(raw)
+        self._hasher = _Hasher() if hash_contents else None
+        self._synced_to = self._unsynced = 0
+        self._write(struct.pack("<Q", len(raw)))
+        self._write(raw)
         self._next = 0
+        self.sha256: str | None = None
+
+    def _write(self, data) -> None:
+        self._file.write(data)
+        if self._hasher is not None:
+            self._hasher.update(data)
+        self._unsynced += len(data) if isinstance(data, bytes) else data.nbytes
+        if self._durable and self._unsynced >= WRITEBACK_BYTES:
+            self._start_writeback()
+
+    def _start_writeback(self) -> None:
+        """Ask the kernel to start writing the bytes so far to disk now, asynchronously, so the
+        final fsync waits for the tail only (without this, dirty pages sit in memory until the
+        fsync and the whole file's disk time is spent there). Also drops them from the page
+        cache: a written copy is not read back here."""
+        self._file.flush()
+        end = self._file.tell()
+        if hasattr(os, "posix_fadvise"):
+            os.posix_fadvise(self._file.fileno(), self._synced_to, end - self._synced_to,
+                             os.POSIX_FADV_DONTNEED)  # fmt: skip
+        self._synced_to, self._unsynced = end, 0
 
     def add(self, name: str, tensor: torch.Tensor) -> None:
         if self._next >= len(self._specs):
@@ -208,7 +303,7 @@ class SafetensorsWriter:
             )
         data = tensor.detach().contiguous().cpu()
         if data.numel():
-            self._file.write(data.reshape(-1).view(torch.uint8).numpy())
+            self._write(data.reshape(-1).view(torch.uint8).numpy())
         self._next += 1
 
     def commit(self) -> Path:
@@ -218,14 +313,19 @@ class SafetensorsWriter:
             self.abort()
             raise CheckpointError(f"{self.path}: tensor {missing!r} was never written")
         self._file.flush()
-        os.fsync(self._file.fileno())
+        if self._durable:
+            os.fsync(self._file.fileno())
         self._file.close()
         os.replace(self._tmp, self.path)
+        if self._hasher is not None:
+            self.sha256 = self._hasher.hexdigest()
         return self.path
 
     def abort(self) -> None:
         if not self._file.closed:
             self._file.close()
+        if self._hasher is not None:
+            self._hasher.hexdigest()  # stops its thread
         self._tmp.unlink(missing_ok=True)
 
     def __enter__(self) -> SafetensorsWriter:

@@ -1,7 +1,7 @@
-"""Token-level building blocks shared by the unlearning losses (METHODS.md §1–2).
+"""Token-level building blocks shared by the unlearning losses (docs/methods.md).
 
 Every helper casts logits to fp32 before a log-softmax: bf16 log-probabilities lose
-several digits, and the sequence sums of NPO/DPO amplify that (METRICS.md, MPU.md B26).
+several digits, and the sequence sums of NPO/DPO amplify that (docs/metrics.md, docs/protocol.md §10 B26).
 """
 
 from __future__ import annotations
@@ -78,10 +78,10 @@ def retain_loss(
     ref: torch.nn.Module | None,
     loss_type: str,
 ) -> torch.Tensor:
-    """L_r (METHODS.md §2): `NLL` = CE on the retain batch, `KL` = KL to the reference model.
+    """L_r (docs/methods.md): `NLL` = CE on the retain batch, `KL` = KL to the reference model.
 
     The reference model is an explicit argument: the reference client deep-copied the
-    *current* model for KL every step, which makes KL ≡ 0 (MPU.md B27).
+    *current* model for KL every step, which makes KL ≡ 0 (docs/protocol.md §10 B27).
     """
     logits = forward_logits(model, retain)
     if loss_type == "NLL":

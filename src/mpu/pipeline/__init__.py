@@ -1,1 +1,1 @@
-"""mpu.pipeline — see DESIGN.md for this layer's job."""
+"""mpu.pipeline — see docs/architecture.md for this layer's job."""

@@ -17,7 +17,7 @@ MODEL_DIRS = ("base", "target", "retain")
 
 def resolve_inputs(cfg: Any, say) -> tuple[str, Path]:
     """(data source, models folder) of an experiment, making the embedded defaults if unset."""
-    from mpu.io.gguf import cache_dir
+    from mpu.io.cache import cache_dir
 
     data = cfg.data
     if data is None:

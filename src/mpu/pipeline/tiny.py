@@ -4,7 +4,7 @@ Nothing here downloads anything: the tokenizer is trained with `tokenizers` on t
 text, and the model is a `LlamaConfig`-built `LlamaForCausalLM`. The tokenizer carries a
 minimal chat template (`<|user|>q<|assistant|>a<|eos|>`), so `encode_qa` takes the chat path
 exactly as for a real instruct model, and a BOS post-processor, so plain-text encoding
-(`encode_completion`) gets BOS as METRICS.md §1 requires.
+(`encode_completion`) gets BOS as docs/metrics.md requires.
 """
 
 from __future__ import annotations

@@ -1,1 +1,1 @@
-"""mpu.privacy — see DESIGN.md for this layer's job."""
+"""mpu.privacy — see docs/architecture.md for this layer's job."""

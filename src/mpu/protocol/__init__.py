@@ -1,1 +1,1 @@
-"""mpu.protocol — see DESIGN.md for this layer's job."""
+"""mpu.protocol — see docs/architecture.md for this layer's job."""

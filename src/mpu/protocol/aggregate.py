@@ -1,4 +1,4 @@
-"""Harmonic aggregation and the server step (MPU.md §7, Proposition 1).
+"""Harmonic aggregation and the server step (docs/protocol.md §7, Proposition 1).
 
 w_k = α_k⁻¹ / Σ_j α_j⁻¹ are the only weights with Σ w_k = 1 that cancel the first-order term
 Σ_k w_k J ε_k for every J and every zero-sum noise. Accumulation is streaming in fp32

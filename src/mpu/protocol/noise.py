@@ -1,9 +1,9 @@
-"""Noise calibration and zero-sum noise with α scaling (MPU.md §2–3).
+"""Noise calibration and zero-sum noise with α scaling (docs/protocol.md §2–3).
 
 σ_l = κ · RMS(θ_r − θ_base) pooled over the tensors of block l; per tensor t of block l the
 m draws z_j ~ N(0, σ_l² I) are centred and rescaled, ε⁰_k = sqrt(m/(m−1))·(z_k − z̄), so that
 Σ_k ε⁰_k = 0 exactly and Cov(ε⁰_k) = σ_l² I; copy k gets ε_k = α_k·ε⁰_k. With harmonic weights
-the first-order effect of the noise then cancels (Proposition 1, MPU.md §9).
+the first-order effect of the noise then cancels (Proposition 1, docs/protocol.md §9).
 """
 
 from __future__ import annotations
@@ -37,6 +37,33 @@ def sigma_from_moments(sum_sq: float, numel: int, kappa: float) -> float:
     if numel <= 0:
         raise ValueError("cannot calibrate noise over zero entries")
     return kappa * math.sqrt(sum_sq / numel)
+
+
+def zero_sum_basis(m: int) -> torch.Tensor:
+    """H ∈ ℝ^{m×(m−1)} with orthonormal columns orthogonal to 1, scaled by sqrt(m/(m−1)).
+
+    ε⁰ = H·y with y_1..y_{m−1} ~ N(0, σ² I) i.i.d. is a zero-sum set with exactly the law of
+    sqrt(m/(m−1))·(z − z̄) for m i.i.d. draws z (covariance σ²·m/(m−1)·(I − 11ᵀ/m)), from one
+    draw fewer: for m = 2, ε⁰ = (y, −y). Columns: the Helmert contrasts.
+    """
+    if m < 2:
+        raise ValueError(f"a zero-sum set needs m >= 2 copies, got {m}")
+    h = torch.zeros(m, m - 1, dtype=torch.float64)
+    for j in range(1, m):  # column j: (1, …, 1, −j, 0, …) / sqrt(j(j+1))
+        h[:j, j - 1] = 1.0
+        h[j, j - 1] = -float(j)
+        h[:, j - 1] /= math.sqrt(j * (j + 1))
+    return h * math.sqrt(m / (m - 1))
+
+
+def copy_noise(
+    draws: list[torch.Tensor], basis: torch.Tensor, k: int, alpha: float, x: torch.Tensor
+) -> torch.Tensor:
+    """θ + ε_k = x + α_k Σ_j H[k, j]·y_j as a new tensor, one pass per draw (x is not changed)."""
+    out = torch.add(x, draws[0], alpha=alpha * float(basis[k, 0]))
+    for j, y in enumerate(draws[1:], start=1):
+        out.add_(y, alpha=alpha * float(basis[k, j]))
+    return out
 
 
 def zero_sum(draws: torch.Tensor) -> torch.Tensor:

@@ -2,7 +2,7 @@
 
 Every draw (the noise of a tensor for copy j, the transform of block l of copy k) gets its
 own CPU generator seeded with the first 8 bytes of HMAC-SHA256(master key, canonical JSON of
-its coordinates) (MPU.md §3). Nobody without the key can regenerate a draw; the reference
+its coordinates) (docs/protocol.md §3). Nobody without the key can regenerate a draw; the reference
 implementation used public seeds (B2), which `PaperStreams` reproduces for comparison only.
 """
 
@@ -58,7 +58,7 @@ class SecretStreams:
 class PaperStreams:
     """The reference implementation's public seeds (seed 101000+r / 202000+r, SHA-256 sub-seeds).
 
-    Anyone can regenerate these draws and strip the noise from one copy (MPU.md B2): use only
+    Anyone can regenerate these draws and strip the noise from one copy (docs/protocol.md §10 B2): use only
     to reproduce the paper's numbers, never to protect a model.
     """
 

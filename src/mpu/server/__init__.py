@@ -1,1 +1,1 @@
-"""mpu.server — see DESIGN.md for this layer's job."""
+"""mpu.server — see docs/architecture.md for this layer's job."""

@@ -1,9 +1,14 @@
-"""Post-Process: validate every update, invert T_k, aggregate harmonically, step (MPU.md §7).
+"""Post-Process: validate every update, invert T_k, aggregate harmonically, step
+(docs/protocol.md §7).
 
-All m updates of the round are required (a subset does not cancel the noise: Σ_{k∈S} ε⁰_k ≠ 0),
-each is checked (ticket, key set, shapes, dtype, finiteness, norm) before the new model is
-committed, and the new θ_{r+1} is streamed tensor by tensor into a staging folder that only
-replaces nothing and is renamed into place when everything passed.
+All m updates of the round are required (a subset does not cancel the noise:
+Σ_{k∈S} ε⁰_k ≠ 0). Each is checked before the new model is committed: the ticket first (job,
+round, copy, HMAC, the hashes of the weights it was computed from) — before its tensor index is
+even parsed — then the key set, shapes, dtype, finiteness and size: no update may change a tensor
+by more than `max_update_ratio` × that tensor's norm in θ, exceed `max_update_norm`, or be more
+than `median_factor` times the others (the median for m > 2, the smaller one for m = 2). The
+new θ_{r+1} is streamed tensor by tensor into a staging folder, checked finite, and renamed into
+place only when everything passed.
 """
 
 from __future__ import annotations
@@ -17,30 +22,37 @@ from pathlib import Path
 import torch
 
 from mpu.arch.base import Layout
-from mpu.errors import UpdateRejectedError
+from mpu.errors import UpdateRejectedError, printable
 from mpu.io.checkpoint import Checkpoint, CheckpointWriter, retype_layout
 from mpu.io.delta import DeltaFile
+from mpu.io.pipeline import ordered_map
 from mpu.protocol.aggregate import HarmonicAccumulator, server_step
 from mpu.server.config import JobConfig
-from mpu.server.publish import TransformCache, sign_ticket
+from mpu.server.publish import TransformCache, finish_sigmas, sigma_moments, sign_ticket
 from mpu.server.state import CopyRecord
 
 log = logging.getLogger("mpu.server")
 
 
 def match_deltas(
-    paths: list[Path], *, job_id: str, round_: int, records: list[CopyRecord], key: bytes | None
+    paths: list[Path],
+    *,
+    job_id: str,
+    round_: int,
+    records: list[CopyRecord],
+    key: bytes | None,
+    max_tensors: int | None = None,
 ) -> list[tuple[CopyRecord, DeltaFile]]:
     """Open each delta and bind it to its copy; refuse wrong job/round/copy, forgeries, duplicates, gaps."""
     by_id = {r.copy_id: r for r in records}
     seen: dict[str, Path] = {}
     matched = []
-    for path in paths:
-        delta = DeltaFile(path)
-        t = delta.ticket
+
+    def check(delta: DeltaFile) -> None:
+        path, t = delta.path, delta.ticket
         if t.job_id != job_id:
             raise UpdateRejectedError(
-                f"{path}: update belongs to another job ({t.job_id}), this job is {job_id}"
+                f"{path}: update belongs to another job ({printable(t.job_id)}), this job is {job_id}"
             )
         if t.round != round_:
             raise UpdateRejectedError(
@@ -48,7 +60,7 @@ def match_deltas(
             )
         if t.copy_id not in by_id:
             raise UpdateRejectedError(
-                f"{path}: copy id {t.copy_id} was not published in round {round_}"
+                f"{path}: copy id {printable(t.copy_id)} was not published in round {round_}"
             )
         rec = by_id[t.copy_id]
         if key is not None and not hmac.compare_digest(t.tag, sign_ticket(key, t)):
@@ -63,8 +75,11 @@ def match_deltas(
             raise UpdateRejectedError(
                 f"{path}: update for {rec.folder} given twice (also {seen[t.copy_id]})"
             )
-        seen[t.copy_id] = path
-        matched.append((rec, delta))
+
+    for path in paths:
+        delta = DeltaFile(path, max_tensors=max_tensors, check=check)
+        seen[delta.ticket.copy_id] = path
+        matched.append((by_id[delta.ticket.copy_id], delta))
     missing = [r.folder for r in records if r.copy_id not in seen]
     if missing:
         raise UpdateRejectedError(
@@ -75,7 +90,7 @@ def match_deltas(
 
 
 def check_layout(theta: Checkpoint, layout: Layout, delta: DeltaFile) -> None:
-    want = [n for n in theta.names()]
+    want = theta.names()
     have = delta.specs
     missing = [n for n in want if n not in have]
     if missing:
@@ -85,7 +100,7 @@ def check_layout(theta: Checkpoint, layout: Layout, delta: DeltaFile) -> None:
     extra = [n for n in have if n not in theta.file_of]
     if extra:
         raise UpdateRejectedError(
-            f"{delta.path}: unknown tensor {extra[0]!r} ({len(extra)} in all)"
+            f"{delta.path}: unknown tensor {printable(extra[0])!r} ({len(extra)} in all)"
         )
     for name in want:
         spec, ref = have[name], theta.spec(name)
@@ -99,17 +114,61 @@ def check_layout(theta: Checkpoint, layout: Layout, delta: DeltaFile) -> None:
             )
 
 
-def _finite_squared_norm(d: torch.Tensor, name: str, path: Path) -> float:
-    """‖d‖² in fp32, rejecting NaN/Inf: a non-finite entry makes the norm non-finite, so the
+def _finite_norm(d: torch.Tensor, name: str, path: Path) -> float:
+    """‖d‖ in fp32, rejecting NaN/Inf: a non-finite entry makes the norm non-finite, so the
     common case is one pass with no temporaries (`torch.isfinite` allocates |d| and two masks,
     ~1.7× the tensor); the element count is only taken, chunk-wise, to word the error."""
     norm = float(torch.linalg.vector_norm(d))
     if math.isfinite(norm):
-        return norm**2
+        return norm
     bad = sum(int((~torch.isfinite(c)).sum()) for c in d.reshape(-1).split(1 << 20))
     if bad:
         raise UpdateRejectedError(f"{path}: tensor {name!r} has {bad} NaN/Inf values")
     raise UpdateRejectedError(f"{path}: tensor {name!r} has a norm that overflows float32")
+
+
+RMS_FLOOR = 0.1  # tensors with a smaller RMS (zero biases) are bounded as if it were this
+
+
+def _check_tensor_bound(
+    norm: float, theta_norm: float | None, numel: int, name: str, path: Path, cfg: JobConfig
+) -> None:
+    """No update may change a tensor by more than max_update_ratio × its norm in θ (measured at
+    publication), with an RMS floor so that near-zero tensors can still move."""
+    if cfg.max_update_ratio <= 0 or theta_norm is None:
+        return
+    scale = max(theta_norm, RMS_FLOOR * math.sqrt(numel))
+    if norm > cfg.max_update_ratio * scale:
+        raise UpdateRejectedError(
+            f"{path}: the update changes tensor {name!r} by {norm:.4g} (L2), more than "
+            f"max_update_ratio={cfg.max_update_ratio:g} × its norm {scale:.4g} in the model "
+            "(a diverged or forged update; set max_update_ratio=0 to accept it)"
+        )
+
+
+def _check_round_norms(matched, norms: list[float], cfg: JobConfig) -> None:
+    """The absolute bound, and agreement between the copies' update sizes."""
+    for (_, delta), norm in zip(matched, norms, strict=True):
+        if cfg.max_update_norm > 0 and norm > cfg.max_update_norm:
+            raise UpdateRejectedError(
+                f"{delta.path}: update norm {norm:.4g} exceeds max_update_norm {cfg.max_update_norm}"
+            )
+    if len(norms) == 2:  # the median of two is their mean: compare with the smaller instead
+        small, large = sorted(norms)
+        if large > cfg.median_factor * max(small, 1e-30) and large > 0:
+            path = matched[norms.index(large)][1].path
+            raise UpdateRejectedError(
+                f"{path}: update norm {large:.4g} is over {cfg.median_factor:g}× the other "
+                f"copy's {small:.4g}: the copies' updates must be alike (same client, same data)"
+            )
+    elif len(norms) > 2:
+        median = statistics.median(norms)
+        for (_, delta), norm in zip(matched, norms, strict=True):
+            if median > 0 and norm > cfg.median_factor * median:
+                raise UpdateRejectedError(
+                    f"{delta.path}: update norm {norm:.4g} is over {cfg.median_factor:g}× the "
+                    f"median {median:.4g} of the round"
+                )
 
 
 def aggregate_updates(
@@ -123,61 +182,98 @@ def aggregate_updates(
     cfg: JobConfig,
     out: Path,
     progress: bool = True,
-) -> dict:
-    """Write θ_{r+1} (fp32) to `out`; returns norms. Raises before `out` exists if any check fails."""
+    theta_norms: dict[str, float] | None = None,
+    device: str = "cpu",
+    base: Checkpoint | None = None,
+) -> tuple[dict, dict[str, float], dict[str, float]]:
+    """Write θ_{r+1} (fp32) to `out`. Returns (update statistics, the next round's σ, ‖θ_{r+1,t}‖)
+    — the next publication needs both, and the new tensors are in hand here. Raises before
+    `out` exists if any check fails."""
     from tqdm.auto import tqdm
 
     for _, delta in matched:
         check_layout(theta, layout, delta)
     # accumulate in k order: the same sum, bit for bit, whatever order the deltas came in
     matched = sorted(matched, key=lambda pair: pair[0].k)
-    transforms = TransformCache(streams, round_, layout, cfg)
+    transforms = TransformCache(streams, round_, layout, cfg, device)
+    transforms.warm(range(len(alphas)))  # the threads only read the cache
     writer = CheckpointWriter(
         out,
         retype_layout(theta.layout(), {n: torch.float32 for n in theta.names()}),
         aux_from=theta,
         config_updates={"dtype": "float32"},
     )
+    bounds = theta_norms or {}
+
+    def fold(name: str) -> tuple[str, torch.Tensor, list[float], float]:
+        """θ_{r+1}[name], the copies' squared update norms and ‖Δ̄‖² for one tensor."""
+        acc = HarmonicAccumulator()
+        sq = []
+        for rec, delta in matched:
+            d = delta.read(name).to(device)
+            norm = _finite_norm(d, name, delta.path)
+            _check_tensor_bound(norm, bounds.get(name), d.numel(), name, delta.path, cfg)
+            sq.append(norm**2)
+            acc.add(transforms.apply(d, name, rec.k, inverse=True), alphas[rec.k], owned=True)
+            del d  # free before the next copy's tensor is read
+        mean = acc.mean()
+        mean_sq = float(torch.linalg.vector_norm(mean)) ** 2
+        # θ is read last: S1, the update being read and θ are never all alive at once
+        new = server_step(theta.read(name).to(device), mean, cfg.server_lr)
+        new_norm = float(torch.linalg.vector_norm(new))
+        if not math.isfinite(new_norm):
+            raise UpdateRejectedError(
+                f"{theta.path}: the new model's tensor {name!r} would not be finite "
+                "(θ + η·Δ̄ overflows fp32): nothing was written"
+            )
+        moment = (
+            sigma_moments(name, new, base, layout, cfg)
+            if base is not None and cfg.kappa > 0
+            else None
+        )
+        return name, new.cpu(), sq, mean_sq, new_norm, moment
+
+    names = theta.names()
+    sizes = {n: theta.spec(n).numel * 4 for n in names}
     sq = [0.0] * len(matched)
     mean_sq = 0.0
+    new_norms: dict[str, float] = {}
+    moments = []
+    bar = tqdm(
+        total=len(names), desc=f"aggregate round {round_}", disable=not progress, unit="tensor"
+    )
     try:
-        for name in tqdm(
-            theta.names(), desc=f"aggregate round {round_}", disable=not progress, unit="tensor"
+        for name, new, tensor_sq, tensor_mean_sq, new_norm, moment in ordered_map(
+            fold,
+            names,
+            cost=lambda n: 3 * sizes[n],
+            budget=max(max(sizes.values()), sum(sizes.values()) // 4),
         ):
-            acc = HarmonicAccumulator()
-            for i, (rec, delta) in enumerate(matched):
-                d = delta.read(name)
-                sq[i] += _finite_squared_norm(d, name, delta.path)
-                acc.add(transforms.apply(d, name, rec.k, inverse=True), alphas[rec.k], owned=True)
-                del d  # free before the next copy's tensor is read
-            mean = acc.mean()
-            mean_sq += float(torch.linalg.vector_norm(mean)) ** 2
-            # θ is read last: S1, the update being read and θ are never all alive at once
-            writer.add(name, server_step(theta.read(name), mean, cfg.server_lr))
-            del acc, mean
+            writer.add(name, new)
+            new_norms[name] = new_norm
+            if moment is not None:
+                moments.append(moment)
+            sq = [a + b for a, b in zip(sq, tensor_sq, strict=True)]
+            mean_sq += tensor_mean_sq
+            bar.update(1)
         norms = [math.sqrt(s) for s in sq]
-        median = statistics.median(norms)
-        for (_, delta), norm in zip(matched, norms, strict=True):
-            if cfg.max_update_norm > 0 and norm > cfg.max_update_norm:
-                raise UpdateRejectedError(
-                    f"{delta.path}: update norm {norm:.4g} exceeds max_update_norm {cfg.max_update_norm}"
-                )
-            if len(norms) > 2 and median > 0 and norm > cfg.median_factor * median:
-                raise UpdateRejectedError(
-                    f"{delta.path}: update norm {norm:.4g} is over {cfg.median_factor}× the median {median:.4g} of the round"
-                )
+        _check_round_norms(matched, norms, cfg)
+        sigmas = finish_sigmas(moments, cfg) if base is not None and cfg.kappa > 0 else {}
         writer.commit()
     except BaseException:
         writer.abort()
         raise
-    stats = {
-        "mean_update_norm": math.sqrt(mean_sq),
-        "update_norms": {rec.folder: n for (rec, _), n in zip(matched, norms, strict=True)},
-    }
+    finally:
+        bar.close()
+    by_folder = sorted(
+        ((rec.folder, n) for (rec, _), n in zip(matched, norms, strict=True)),
+        key=lambda fn: int(fn[0].split("-")[1]),
+    )
+    stats = {"mean_update_norm": math.sqrt(mean_sq), "update_norms": dict(by_folder)}
     log.info(
-        "round %d aggregated: ‖Δ̄‖ = %.4g, ‖Δ'_k‖ = %s",
+        "round %d aggregated: ‖Δ̄‖ = %.4g, ‖Δ'‖ by copy folder: %s",
         round_,
         stats["mean_update_norm"],
-        ", ".join(f"{n:.4g}" for n in norms),
+        ", ".join(f"{folder} {n:.4g}" for folder, n in by_folder),
     )
-    return stats
+    return stats, sigmas, new_norms

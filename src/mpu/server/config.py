@@ -1,4 +1,4 @@
-"""The server job's configuration: the protocol knobs of MPU.md §2–8, validated up front (B23)."""
+"""The server job's configuration: the protocol knobs of docs/protocol.md §2–8, validated up front (B23)."""
 
 from __future__ import annotations
 
@@ -55,6 +55,12 @@ class JobConfig:
     max_update_norm: float = field(
         0.0, help="reject an update whose L2 norm exceeds this (0: no absolute bound)"
     )
+    max_update_ratio: float = field(
+        1.0,
+        help="reject an update whose change to a tensor has a larger L2 norm than this × that "
+        "tensor's norm in θ (unlearning moves weights by a small fraction; 0: no bound, the "
+        "behaviour before this check)",
+    )
     median_factor: float = field(
         10.0, help="reject an update whose norm exceeds this factor × the median over copies"
     )
@@ -63,6 +69,9 @@ class JobConfig:
     )
     gate: bool = field(
         True, help="check function preservation of T on the real model at init (κ = 0, fp32 logits)"
+    )
+    device: str = field(
+        "cpu", help="where noise, maps and inverses are computed: cpu | auto | cuda | cuda:N"
     )
 
     def __post_init__(self) -> None:
@@ -74,6 +83,9 @@ class JobConfig:
         check_number(self, "alpha_min", self.alpha_min, low=0, low_open=True, allow_none=False)
         check_number(self, "alpha_max", self.alpha_max, low=0, low_open=True, allow_none=False)
         check_number(self, "max_update_norm", self.max_update_norm, low=0, allow_none=False)
+        check_number(self, "max_update_ratio", self.max_update_ratio, low=0, allow_none=False)
+        if not (self.device in ("cpu", "auto", "cuda") or self.device.startswith("cuda:")):
+            raise ConfigError(f"device={self.device!r}: expected cpu, auto, cuda or cuda:N")
         check_number(
             self, "median_factor", self.median_factor, low=1, low_open=True, allow_none=False
         )

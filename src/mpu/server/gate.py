@@ -1,4 +1,4 @@
-"""The function-preservation gate (MPU.md §4.3): T(θ) must compute the same logits as θ.
+"""The function-preservation gate (docs/protocol.md §4.3): T(θ) must compute the same logits as θ.
 
 Run on the real model before round 1 (κ = 0, fp32) and per adapter in CI on tiny models. A
 failure means an adapter row is wrong for this checkpoint, and publishing would ship a
@@ -21,7 +21,7 @@ GATE_TEXT = (
 )
 
 
-def gate_token_ids(model_dir: str | Path, vocab_size: int, length: int = 48) -> torch.Tensor:
+def gate_token_ids(model_dir: str | Path, vocab_size: int, length: int = 32) -> torch.Tensor:
     """Real token ids from the model's tokenizer when it has one, else a fixed pseudo-random batch."""
     try:
         from transformers import AutoTokenizer
@@ -55,3 +55,33 @@ def preservation_error(
     for name, value in saved.items():
         params[name].copy_(value)
     return float((after - before).abs().max() / before.abs().max().clamp_min(1e-30))
+
+
+def run_gate(theta, layout: Layout, cfg) -> tuple[torch.Tensor, float]:
+    """Load θ once, draw a throwaway T in the publication's fp32 arithmetic, compare the logits
+    on 2 × 32 real tokens (a wrong adapter row changes them at the first token); raise when the
+    error exceeds GATE_TOLERANCE. Returns the ids checked and the error."""
+    import secrets
+
+    from transformers import AutoModelForCausalLM
+
+    from mpu.errors import CheckpointError
+    from mpu.protocol.reparam import sample_block_transform
+
+    model = AutoModelForCausalLM.from_pretrained(str(theta.path), dtype=torch.float32)
+    gen = torch.Generator().manual_seed(secrets.randbits(62))
+    transforms = {
+        layer: sample_block_transform(
+            layout.geometry, gen, angles=cfg.angles, vo_map=cfg.vo_map
+        ).to(torch.float32)
+        for layer in layout.blocks
+    }
+    ids = gate_token_ids(theta.path, model.config.vocab_size, length=32)
+    err = preservation_error(model, layout, transforms, ids)
+    del model
+    if not err <= GATE_TOLERANCE:
+        raise CheckpointError(
+            f"{theta.path}: the {layout.spec.family} reparameterization changes the logits by "
+            f"{err:.2e} (relative, > {GATE_TOLERANCE}): refusing to publish copies of this model"
+        )
+    return ids, err

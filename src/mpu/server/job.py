@@ -1,7 +1,11 @@
 """`Server`: one MPU job over a Hugging Face checkpoint — init, publish, aggregate, export.
 
 This is the Python API under `mpu server …`. Secrets (master key, α, the copy id → k map, σ)
-stay in the workdir's 0600 state file; copies and logs carry none of them.
+stay in the workdir's 0600 state file; copies and logs carry none of them. Every command takes
+the workdir's lock first and only then reads the state, cleans what a crashed command left
+(staging folders, temp files) and works; the state is written last, so a command killed at any
+point is simply run again. A rerun of an interrupted publication writes byte-identical copies:
+copy ids, the folder → k assignment, the noise and the maps are all derived from the key.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ import logging
 import os
 import secrets
 import shutil
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 
@@ -19,19 +24,35 @@ from mpu.arch import layout_of, load_config
 from mpu.arch.base import Layout
 from mpu.config import load_config as load_typed_config
 from mpu.errors import CheckpointError, ConfigError
-from mpu.io.checkpoint import Checkpoint, CheckpointWriter, atomic_folder, retype_layout
+from mpu.io.checkpoint import (
+    Checkpoint,
+    CheckpointWriter,
+    atomic_folder,
+    clean_debris,
+    retype_layout,
+)
 from mpu.io.memory import pin_mmap_threshold
 from mpu.protocol.noise import default_alphas, validate_alphas
 from mpu.protocol.rng import PaperStreams, SecretStreams, new_master_key
 from mpu.server.aggregate import aggregate_updates, match_deltas
 from mpu.server.config import JobConfig
-from mpu.server.publish import DTYPES, compute_sigmas, publish_copies
-from mpu.server.state import CopyRecord, ServerState, load_state, locked, round_dir, save_state
+from mpu.server.publish import DTYPES, check_sigmas, publish_copies, scan
+from mpu.server.state import (
+    STATE_FILE,
+    CopyRecord,
+    ServerState,
+    load_state,
+    locked,
+    round_dir,
+    save_state,
+)
 
 log = logging.getLogger("mpu.server")
+STAGING = "staging"  # workdir subfolder where copies are built before they move to the outbox
 
 
-def _layout(ck: Checkpoint) -> Layout:
+def classify(ck: Checkpoint) -> Layout:
+    """The checkpoint's tensors classified by the architecture adapter (reads the config)."""
     config = load_config(ck.path)
     return layout_of(config, {n: ck.spec(n).shape for n in ck.names()}, str(ck.path))
 
@@ -39,10 +60,21 @@ def _layout(ck: Checkpoint) -> Layout:
 def _add_log_file(workdir: Path) -> logging.Handler:
     handler = logging.FileHandler(workdir / "server.log")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    handler.setLevel(logging.INFO)
     log.addHandler(handler)
     if log.level == logging.NOTSET or log.level > logging.INFO:
         log.setLevel(logging.INFO)
     return handler
+
+
+def resolve_device(name: str) -> str:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device={name}: no CUDA device is available")
+    if name != "cpu":
+        log.info("server computations on %s", name)
+    return name
 
 
 class Server:
@@ -50,8 +82,29 @@ class Server:
 
     def __init__(self, workdir: str | Path):
         self.workdir = Path(workdir)
+        if not (self.workdir / STATE_FILE).is_file():
+            load_state(self.workdir)  # raises the "not a workdir" error
+        with locked(self.workdir):
+            self._reload()
+
+    def _reload(self) -> None:
         self.state = load_state(self.workdir)
         self.cfg = load_typed_config(JobConfig, mapping=self.state.config)
+
+    @contextmanager
+    def _command(self):
+        """Lock, re-read the state (another command may have advanced it), clean crash debris,
+        log to the workdir."""
+        pin_mmap_threshold()
+        with locked(self.workdir):
+            self._reload()
+            clean_debris(self.workdir / "rounds")
+            clean_debris(self.workdir / STAGING)
+            handler = _add_log_file(self.workdir)
+            try:
+                yield
+            finally:
+                log.removeHandler(handler)
 
     # ---------------------------------------------------------------- init
     @classmethod
@@ -61,11 +114,48 @@ class Server:
         """Check model and base, run the gate, copy θ_1 into a fresh workdir and create the secret state."""
         cfg = cfg or JobConfig()
         workdir = Path(workdir)
-        if (workdir / "state.json").exists():
-            raise ConfigError(f"{workdir}: already holds an MPU job; use a new workdir")
+        if workdir.exists() and not workdir.is_dir():
+            raise ConfigError(f"{workdir}: exists and is not a folder")
+        created = not workdir.exists()
+        workdir.mkdir(parents=True, exist_ok=True)
+        os.chmod(workdir, 0o700)
+        with locked(workdir):  # two inits racing on one workdir: the second one is refused
+            if (workdir / STATE_FILE).exists():
+                raise ConfigError(f"{workdir}: already holds an MPU job; use a new workdir")
+            clean_debris(workdir)
+            clean_debris(workdir / "rounds")
+            try:
+                state = cls._create(Path(model), Path(base), workdir, cfg)
+            except BaseException:
+                if created:  # bad input loses nothing and leaves nothing: the folder is ours
+                    shutil.rmtree(workdir, ignore_errors=True)
+                raise
+        handler = _add_log_file(workdir)
+        try:
+            layout = Layout.from_json(state.layout)
+            log.info("job %s initialised: %s adapter, %d blocks, m=%d, kappa=%g", state.job_id,
+                     layout.spec.family, layout.geometry.n_layers, cfg.copies, cfg.kappa)  # fmt: skip
+            if cfg.kappa == 0 and cfg.reparameterize:
+                log.warning(
+                    "kappa = 0: reparameterization only, no noise (an ablation, not a privacy setting)"
+                )
+            elif cfg.kappa == 0:
+                log.info(
+                    "kappa = 0 and no reparameterization: copies are θ itself (the Clean baseline)"
+                )
+            if cfg.seeds == "paper_public":
+                log.warning(
+                    "seeds = paper_public: anyone can regenerate the noise and transforms (reference defect B2)"
+                )
+        finally:
+            log.removeHandler(handler)
+        return cls(workdir)
+
+    @classmethod
+    def _create(cls, model: Path, base: Path, workdir: Path, cfg: JobConfig) -> ServerState:
         theta, base_ck = Checkpoint(model), Checkpoint(base)
-        layout = _layout(theta)
-        base_layout = _layout(base_ck)
+        layout = classify(theta)
+        base_layout = classify(base_ck)
         if base_layout.geometry != layout.geometry or base_layout.spec.family != layout.spec.family:
             raise CheckpointError(
                 f"{base}: base layout {base_layout.geometry} differs from the model's {layout.geometry}"
@@ -82,72 +172,36 @@ class Server:
             raise CheckpointError(
                 f"{model}: mixed tensor dtypes {sorted(dtypes)} are not supported"
             )
+        sigmas, norms = scan(theta, base_ck, layout, cfg)  # refuses NaN/Inf; σ_1 and ‖θ_1‖
         if cfg.gate and cfg.reparameterize:
             cls._gate(theta, layout, cfg)
-        workdir.mkdir(parents=True, exist_ok=True)
-        os.chmod(workdir, 0o700)
         # replaces an r001 left by an init that crashed before its state write
         with atomic_folder(round_dir(workdir, 1)) as stage:
-            shutil.copytree(theta.path, stage, dirs_exist_ok=True)
+            for p in theta.path.iterdir():
+                if p.is_file():
+                    shutil.copyfile(p, stage / p.name)
         state = ServerState(
             job_id=secrets.token_hex(8),
             key_hex=new_master_key().hex(),
             round=1,
             config=asdict(cfg),
-            model_dir=str(Path(model).resolve()),
-            base_dir=str(Path(base).resolve()),
+            model_dir=str(model.resolve()),
+            base_dir=str(base.resolve()),
             checkpoint_dtype=dtypes.pop(),
+            layout=layout.to_json(),
+            sigmas={"1": sigmas},
+            theta_norms={"1": norms},
         )
         save_state(workdir, state)
-        (workdir / ".lock").touch(mode=0o600)
-        handler = _add_log_file(workdir)
-        log.info(
-            "job %s initialised: %s adapter, %d blocks, m=%d, kappa=%g",
-            state.job_id,
-            layout.spec.family,
-            layout.geometry.n_layers,
-            cfg.copies,
-            cfg.kappa,
-        )
-        if cfg.kappa == 0 and cfg.reparameterize:
-            log.warning(
-                "kappa = 0: reparameterization only, no noise (an ablation, not a privacy setting)"
-            )
-        elif cfg.kappa == 0:
-            log.info(
-                "kappa = 0 and no reparameterization: copies are θ itself (the Clean baseline)"
-            )
-        if cfg.seeds == "paper_public":
-            log.warning(
-                "seeds = paper_public: anyone can regenerate the noise and transforms (reference defect B2)"
-            )
-        log.removeHandler(handler)
-        return cls(workdir)
+        return state
 
     @staticmethod
     def _gate(theta: Checkpoint, layout: Layout, cfg: JobConfig) -> None:
-        from transformers import AutoModelForCausalLM
+        from mpu.server.gate import run_gate
 
-        from mpu.protocol.reparam import sample_block_transform
-        from mpu.server.gate import GATE_TOLERANCE, gate_token_ids, preservation_error
-
-        model = AutoModelForCausalLM.from_pretrained(str(theta.path), dtype=torch.float32)
-        gen = torch.Generator().manual_seed(secrets.randbits(62))
-        transforms = {
-            layer: sample_block_transform(
-                layout.geometry, gen, angles=cfg.angles, vo_map=cfg.vo_map
-            )
-            for layer in layout.blocks
-        }
-        ids = gate_token_ids(theta.path, model.config.vocab_size)
-        err = preservation_error(model, layout, transforms, ids)
-        del model
-        if not err <= GATE_TOLERANCE:
-            raise CheckpointError(
-                f"{theta.path}: the {layout.spec.family} reparameterization changes the logits by {err:.2e} "
-                f"(relative, > {GATE_TOLERANCE}): refusing to publish copies of this model"
-            )
-        log.info("function-preservation gate passed: max relative logit error %.2e", err)
+        ids, err = run_gate(theta, layout, cfg)
+        log.info("function-preservation gate passed: %d sequences × %d tokens, max relative "
+                 "logit error %.2e (≤ 1e-5)", ids.shape[0], ids.shape[1], err)  # fmt: skip
 
     # ---------------------------------------------------------------- helpers
     @property
@@ -172,135 +226,155 @@ class Server:
         return self.state.alphas[key]
 
     def _new_records(self) -> list[CopyRecord]:
-        """Fresh random copy ids; the folder → k assignment is drawn once per job (round 1).
+        """The round's copy ids and folder → k assignment, derived from the secret key.
 
-        Keeping `copy-i` on the same k in every round lets a client pair a round-r copy with
-        its round-1 reference by folder name (policy first_round_copy) without learning k, and
-        then the reference's noise carries the same α as the copy's, which the harmonic
-        weights need to cancel it (docs/protocol.md).
+        Derived rather than drawn, so an interrupted publication is repeated byte for byte
+        and nothing is saved before it succeeds. The folder → k assignment is the same in
+        every round: a client pairs a round-r copy with its round-1 reference by folder name
+        (policy first_round_copy) without learning k, and the reference's noise then carries
+        the copy's α, which the harmonic weights need to cancel it (docs/protocol.md §6).
         """
-        first = self.state.copy_records(1)
-        if first:
-            order = [r.k for r in sorted(first, key=lambda r: int(r.folder.split("-")[1]))]
-        else:
-            order = list(range(self.cfg.copies))
-            secrets.SystemRandom().shuffle(order)
-        return [CopyRecord(secrets.token_hex(8), k, f"copy-{i + 1}") for i, k in enumerate(order)]
+        keyed = SecretStreams(self.state.key)
+        gen = torch.Generator().manual_seed(keyed.seed(1, "copy-folders"))
+        order = torch.randperm(self.cfg.copies, generator=gen).tolist()
+        return [
+            CopyRecord(f"{keyed.seed(self.round, 'copy-id', k):016x}", k, f"copy-{i + 1}")
+            for i, k in enumerate(order)
+        ]
 
     def theta(self) -> Checkpoint:
         return Checkpoint(round_dir(self.workdir, self.round))
 
+    def layout(self, theta: Checkpoint | None = None) -> Layout:
+        """The job's layout from the state (classified once at init), checked against θ's tensors."""
+        theta = theta or self.theta()
+        if self.state.layout is None:  # a workdir from before the layout cache
+            self.state.layout = classify(theta).to_json()
+        layout = Layout.from_json(self.state.layout)
+        if list(layout.tensors) != theta.names():
+            raise CheckpointError(
+                f"{theta.path}: its tensors differ from the job's model (workdir edited by hand?)"
+            )
+        return layout
+
     # ---------------------------------------------------------------- publish
     def publish(self, out_dir: str | Path, *, progress: bool = True) -> list[Path]:
-        """Write copy-1 … copy-m of the current round under `out_dir` (random order of k)."""
+        """Write copy-1 … copy-m of the current round under `out_dir`."""
         out_dir = Path(out_dir)
-        pin_mmap_threshold()
-        with locked(self.workdir):
-            handler = _add_log_file(self.workdir)
-            try:
-                theta = self.theta()
-                layout = _layout(theta)
-                base = Checkpoint(self.state.base_dir)
-                for i in range(1, self.cfg.copies + 1):
-                    if (out_dir / f"copy-{i}").exists():
-                        raise ConfigError(
-                            f"{out_dir / f'copy-{i}'}: already exists; publish into an empty folder"
-                        )
-                sigmas = compute_sigmas(theta, base, layout, self.cfg) if self.cfg.kappa > 0 else {}
-                alphas = self._round_alphas()
-                records = self.state.copy_records(self.round) or self._new_records()
-                dtype_name = (
-                    self.state.checkpoint_dtype
-                    if self.cfg.publish_dtype == "checkpoint"
-                    else self.cfg.publish_dtype
-                )
-                if dtype_name not in DTYPES:
-                    raise ConfigError(f"cannot publish in dtype {dtype_name!r}")
-                out_dir.mkdir(parents=True, exist_ok=True)
-                stats = publish_copies(
-                    theta,
-                    layout,
-                    streams=self._streams(),
-                    round_=self.round,
-                    alphas=alphas,
-                    records=records,
-                    sigmas=sigmas,
-                    cfg=self.cfg,
-                    out_dir=out_dir,
-                    publish_dtype=DTYPES[dtype_name],
-                    job_id=self.state.job_id,
-                    key=self.state.key,
-                    progress=progress,
-                )
-                self.state.copies[str(self.round)] = [asdict(r) for r in records]
-                self.state.sigmas[str(self.round)] = sigmas
-                self.state.history.append(
-                    {"round": self.round, "event": "publish", "copies": stats}
-                )
-                save_state(self.workdir, self.state)
-                log.info("round %d: published %d copies to %s", self.round, len(records), out_dir)
-                return [out_dir / r.folder for r in sorted(records, key=lambda r: r.folder)]
-            finally:
-                log.removeHandler(handler)
+        with self._command():
+            theta = self.theta()
+            layout = self.layout(theta)
+            if out_dir.exists() and not out_dir.is_dir():
+                raise ConfigError(f"{out_dir}: exists and is not a folder")
+            for i in range(1, self.cfg.copies + 1):
+                if (out_dir / f"copy-{i}").exists():
+                    raise ConfigError(
+                        f"{out_dir / f'copy-{i}'}: already exists; publish into an empty folder"
+                    )
+            dtype_name = (
+                self.state.checkpoint_dtype
+                if self.cfg.publish_dtype == "checkpoint"
+                else self.cfg.publish_dtype
+            )
+            if dtype_name not in DTYPES:
+                raise ConfigError(f"cannot publish in dtype {dtype_name!r}")
+            device = resolve_device(self.cfg.device)
+            key = str(self.round)
+            sigmas, norms = self.state.sigmas.get(key), self.state.theta_norms.get(key)
+            if sigmas is None or norms is None:  # computed at init / by the previous aggregation
+                sigmas, norms = scan(theta, Checkpoint(self.state.base_dir), layout, self.cfg)
+            check_sigmas(sigmas, self.cfg, Path(self.state.base_dir))
+            alphas = self._round_alphas()
+            records = self.state.copy_records(self.round) or self._new_records()
+            out_dir.mkdir(parents=True, exist_ok=True)
+            clean_debris(out_dir)
+            (self.workdir / STAGING).mkdir(exist_ok=True)
+            stats = publish_copies(
+                theta,
+                layout,
+                streams=self._streams(),
+                round_=self.round,
+                alphas=alphas,
+                records=records,
+                sigmas=sigmas,
+                cfg=self.cfg,
+                out_dir=out_dir,
+                publish_dtype=DTYPES[dtype_name],
+                job_id=self.state.job_id,
+                key=self.state.key,
+                progress=progress,
+                stage_in=self.workdir / STAGING,
+                device=device,
+            )
+            self.state.copies[key] = [asdict(r) for r in records]
+            self.state.sigmas[key] = sigmas
+            self.state.theta_norms[key] = norms
+            self.state.history.append({"round": self.round, "event": "publish", "copies": stats})
+            save_state(self.workdir, self.state)
+            log.info("round %d: published %d copies to %s", self.round, len(records), out_dir)
+            return [out_dir / r.folder for r in sorted(records, key=lambda r: r.folder)]
 
     # ---------------------------------------------------------------- aggregate
     def aggregate(self, delta_paths: list[str | Path], *, progress: bool = True) -> dict:
         """Validate and fold the round's m updates into θ_{r+1}; advances the round."""
-        pin_mmap_threshold()
-        with locked(self.workdir):
-            handler = _add_log_file(self.workdir)
-            try:
-                records = self.state.copy_records(self.round)
-                if not records:
-                    raise ConfigError(
-                        f"{self.workdir}: round {self.round} has not been published yet"
-                    )
-                matched = match_deltas(
-                    [Path(p) for p in delta_paths],
-                    job_id=self.state.job_id,
-                    round_=self.round,
-                    records=records,
-                    key=self.state.key,
-                )
-                theta = self.theta()
-                out = round_dir(self.workdir, self.round + 1)
-                if out.exists():  # left by a crash after the commit but before the state write
-                    shutil.rmtree(out)
-                stats = aggregate_updates(
-                    theta,
-                    _layout(theta),
-                    matched,
-                    streams=self._streams(),
-                    round_=self.round,
-                    alphas=self.state.alphas[str(self.round)],
-                    cfg=self.cfg,
-                    out=out,
-                    progress=progress,
-                )
-                self.state.history.append({"round": self.round, "event": "aggregate", **stats})
-                self.state.round += 1
-                save_state(self.workdir, self.state)
-                return stats
-            finally:
-                log.removeHandler(handler)
+        with self._command():
+            records = self.state.copy_records(self.round)
+            if not records or not all(r.weights_sha256 for r in records):
+                raise ConfigError(f"{self.workdir}: round {self.round} has not been published yet")
+            theta = self.theta()
+            layout = self.layout(theta)
+            matched = match_deltas(
+                [Path(p) for p in delta_paths],
+                job_id=self.state.job_id,
+                round_=self.round,
+                records=records,
+                key=self.state.key,
+                max_tensors=len(theta.names()),
+            )
+            out = round_dir(self.workdir, self.round + 1)
+            if out.exists():  # left by a crash after the commit but before the state write
+                shutil.rmtree(out)
+            stats, sigmas, norms = aggregate_updates(
+                theta,
+                layout,
+                matched,
+                streams=self._streams(),
+                round_=self.round,
+                alphas=self.state.alphas[str(self.round)],
+                cfg=self.cfg,
+                out=out,
+                progress=progress,
+                theta_norms=self.state.theta_norms.get(str(self.round)),
+                device=resolve_device(self.cfg.device),
+                base=Checkpoint(self.state.base_dir),
+            )
+            self.state.sigmas[str(self.round + 1)] = sigmas  # for the next publication
+            self.state.theta_norms[str(self.round + 1)] = norms
+            self.state.history.append({"round": self.round, "event": "aggregate", **stats})
+            self.state.round += 1
+            save_state(self.workdir, self.state)
+            return stats
 
     # ---------------------------------------------------------------- export
     def export(self, out_dir: str | Path, *, dtype: str | None = None) -> Path:
         """The current θ_r as a Hugging Face folder, in the checkpoint's dtype unless told otherwise."""
-        name = dtype or self.state.checkpoint_dtype
-        if name not in DTYPES:
-            raise ConfigError(f"export dtype must be one of {sorted(DTYPES)}, got {name!r}")
-        theta = self.theta()
-        writer = CheckpointWriter(
-            out_dir,
-            retype_layout(theta.layout(), {n: DTYPES[name] for n in theta.names()}),
-            aux_from=theta,
-            config_updates={"dtype": name},
-        )
-        try:
-            for tensor_name in theta.names():
-                writer.add(tensor_name, theta.read(tensor_name).to(DTYPES[name]))
-        except BaseException:
-            writer.abort()
-            raise
-        return writer.commit()
+        with self._command():
+            name = dtype or self.state.checkpoint_dtype
+            if name not in DTYPES:
+                raise ConfigError(f"export dtype must be one of {sorted(DTYPES)}, got {name!r}")
+            out_dir = Path(out_dir)
+            clean_debris(out_dir.parent, only=out_dir.name)
+            theta = self.theta()
+            writer = CheckpointWriter(
+                out_dir,
+                retype_layout(theta.layout(), {n: DTYPES[name] for n in theta.names()}),
+                aux_from=theta,
+                config_updates={"dtype": name},
+            )
+            try:
+                for tensor_name in theta.names():
+                    writer.add(tensor_name, theta.read(tensor_name).to(DTYPES[name]))
+            except BaseException:
+                writer.abort()
+                raise
+            return writer.commit()

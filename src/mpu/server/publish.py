@@ -1,8 +1,16 @@
-"""Pre-Process: calibrate σ, then stream θ_r into m perturbed, reparameterized copies (MPU.md §2–5).
+"""Pre-Process: calibrate σ, then stream θ_r into m perturbed, reparameterized copies
+(docs/protocol.md §2–5).
 
-Tensor-major: each tensor of θ_r is read once, its m noise draws are generated from the keyed
-streams and centred, and copy k's tensor T_k(θ + ε_k) goes straight to copy k's file. Peak
-memory is a few tensors, whatever m or the model size.
+Tensor-major and pipelined: each tensor of θ_r is read once; its copies are made in one pass
+each (θ + α_k ε⁰_k accumulated into one buffer from the m − 1 draws that determine a zero-sum
+set, then one fp32 transform) on a small thread pool while the main thread writes the previous
+tensors, hashing the files as it writes them. Peak memory is a bounded window of tensors,
+whatever m or the model size.
+
+Nothing the client receives reveals the secret copy → k assignment: tensors are generated for
+the copies in a key-derived order, every published file and folder carries one modification
+time, and per-copy statistics are logged in folder order after all copies are written. Every
+published tensor is checked finite before it is written.
 """
 
 from __future__ import annotations
@@ -11,16 +19,20 @@ import hashlib
 import hmac
 import json
 import logging
+import math
+import time
 from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
 
 from mpu.arch.base import Layout
 from mpu.errors import CheckpointError, ConfigError
-from mpu.io.checkpoint import Checkpoint, CheckpointWriter, retype_layout
+from mpu.io.checkpoint import Checkpoint, CheckpointWriter, retype_layout, set_mtimes
 from mpu.io.delta import Ticket, write_ticket
-from mpu.protocol.noise import copy_noises, sigma_from_moments
+from mpu.io.pipeline import ordered_map
+from mpu.protocol.noise import copy_noise, sigma_from_moments, zero_sum_basis
 from mpu.protocol.reparam import (
     BlockTransform,
     identity_transform,
@@ -33,6 +45,7 @@ from mpu.server.state import CopyRecord
 log = logging.getLogger("mpu.server")
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+WORKERS = 2  # tensors computed at once (this machine class has 2 cores)
 
 
 def sign_ticket(key: bytes, ticket: Ticket) -> str:
@@ -52,43 +65,85 @@ def sigma_key(name: str, layout: Layout, cfg: JobConfig) -> str:
     return layout.tied.get(name, name)
 
 
-def compute_sigmas(
-    theta: Checkpoint, base: Checkpoint, layout: Layout, cfg: JobConfig
-) -> dict[str, float]:
-    """σ per block (or tensor) from RMS(θ_r − θ_base) in fp32; abort where noise would vanish (B7)."""
+def sigma_moments(
+    name: str, t: torch.Tensor, base: Checkpoint, layout: Layout, cfg: JobConfig
+) -> tuple[str, float, int] | None:
+    """(σ key, ‖θ_t − θ_base,t‖², numel) for a noised tensor `t` of θ; None if not noised."""
+    if name in layout.tied or not noised(name, layout, cfg):
+        return None
+    if name not in base.file_of:
+        raise CheckpointError(
+            f"{base.path}: base has no tensor {name!r}, needed to calibrate the noise"
+        )
+    b = base.read(name)
+    if t.shape != b.shape:
+        raise CheckpointError(
+            f"{base.path}: base tensor {name!r} has shape {tuple(b.shape)}, the model {tuple(t.shape)}"
+        )
+    diff = t.to(torch.float32) - b.to(t.device, torch.float32)
+    return sigma_key(name, layout, cfg), float(torch.linalg.vector_norm(diff)) ** 2, t.numel()
+
+
+def finish_sigmas(moments: list[tuple[str, float, int]], cfg: JobConfig) -> dict[str, float]:
+    """σ per block (or tensor) from summed moments."""
     sum_sq: dict[str, float] = defaultdict(float)
     numel: dict[str, int] = defaultdict(int)
-    for name in theta.names():
-        if name in layout.tied or not noised(name, layout, cfg):
-            continue
-        if name not in base.file_of:
-            raise CheckpointError(
-                f"{base.path}: base has no tensor {name!r}, needed to calibrate the noise"
-            )
-        t, b = theta.read(name).to(torch.float32), base.read(name).to(torch.float32)
-        if t.shape != b.shape:
-            raise CheckpointError(
-                f"{base.path}: base tensor {name!r} has shape {tuple(b.shape)}, the model {tuple(t.shape)}"
-            )
-        key = sigma_key(name, layout, cfg)
-        sum_sq[key] += float(torch.linalg.vector_norm(t - b)) ** 2
-        numel[key] += t.numel()
-    sigmas = {key: sigma_from_moments(sum_sq[key], numel[key], cfg.kappa) for key in sum_sq}
+    for key, sq, n in moments:
+        sum_sq[key] += sq
+        numel[key] += n
+    return {key: sigma_from_moments(sum_sq[key], numel[key], cfg.kappa) for key in sum_sq}
+
+
+def check_sigmas(sigmas: dict[str, float], cfg: JobConfig, where: Path) -> dict[str, float]:
+    """Refuse to publish where the noise would vanish (σ = 0 while κ > 0, B7) or overflow."""
     if cfg.kappa > 0:
         zero = [key for key, s in sigmas.items() if s == 0.0]
         if zero:
             raise ConfigError(
-                f"{base.path}: the base equals the model on {zero[0]} ({len(zero)} in all): σ = 0 there, "
+                f"{where}: the base equals the model on {zero[0]} ({len(zero)} in all): σ = 0 there, "
                 "the noise would silently vanish; give the public pre-fine-tuning checkpoint as --base"
+            )
+        bad = [key for key, s in sigmas.items() if not math.isfinite(s)]
+        if bad:
+            raise CheckpointError(
+                f"{where}: the noise scale of {bad[0]} is not finite: the model or the base "
+                "holds values too large for fp32"
             )
     return sigmas
 
 
-class TransformCache:
-    """T_{r,k} per block, regenerated from the keyed stream on first use."""
+def scan(
+    theta: Checkpoint, base: Checkpoint, layout: Layout, cfg: JobConfig
+) -> tuple[dict[str, float], dict[str, float]]:
+    """One parallel pass over θ (and the base): refuse NaN/Inf, return (σ, ‖θ_t‖ per tensor)."""
 
-    def __init__(self, streams, round_: int, layout: Layout, cfg: JobConfig):
+    def one(name: str):
+        t = theta.read(name).to(torch.float32)
+        norm = float(torch.linalg.vector_norm(t))
+        if not math.isfinite(norm):
+            raise CheckpointError(
+                f"{theta.path}: tensor {name!r} holds NaN or Inf values (or overflows fp32): "
+                "an MPU job needs a finite model"
+            )
+        return name, norm, (sigma_moments(name, t, base, layout, cfg) if cfg.kappa > 0 else None)
+
+    sizes = {n: theta.spec(n).numel * 8 for n in theta.names()}
+    norms, moments = {}, []
+    for name, norm, moment in ordered_map(
+        one, theta.names(), cost=sizes.__getitem__, budget=_window_bytes(theta)
+    ):
+        norms[name] = norm
+        if moment is not None:
+            moments.append(moment)
+    return check_sigmas(finish_sigmas(moments, cfg), cfg, base.path), norms
+
+
+class TransformCache:
+    """T_{r,k} per block, regenerated from the keyed stream on first use (fp32 maps)."""
+
+    def __init__(self, streams, round_: int, layout: Layout, cfg: JobConfig, device="cpu"):
         self._streams, self._round, self._layout, self._cfg = streams, round_, layout, cfg
+        self._device = torch.device(device)
         self._cache: dict[tuple[int, int], BlockTransform] = {}
 
     def get(self, k: int, layer: int) -> BlockTransform:
@@ -101,8 +156,14 @@ class TransformCache:
                 bt = sample_block_transform(
                     g, gen, angles=self._cfg.angles, vo_map=self._cfg.vo_map
                 )
-            self._cache[(k, layer)] = bt
+            self._cache[(k, layer)] = bt.to(torch.float32, self._device)
         return self._cache[(k, layer)]
+
+    def warm(self, ks: range) -> None:
+        """Draw every block's maps up front (the threads then only read the cache)."""
+        for k in ks:
+            for layer in self._layout.blocks:
+                self.get(k, layer)
 
     def apply(self, x: torch.Tensor, name: str, k: int, *, inverse: bool = False) -> torch.Tensor:
         info = self._layout.tensors[name]
@@ -111,6 +172,65 @@ class TransformCache:
         return transform(
             x, info.role, self._layout.geometry, self.get(k, info.layer), inverse=inverse
         )
+
+
+def publication_order(streams, round_: int, m: int) -> list[int]:
+    """The order in which the copies' tensors are made: a permutation derived from the key,
+    so neither k order nor folder order shows in timing."""
+    gen = torch.Generator().manual_seed(streams.seed(round_, "publication-order"))
+    return torch.randperm(m, generator=gen).tolist()
+
+
+class _Tensors:
+    """The work for one tensor of θ: the m published tensors and their statistics."""
+
+    def __init__(
+        self, theta, layout, cfg, streams, transforms, round_, alphas, sigmas, dtype, device
+    ):
+        self.theta, self.layout, self.cfg, self.streams = theta, layout, cfg, streams
+        self.transforms, self.round, self.alphas = transforms, round_, alphas
+        self.sigmas, self.dtype, self.device = sigmas, dtype, torch.device(device)
+        self.m = len(alphas)
+        self.basis = zero_sum_basis(self.m) if self.m > 1 else torch.ones(1, 1, dtype=torch.float64)
+        self.order = publication_order(streams, round_, self.m)
+
+    def _draws(self, name: str, shape: torch.Size) -> list[torch.Tensor]:
+        noise_name = self.layout.tied.get(name, name)
+        sigma = self.sigmas[sigma_key(name, self.layout, self.cfg)]
+        draws = []
+        for j in range(max(1, self.m - 1)):
+            gen = self.streams.noise(self.round, noise_name, j)
+            y = torch.randn(tuple(shape), generator=gen, dtype=torch.float32)
+            draws.append(y.mul_(sigma).to(self.device))
+        return draws
+
+    def __call__(self, name: str) -> tuple[str, list[torch.Tensor], list[tuple[int, int]]]:
+        x = self.theta.read(name).to(device=self.device, dtype=torch.float32)
+        outs: list[torch.Tensor | None] = [None] * self.m
+        changed = [(0, 0)] * self.m
+        draws = (
+            self._draws(name, x.shape)
+            if noised(name, self.layout, self.cfg) and self.cfg.kappa > 0
+            else None
+        )
+        for k in self.order:
+            if draws is None:
+                y = self.transforms.apply(x, name, k)
+            else:
+                y = self.transforms.apply(
+                    copy_noise(draws, self.basis, k, self.alphas[k], x), name, k
+                )
+            if not math.isfinite(float(torch.linalg.vector_norm(y))):
+                raise CheckpointError(
+                    f"{self.theta.path}: the published tensor {name!r} is not finite (NaN/Inf in "
+                    "the model, or κ too large for fp32): nothing was published"
+                )
+            out = y.to(self.dtype)
+            if draws is not None and self.dtype != torch.float32:  # did the noise survive the cast?
+                clean = self.transforms.apply(x, name, k).to(self.dtype)
+                changed[k] = (int(torch.count_nonzero(out != clean)), x.numel())
+            outs[k] = out.cpu()
+        return name, outs, changed
 
 
 def publish_copies(
@@ -128,87 +248,108 @@ def publish_copies(
     job_id: str,
     key: bytes | None,
     progress: bool = True,
+    stage_in: Path | None = None,
+    device: str = "cpu",
 ) -> dict[str, dict]:
     """Write every copy folder of the round under `out_dir`; returns per-folder noise statistics."""
     from tqdm.auto import tqdm
 
     m = len(alphas)
-    transforms = TransformCache(streams, round_, layout, cfg)
+    transforms = TransformCache(streams, round_, layout, cfg, device)
+    transforms.warm(range(m))
     out_layout = retype_layout(theta.layout(), {n: publish_dtype for n in theta.names()})
     by_k = sorted(records, key=lambda r: r.k)
+    dtype_name = str(publish_dtype).removeprefix("torch.")
     writers = [
         CheckpointWriter(
             out_dir / r.folder,
             out_layout,
             aux_from=theta,
-            config_updates={"dtype": str(publish_dtype).removeprefix("torch.")},
+            config_updates={"dtype": dtype_name},
+            stage_in=stage_in,
+            hash_contents=True,
+            durable=False,  # copies are regenerated byte for byte from θ_r and the key
         )
         for r in by_k
     ]
-    changed = [
-        [0, 0] for _ in range(m)
-    ]  # entries changed by the noise after the cast, entries noised
+    work = _Tensors(
+        theta, layout, cfg, streams, transforms, round_, alphas, sigmas, publish_dtype, device
+    )
+    changed = [[0, 0] for _ in range(m)]
     worst = [1.0] * m
+    names = theta.names()
+    bar = tqdm(
+        total=len(names),
+        desc=f"publish round {round_} ({m} copies)",
+        disable=not progress,
+        unit="tensor",
+    )
+    pool = ThreadPoolExecutor(max_workers=WORKERS)
     try:
-        for name in tqdm(
-            theta.names(),
-            desc=f"publish round {round_} ({m} copies)",
-            disable=not progress,
-            unit="tensor",
-        ):
-            x = theta.read(name).to(torch.float32)
-            eps = None
-            if noised(name, layout, cfg) and cfg.kappa > 0:
-                noise_name = layout.tied.get(name, name)
-                sigma = sigmas[sigma_key(name, layout, cfg)]
-                eps = copy_noises(
-                    x.shape, sigma, alphas, lambda j, n=noise_name: streams.noise(round_, n, j)
-                )
+        results = ordered_map(work, names, cost=lambda n: theta.spec(n).numel * 4 * (m + 1),
+                              budget=_window_bytes(theta), workers=WORKERS)  # fmt: skip
+        for name, outs, stats in results:
             for k in range(m):
-                clean = transforms.apply(x, name, k)
-                if eps is None:
-                    writers[k].add(name, clean.to(publish_dtype))
-                    continue
-                published = (clean + transforms.apply(eps[k], name, k)).to(publish_dtype)
-                moved = int(torch.count_nonzero(published != clean.to(publish_dtype)))
-                changed[k][0] += moved
-                changed[k][1] += x.numel()
-                worst[k] = min(worst[k], moved / max(1, x.numel()))
-                writers[k].add(name, published)
-        stats = {}
-        for k, (rec, writer) in enumerate(zip(by_k, writers, strict=True)):
+                writers[k].add(name, outs[k])
+                moved, total = stats[k]
+                if total:
+                    changed[k][0] += moved
+                    changed[k][1] += total
+                    worst[k] = min(worst[k], moved / total)
+            bar.update(1)
+        when = time.time()  # one time for every file of every copy: no write order shows
 
-            def finish(stage: Path, rec=rec) -> None:
-                rec.weights_sha256 = Checkpoint(stage).sha256()
+        def finish(rec: CopyRecord, writer: CheckpointWriter) -> None:
+            def ticket_and_times(stage: Path) -> None:
+                rec.weights_sha256 = dict(writer.sha256)
                 ticket = Ticket(job_id, round_, rec.copy_id, rec.weights_sha256, tag="")
                 tag = sign_ticket(key, ticket) if key is not None else ""
                 write_ticket(
                     stage, Ticket(job_id, round_, rec.copy_id, rec.weights_sha256, tag=tag)
                 )
+                set_mtimes(stage, when)
 
-            writer.commit(before_rename=finish)
-            frac = changed[k][0] / changed[k][1] if changed[k][1] else None
-            stats[rec.folder] = {
-                "changed_fraction": frac,
-                "worst_tensor_changed_fraction": worst[k] if frac is not None else None,
-            }
-            if frac is not None:
-                log.debug(
-                    "%s: the noise survived the cast to %s in %.1f%% of noised entries",
-                    rec.folder,
-                    publish_dtype,
-                    100 * frac,
-                )
-                if worst[k] < cfg.min_changed_fraction:
-                    log.warning(
-                        "%s: in some tensor only %.1f%% of entries changed after the cast to %s: the "
-                        "publication dtype erases the noise there (F8); publish float32 or raise kappa",
-                        rec.folder,
-                        100 * worst[k],
-                        publish_dtype,
-                    )
-        return stats
+            writer.commit(before_rename=ticket_and_times)
+
+        # the copies' last flushes to disk (fsync) run side by side
+        for fut in [pool.submit(finish, rec, w) for rec, w in zip(by_k, writers, strict=True)]:
+            fut.result()
     except BaseException:
         for writer in writers:
             writer.abort()
         raise
+    finally:
+        pool.shutdown(wait=True)
+        bar.close()
+    return _report(by_k, changed, worst, cfg, publish_dtype)
+
+
+def _window_bytes(theta: Checkpoint) -> int:
+    """How many bytes of work may be in flight: a quarter of the model (flat memory), at least
+    one tensor."""
+    sizes = [theta.spec(n).numel * 4 for n in theta.names()]
+    return max(max(sizes, default=0), sum(sizes) // 4)
+
+
+def _report(by_k, changed, worst, cfg: JobConfig, dtype) -> dict[str, dict]:
+    """Per-folder statistics, logged in folder order (never in the secret k order)."""
+    stats = {}
+    for k, rec in sorted(enumerate(by_k), key=lambda kr: int(kr[1].folder.split("-")[1])):
+        frac = changed[k][0] / changed[k][1] if changed[k][1] else None
+        stats[rec.folder] = {
+            "changed_fraction": frac,
+            "worst_tensor_changed_fraction": worst[k] if frac is not None else None,
+        }
+        if frac is None:
+            continue
+        log.debug("%s: the noise survived the cast to %s in %.1f%% of noised entries",
+                  rec.folder, dtype, 100 * frac)  # fmt: skip
+        if worst[k] < cfg.min_changed_fraction:
+            log.warning(
+                "%s: in some tensor only %.1f%% of entries changed after the cast to %s: the "
+                "publication dtype erases the noise there (F8); publish float32 or raise kappa",
+                rec.folder,
+                100 * worst[k],
+                dtype,
+            )
+    return stats

@@ -22,7 +22,8 @@ from mpu.errors import ConfigError
 from mpu.io.checkpoint import atomic_write_json, read_json
 
 STATE_FILE = "state.json"
-STATE_SCHEMA = 1
+STATE_SCHEMA = 2
+READABLE_SCHEMAS = (1, 2)  # 1: before the layout cache and θ norms (filled in on first use)
 
 
 def round_dir(workdir: Path, round_: int) -> Path:
@@ -51,6 +52,8 @@ class ServerState:
     sigmas: dict[str, dict[str, float]] = field(default_factory=dict)  # round -> block/tensor -> σ
     history: list[dict] = field(default_factory=list)
     schema: int = STATE_SCHEMA
+    layout: dict | None = None  # the model's classified layout (mpu.arch.Layout.to_json)
+    theta_norms: dict[str, dict[str, float]] = field(default_factory=dict)  # round -> ‖θ_t‖
 
     @property
     def key(self) -> bytes:
@@ -81,10 +84,11 @@ def load_state(workdir: Path) -> ServerState:
             f"{path}: secret state is readable by others (mode {mode:o}); chmod 600 it"
         )
     obj = read_json(path, "server state")
-    if obj.get("schema") != STATE_SCHEMA:
+    if obj.get("schema") not in READABLE_SCHEMAS:
         raise ConfigError(
-            f"{path}: state schema {obj.get('schema')!r}, this MPU reads {STATE_SCHEMA}"
+            f"{path}: state schema {obj.get('schema')!r}, this MPU reads {READABLE_SCHEMAS}"
         )
+    obj["schema"] = STATE_SCHEMA
     try:
         return ServerState(**obj)
     except TypeError as exc:
@@ -93,8 +97,12 @@ def load_state(workdir: Path) -> ServerState:
 
 @contextlib.contextmanager
 def locked(workdir: Path) -> Iterator[None]:
-    """Exclusive lock on the workdir for the duration of one command."""
-    fd = os.open(workdir / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+    """Exclusive lock on the workdir for the duration of one command (init included): the
+    state is read inside it, so no command works from a state another one is replacing."""
+    try:
+        fd = os.open(workdir / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+    except FileNotFoundError:
+        raise ConfigError(f"{workdir}: no such server workdir") from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
