@@ -13,3 +13,32 @@ def _quiet_transformers():
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     yield
+
+
+@pytest.fixture(scope="session")
+def tofu_world(tmp_path_factory):
+    """Synthetic TOFU plus tiny base/target/retain models (seconds, not the real `prepare`)."""
+    import torch
+
+    from mpu.data import make_dataset
+    from mpu.io.datasets import load_split
+    from toolkit import finetune, tiny_llama, tiny_tokenizer
+
+    root = tmp_path_factory.mktemp("tofu-world")
+    data = make_dataset("tofu", root / "data", seed=0)
+    forget = [dict(r) for r in load_split(data, "forget01")]
+    retain = [dict(r) for r in load_split(data, "retain99")][:60]
+    corpus = [f"{r['question']} {r['answer']}" for r in forget + retain]
+    tok = tiny_tokenizer(vocab_size=400, corpus=corpus)
+    models = root / "models"
+    base = tiny_llama(tok, seed=0, layers=2, hidden=32)
+    base.save_pretrained(models / "base")
+    for name, rows in (("target", forget + retain), ("retain", retain)):
+        model = tiny_llama(tok, seed=0, layers=2, hidden=32)
+        model.load_state_dict(base.state_dict())
+        finetune(model, tok, rows, steps=60, lr=3e-3)
+        model.save_pretrained(models / name)
+    for name in ("base", "target", "retain"):
+        tok.save_pretrained(models / name)
+    torch.manual_seed(0)
+    return data, models

@@ -37,8 +37,12 @@ def _config(args: argparse.Namespace):
 
 
 def _benchmark_of(cfg, data: str) -> str:
-    from mpu.errors import ConfigError
+    import re
 
+    from mpu.errors import ConfigError, DataError
+
+    if not Path(data).exists() and not re.fullmatch(r"[\w.-]+/[\w.-]+", data):
+        raise DataError(f"{data}: no such folder (a hub id looks like owner/name)")
     manifest = Path(data) / "manifest.json"
     declared = None
     if manifest.is_file():

@@ -172,12 +172,18 @@ def _load_files(files: list[Path], config: str = ""):
         return _load_corpus_lines(files)
 
     builder = "parquet" if files[0].suffix == ".parquet" else "json"
+    for f in files:
+        if f.stat().st_size == 0 or (
+            builder == "json" and not f.read_text(encoding="utf-8", errors="replace").strip()
+        ):
+            raise DataError(f"{f}: the file is empty (no rows)")
     try:
         return datasets.load_dataset(
             builder, data_files=[str(f) for f in files], split="train", cache_dir=datasets_cache()
         )
     except Exception as exc:  # datasets raises many types for malformed files
-        raise DataError(f"{files[0]}: cannot be read as {builder}: {exc}".splitlines()[0]) from None
+        reason = (str(exc) or type(exc).__name__).splitlines()[0]
+        raise DataError(f"{files[0]}: cannot be read as {builder}: {reason}") from None
 
 
 def load_split(
@@ -207,8 +213,9 @@ def load_split(
         ds = _load_files(files, config)
         where = str(files[0])
     else:
-        if not re.fullmatch(r"[\w.-]+(/[\w.-]+)?", str(source)):
-            raise DataError(f"{source}: no such folder (and not a hub id)")
+        if not re.fullmatch(r"[\w.-]+/[\w.-]+", str(source)):
+            # hub ids are owner/name; anything else is a mistyped folder (no 25 s offline wait)
+            raise DataError(f"{source}: no such folder (a hub id looks like owner/name)")
         import datasets
 
         try:

@@ -271,7 +271,10 @@ class SafetensorsWriter:
         self.sha256: str | None = None
 
     def _write(self, data) -> None:
-        self._file.write(data)
+        try:
+            self._file.write(data)
+        except OSError as exc:  # full disk, I/O error: name the file, not "a file"
+            raise CheckpointError(f"{self.path}: cannot write ({exc.strerror or exc})") from None
         if self._hasher is not None:
             self._hasher.update(data)
         self._unsynced += len(data) if isinstance(data, bytes) else data.nbytes
