@@ -8,6 +8,7 @@ missing tensor, another shape or a non-finite value is refused before anything i
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
@@ -16,15 +17,24 @@ from mpu.errors import CheckpointError
 from mpu.io.checkpoint import Checkpoint
 from mpu.io.delta import delta_metadata, read_ticket
 from mpu.io.safetensors_stream import SafetensorsWriter, TensorSpec
+from mpu.privacy.dp import DPConfig, clip_factor, gaussian_noise
 
 
 def make_delta(
-    before: str | Path, after: str | Path, out: str | Path, *, stats: dict | None = None
+    before: str | Path,
+    after: str | Path,
+    out: str | Path,
+    *,
+    stats: dict | None = None,
+    dp: DPConfig | None = None,
 ) -> Path:
     """Write the delta file `out` = after − before (fp32), with the ticket of `before`.
 
     `stats`, when given, receives `changed_fraction`: the share of entries that changed (the
-    check that the unlearning moved the model). An existing `out` is never overwritten.
+    check that the unlearning moved the model), and with `dp` the clipping and the ε spent. With
+    `dp` enabled the update is clipped to L2 norm `dp.clip` over all tensors and Gaussian noise
+    of std z·C is added to every entry (docs/threat-model.md); the noise's seed comes from the
+    OS and is kept nowhere. An existing `out` is never overwritten.
     """
     out = Path(out)
     if out.suffix != ".safetensors":
@@ -51,15 +61,33 @@ def make_delta(
                 f"{after}: tensor {name!r} has shape {a.shape}, the copy has {b.shape}"
             )
         specs.append(TensorSpec(name, torch.float32, b.shape))
+
+    def diff(name: str) -> torch.Tensor:
+        return after_ck.read(name).to(torch.float32) - before_ck.read(name).to(torch.float32)
+
+    factor, std, gen, dp_stats = 1.0, 0.0, None, {}
+    if dp is not None and dp.enabled:
+        norm, factor = clip_factor(
+            (float(torch.linalg.vector_norm(diff(n))) for n in names), dp.clip
+        )
+        std = dp.z() * dp.clip
+        gen = torch.Generator().manual_seed(int.from_bytes(os.urandom(8), "little") >> 1)
+        dp_stats = {"update_norm": norm, "clip": dp.clip, "clip_factor": factor,
+                    "noise_multiplier": dp.z(), "releases": dp.releases, "delta": dp.delta,
+                    "epsilon": dp.spent()}  # fmt: skip
     changed = total = 0
     with SafetensorsWriter(out, specs, delta_metadata(ticket)) as writer:
         for name in names:
-            delta = after_ck.read(name).to(torch.float32) - before_ck.read(name).to(torch.float32)
+            delta = diff(name)
             if not torch.isfinite(delta).all():
                 raise CheckpointError(f"{after}: tensor {name!r} has NaN or Inf values")
             changed += int(torch.count_nonzero(delta))
             total += delta.numel()
+            if gen is not None:
+                delta.mul_(factor).add_(gaussian_noise(delta.shape, std, gen))
             writer.add(name, delta)
     if stats is not None:
         stats["changed_fraction"] = changed / max(total, 1)
+        if dp_stats:
+            stats["dp"] = dp_stats
     return out

@@ -20,6 +20,7 @@ from mpu.config import field
 from mpu.errors import ConfigError
 from mpu.methods import Method, build_method_config, get_method, training_defaults
 from mpu.methods.profiles import BENCHMARKS, PROFILES
+from mpu.privacy.dp import DPConfig
 from mpu.text import PromptConfig
 
 OPTIMIZERS = ("adamw", "sgd")
@@ -125,6 +126,10 @@ class ClientTrainConfig:
             "help": "prompt format: prompt.template, prompt.system_prompt, prompt.date_string"
         },
     )
+    dp: DPConfig = dataclasses.field(
+        default_factory=DPConfig,
+        metadata={"help": "differentially private updates: dp.clip, dp.epsilon, dp.delta"},
+    )
 
     def __post_init__(self) -> None:
         _choice("profile", self.profile, PROFILES)
@@ -167,6 +172,8 @@ class ClientTrainConfig:
                 ) from None
         if isinstance(self.prompt, dict):
             self.prompt = PromptConfig(**self.prompt)
+        if isinstance(self.dp, dict):
+            self.dp = DPConfig(**self.dp)
         if self.method is not None:
             self.method = get_method(self.method).name
             self.method_config()  # unknown / invalid hyperparameters fail here, before any use
@@ -270,6 +277,7 @@ class ClientSettings:
     seed: int
     max_length: int
     prompt: PromptConfig
+    dp: DPConfig = dataclasses.field(default_factory=DPConfig)
     defaults_rule: str = ""  # which unset values the small-model rule filled in
 
     def replace(self, **changes: Any) -> ClientSettings:
@@ -280,12 +288,13 @@ class ClientSettings:
         out = {
             f.name: getattr(self, f.name)
             for f in dataclasses.fields(self)
-            if f.name not in ("method", "hp", "prompt")
+            if f.name not in ("method", "hp", "prompt", "dp")
         }
         out.update(
             method=self.method.name,
             betas=list(self.betas),
             hparams=dataclasses.asdict(self.hp),
             prompt=dataclasses.asdict(self.prompt),
+            dp=dataclasses.asdict(self.dp),
         )
         return out

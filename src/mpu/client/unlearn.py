@@ -121,7 +121,7 @@ def unlearn_copy(
     result.model.save_pretrained(model_dir, safe_serialization=True)
     tokenizer.save_pretrained(model_dir)
     stats: dict = {}
-    delta = make_delta(copy_dir, model_dir, out / "delta.safetensors", stats=stats)
+    delta = make_delta(copy_dir, model_dir, out / "delta.safetensors", stats=stats, dp=eff.dp)
     warning = no_effect(result.logs, stats["changed_fraction"], eff)
     if warning:
         log.warning("%s", warning)
@@ -131,5 +131,6 @@ def unlearn_copy(
         "forget_loss": result.logs["forget_loss"],
         "changed_fraction": stats["changed_fraction"],
         "no_effect": warning,
+        "dp": stats.get("dp"),
     }
     return model_dir, delta, info

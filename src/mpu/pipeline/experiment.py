@@ -1,12 +1,11 @@
 """`mpu run`: Clean vs Noised vs MPU for each unlearning method, evaluated and reported.
 
 For every method the same client (method, hyperparameters, data order, schedule) unlearns the
-same target three ways (`mpu.pipeline.variants`): clean, noised (one perturbed copy) and mpu
-(m copies, harmonic aggregation), each through the one round loop (`mpu.server.rounds`) with
-the paper's rounds × epochs split for the method. All final models, the target and the retain
-model are evaluated with OpenUnlearning's TOFU metrics; `report.json` (schema `mpu-report/1`)
-is rendered by `mpu report`. Modules: `inputs` (data, models, reference-evaluation cache),
-`jobs` (one unlearning job), `evaluation`, `workers` (the process pool), `results` (report).
+same target in each variant (`mpu.pipeline.variants`: clean, noised, mpu, dp), each through the
+one round loop (`mpu.server.rounds`) with the paper's rounds × epochs split for the method; all
+final models, the target and the retain model are evaluated with OpenUnlearning's TOFU metrics
+and reported (`report.json`, schema `mpu-report/1`). Modules: `inputs` (data, models,
+reference-evaluation cache), `jobs`, `evaluation`, `workers` (the process pool), `results`.
 """
 
 from __future__ import annotations
@@ -16,13 +15,15 @@ import shutil
 import time
 from pathlib import Path
 
-from mpu.client.train_config import ClientSettings, ClientTrainConfig
+from mpu.client.train_config import ClientTrainConfig
 from mpu.config import field, to_dict
 from mpu.errors import ConfigError
 from mpu.io.checkpoint import Checkpoint
 from mpu.logs import console_warnings_only, progress
 from mpu.logs import job as job_label
+from mpu.pipeline.jobs import client_settings
 from mpu.pipeline.variants import VARIANTS
+from mpu.privacy.dp import DPConfig
 from mpu.server.config import JobConfig
 from mpu.text import PromptConfig
 
@@ -44,7 +45,9 @@ class ExperimentConfig:
     )
     forget_split: str = field("forget10", help="forget split (retain split = its complement)")
     methods: list[str] = field(["NPO", "GradDiff"], help="unlearning methods to compare")
-    variants: list[str] = field(list(VARIANTS), help="subset of clean, noised, mpu")
+    variants: list[str] = field(
+        ["clean", "noised", "mpu"], help="any of clean, noised, mpu, dp (dp needs dp.clip)"
+    )
     server: JobConfig = dataclasses.field(
         default_factory=JobConfig,
         metadata={"help": "server job settings: server.copies, server.kappa, server.alphas, …"},
@@ -56,6 +59,12 @@ class ExperimentConfig:
     prompt: PromptConfig = dataclasses.field(
         default_factory=PromptConfig,
         metadata={"help": "prompt format for training and evaluation alike: prompt.template, …"},
+    )
+    dp: DPConfig = dataclasses.field(
+        default_factory=DPConfig,
+        metadata={
+            "help": "the dp variant's client: dp.clip, dp.epsilon (or dp.noise_multiplier), dp.delta"
+        },
     )
     rounds_epochs: str = field(
         "paper", help="paper (the method's R×E split of the stock budget) | single (R = 1)"
@@ -80,13 +89,15 @@ class ExperimentConfig:
     threads: int = field(1, help="torch threads per worker process")
 
     def __post_init__(self) -> None:
-        for name, typ in (
-            ("server", JobConfig),
-            ("client", ClientTrainConfig),
-            ("prompt", PromptConfig),
-        ):
+        if isinstance(self.client, dict):  # the method comes from methods=[…]
+            self.client = ClientTrainConfig(**{"method": None, **self.client})
+        for name, typ in (("server", JobConfig), ("prompt", PromptConfig), ("dp", DPConfig)):
             if isinstance(getattr(self, name), dict):
                 setattr(self, name, typ(**getattr(self, name)))
+        if "dp" in self.variants and not self.dp.enabled:
+            raise ConfigError(
+                "the dp variant needs dp.clip and dp.epsilon (or dp.noise_multiplier)"
+            )
         bad = [v for v in self.variants if v not in VARIANTS]
         if bad or not self.variants:
             raise ConfigError(
@@ -109,16 +120,8 @@ class ExperimentConfig:
             raise ConfigError(f"workers={self.workers}, threads={self.threads}: both must be >= 1")
 
 
-def client_settings(
-    cfg: ExperimentConfig, method: str, n_params: int | None = None
-) -> ClientSettings:
-    """The method's resolved client settings (the small-model rule needs the model's size)."""
-    client = dataclasses.replace(cfg.client, method=method, seed=cfg.seed, prompt=cfg.prompt)
-    return client.resolve(n_params)
-
-
 def _say(msg: str) -> None:
-    print(msg, flush=True)
+    print(msg, flush=True)  # the terminal narrative of a run (logs go to stderr)
 
 
 class Experiment:

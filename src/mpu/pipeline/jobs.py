@@ -10,6 +10,7 @@ run would.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -30,6 +31,12 @@ def rounds_for(cfg: Any, method: str) -> tuple[int, int]:
 
     rounds, epochs = rounds_and_epochs(method)
     return (1, rounds * epochs) if cfg.rounds_epochs == "single" else (rounds, epochs)
+
+
+def client_settings(cfg: Any, method: str, n_params: int | None = None) -> ClientSettings:
+    """The method's resolved client settings (the small-model rule needs the model's size)."""
+    client = dataclasses.replace(cfg.client, method=method, seed=cfg.seed, prompt=cfg.prompt)
+    return client.resolve(n_params)
 
 
 def local_client(
@@ -83,7 +90,6 @@ def unlearn(
     cfg: Any, settings: ClientSettings, variant: str, data: str, models: Path, work: Path
 ) -> Path:
     """Run one (method, variant) to the end; returns the final model folder (fp32)."""
-    import dataclasses
 
     from transformers import AutoTokenizer
 
@@ -91,9 +97,13 @@ def unlearn(
     from mpu.client.trainer import prompt_format, round_schedule, usable_items
     from mpu.client.unlearn import load_client_data
     from mpu.data import tofu_splits
+    from mpu.pipeline.variants import VARIANTS
 
     rounds, epochs = rounds_for(cfg, settings.method.name)
+    job = job_config(variant, cfg.server)
     eff = settings.replace(epochs=epochs)
+    if VARIANTS[variant].dp:  # every update of the job is a release: R rounds × m copies
+        eff = eff.replace(dp=dataclasses.replace(cfg.dp, releases=rounds * job.copies))
     client_data = load_client_data(
         data, cfg.forget_split, eff, retain_split=tofu_splits(cfg.forget_split).retain
     )
@@ -101,7 +111,6 @@ def unlearn(
     config = load_config(models / "target")
     fmt = prompt_format(config.model_type, tok, eff)
     schedule = round_schedule(usable_items(tok, client_data.forget, eff, fmt), eff, rounds)
-    job = job_config(variant, cfg.server)
     fingerprint = {
         "variant": variant,
         "server": dataclasses.asdict(job),

@@ -1,38 +1,55 @@
-"""The experiment's variants: one table from a variant name to the server job it runs.
+"""The experiment's variants: one table from a variant name to the server job it runs and
+whether its client releases differentially private updates.
 
 - **clean**: the client unlearns θ itself (m = 1, no noise, no reparameterization): what a
   trusted server would do, the upper bound;
 - **noised**: one perturbed copy (m = 1, no centring, no harmonic denoising), its update mapped
   back and applied to θ: the single-noisy-copy baseline;
-- **mpu**: m perturbed copies, harmonic aggregation.
+- **mpu**: m perturbed copies, harmonic aggregation;
+- **dp**: MPU whose client clips and noises every update (`dp.*` settings; ε from opacus).
 
-All three use the same client (method, hyperparameters, data order, schedule), so they differ
-only by the protocol. New variants (e.g. differentially private updates) are a row here.
+All use the same client (method, hyperparameters, data order, schedule), so they differ only
+by the protocol. A new variant is a row here.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from mpu.server.config import JobConfig
 
-Variant = Callable[[JobConfig], JobConfig]
+
+@dataclass(frozen=True)
+class Variant:
+    job: Callable[[JobConfig], JobConfig]
+    description: str
+    dp: bool = False
+
 
 VARIANTS: dict[str, Variant] = {
-    "clean": lambda s: dataclasses.replace(
-        s, copies=1, kappa=0.0, alphas="linspace", reparameterize=False
+    "clean": Variant(
+        lambda s: dataclasses.replace(
+            s, copies=1, kappa=0.0, alphas="linspace", reparameterize=False
+        ),
+        "the client unlearns the exact model (no privacy; the reference result)",
     ),
-    "noised": lambda s: dataclasses.replace(s, copies=1, alphas="linspace"),
-    "mpu": lambda s: s,
+    "noised": Variant(
+        lambda s: dataclasses.replace(s, copies=1, alphas="linspace"),
+        "one perturbed copy, its update applied directly (the naive private baseline)",
+    ),
+    "mpu": Variant(lambda s: s, "m perturbed copies, updates inverted and harmonically averaged"),
+    # DP noise is meant to be large: the per-tensor size bound would refuse it
+    "dp": Variant(
+        lambda s: dataclasses.replace(s, max_update_ratio=0.0),
+        "MPU with differentially private client updates (clipped, Gaussian noise)",
+        dp=True,
+    ),
 }
-DESCRIPTIONS = {
-    "clean": "the client unlearns the exact model (no privacy; the reference result)",
-    "noised": "one perturbed copy, its update applied directly (the naive private baseline)",
-    "mpu": "m perturbed copies, updates inverted and harmonically averaged",
-}
+DESCRIPTIONS = {name: v.description for name, v in VARIANTS.items()}
 
 
 def job_config(variant: str, server: JobConfig) -> JobConfig:
     """The server job of `variant` built from the experiment's server settings."""
-    return VARIANTS[variant](server)
+    return VARIANTS[variant].job(server)

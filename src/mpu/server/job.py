@@ -155,11 +155,12 @@ class Server:
     def _create(cls, model: Path, base: Path, workdir: Path, cfg: JobConfig) -> ServerState:
         theta, base_ck = Checkpoint(model), Checkpoint(base)
         layout = classify(theta)
-        base_layout = classify(base_ck)
-        if base_layout.geometry != layout.geometry or base_layout.spec.family != layout.spec.family:
+        base_type = base_ck.config.get("model_type")
+        if base_type != theta.config.get("model_type"):
             raise CheckpointError(
-                f"{base}: base layout {base_layout.geometry} differs from the model's {layout.geometry}"
+                f"{base}: base is a {base_type!r} model, the model a {theta.config.get('model_type')!r}"
             )
+        # same family and every tensor of the same name and shape: the same layout
         for name in theta.names():
             if name in layout.tied:
                 continue

@@ -1,0 +1,100 @@
+"""Differential privacy for the returned updates: clip, add Gaussian noise, account with opacus.
+
+Each update Δ'_k the client returns is one release of a Gaussian mechanism over its whole data
+(the forget and retain rows together are the unit protected): the update is clipped to L2 norm
+C over all its tensors, then N(0, (z·C)² I) is added. A round releases m such updates and a job
+R rounds, so the privacy loss composes over R·m releases of noise multiplier z; ε for a given δ
+comes from opacus' Rényi-DP accountant (sample rate 1: every release sees all the data), never
+from a formula of ours. A target (ε, δ) is turned into z with opacus' `get_noise_multiplier`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import torch
+
+from mpu.config import check_number, field
+from mpu.errors import ConfigError
+
+
+def epsilon(noise_multiplier: float, releases: int, delta: float) -> float:
+    """ε of `releases` Gaussian releases of noise multiplier z at `delta` (opacus RDP)."""
+    from opacus.accountants import RDPAccountant
+
+    acc = RDPAccountant()
+    acc.history = [(noise_multiplier, 1.0, releases)]
+    return float(acc.get_epsilon(delta))
+
+
+def noise_for(target_epsilon: float, releases: int, delta: float) -> float:
+    """The noise multiplier z that gives (target ε, δ) over `releases` (opacus)."""
+    from opacus.accountants.utils import get_noise_multiplier
+
+    if not (target_epsilon > 0 and math.isfinite(target_epsilon)):
+        raise ConfigError(f"dp_epsilon={target_epsilon}: expected a finite number > 0")
+    return float(get_noise_multiplier(target_epsilon=target_epsilon, target_delta=delta,
+                                      sample_rate=1.0, steps=releases, accountant="rdp"))  # fmt: skip
+
+
+def clip_factor(norms: Iterable[float], clip: float) -> tuple[float, float]:
+    """(total L2 norm, the factor min(1, C/‖Δ‖) that clips it to `clip`)."""
+    total = math.sqrt(sum(n * n for n in norms))
+    return total, (1.0 if total <= clip else clip / total)
+
+
+def gaussian_noise(shape: torch.Size, std: float, gen: torch.Generator) -> torch.Tensor:
+    return torch.randn(tuple(shape), generator=gen, dtype=torch.float32).mul_(std)
+
+
+@dataclass
+class DPConfig:
+    """Differentially private updates (off unless `clip` is set)."""
+
+    clip: float | None = field(
+        None, help="L2 norm C every returned update is clipped to (unset: no DP)"
+    )
+    noise_multiplier: float | None = field(
+        None, help="z: Gaussian noise of std z·C per entry (or give epsilon)"
+    )
+    epsilon: float | None = field(None, help="target ε over all releases; sets z (opacus RDP)")
+    delta: float = field(1e-5, help="δ of the (ε, δ) guarantee")
+    releases: int = field(
+        1, help="updates released in the job: R rounds × m copies (mpu run sets it)"
+    )
+
+    def __post_init__(self) -> None:
+        check_number(self, "clip", self.clip, low=0, low_open=True)
+        check_number(self, "noise_multiplier", self.noise_multiplier, low=0)
+        check_number(self, "epsilon", self.epsilon, low=0, low_open=True)
+        check_number(
+            self,
+            "delta",
+            self.delta,
+            low=0,
+            high=1,
+            low_open=True,
+            high_open=True,
+            allow_none=False,
+        )
+        check_number(self, "releases", self.releases, low=1, allow_none=False)
+        if self.clip is not None and self.noise_multiplier is None and self.epsilon is None:
+            raise ConfigError("dp.clip is set: give dp.noise_multiplier or a target dp.epsilon")
+        if self.noise_multiplier is not None and self.epsilon is not None:
+            raise ConfigError("give dp.noise_multiplier or dp.epsilon, not both")
+
+    @property
+    def enabled(self) -> bool:
+        return self.clip is not None
+
+    def z(self) -> float:
+        """The noise multiplier (from the target ε when one is given)."""
+        if self.noise_multiplier is not None:
+            return self.noise_multiplier
+        return noise_for(self.epsilon, self.releases, self.delta)
+
+    def spent(self) -> float:
+        """ε over `releases` at `delta` for the noise actually added (opacus)."""
+        return epsilon(self.z(), self.releases, self.delta)
