@@ -6,6 +6,15 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _client_key(tmp_path_factory):
+    """Client receipts are signed with a key made for the test session, not the user's."""
+    import os
+
+    os.environ["MPU_CLIENT_KEY"] = str(tmp_path_factory.mktemp("client-key") / "client.key")
+    yield
+
+
 @pytest.fixture(autouse=True)
 def _quiet_transformers():
     from transformers.utils import logging as hf_logging

@@ -303,3 +303,29 @@ def eval_model(tokenizer, seed: int = 0, hidden: int = 32, layers: int = 2):
     return tiny_llama(
         tokenizer, seed=seed, layers=layers, hidden=hidden, tied=True, max_positions=512
     )
+
+
+# ---------------------------------------------------------------- jobs on the TOFU world
+def publish_job(tofu_world, root, **job):
+    from mpu.server.config import JobConfig
+    from mpu.server.job import Server
+
+    _, models = tofu_world
+    cfg = JobConfig(gate=False, **{"kappa": 0.1, "copies": 2, **job})
+    server = Server.init(models / "target", models / "base", root / "server", cfg)
+    copies = server.publish(root / "outbox", progress=False)
+    return server, copies
+
+
+def unlearn_copies(tofu_world, copies, root, **client):
+    """GradAscent on each copy (a few real steps); returns the delta files."""
+    from mpu.client.train_config import ClientTrainConfig
+    from mpu.client.unlearn import load_client_data, unlearn_copy
+
+    data, _ = tofu_world
+    cfg = ClientTrainConfig(method="GradAscent", epochs=1, batch_size=4, lr=1e-3, **client)
+    client_data = load_client_data(data, "forget01", cfg)
+    return [  # resolved per copy with the model's size: fp32 for this tiny model
+        unlearn_copy(c, client_data, cfg, root / f"client-{c.name}", progress=False)[1]
+        for c in copies
+    ]

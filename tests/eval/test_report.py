@@ -211,3 +211,29 @@ def test_html_plots_render_in_headless_browser(tmp_path):
         rgb = np.array([int(hex_colour[i : i + 2], 16) for i in (1, 3, 5)])
         hits = (np.abs(img - rgb).sum(-1) <= 6).sum()
         assert hits > 200, f"bar colour {hex_colour} not visible in the screenshot ({hits} px)"
+
+
+def test_the_privacy_section_says_what_was_protected_and_what_was_not(tmp_path):
+    d, report = _run_dir(tmp_path / "run", 0.01, 0)
+    for run in report["runs"]:
+        if run["variant"] == "mpu":
+            run["privacy"] = {"copies": 4, "one_copy_aligned": 0.052, "all_copies_with_base": 0.013,
+                              "all_copies_without_base": 0.02, "ideal_all_copies": 0.0,
+                              "residual_floor": 0.0, "token_recall_at_k": 0.91,
+                              "token_chance_at_k": 0.06, "membership_auc": 0.83,
+                              "transcript": {"entries": 5, "rounds_replayed": 1, "head": "ab"}}  # fmt: skip
+    report["runs"].append({**report["runs"][-1], "variant": "dp", "privacy": {
+        **report["runs"][-1]["privacy"], "dp_epsilon": 7.97, "dp_delta": 1e-5}})  # fmt: skip
+    (d / "report.json").write_text(json.dumps(report))
+    md_path, html_path = render_report([d])
+    md = md_path.read_text()
+    assert "## What the protocol protected" in md
+    assert (
+        "| NPO | mpu | 4 | 0.01 | 5.2% | 1.3% | 0.0% | 0.91 (chance 0.06) | 0.83 | — | verified, 5 entries |"
+        in md
+    )
+    assert "7.97 (δ=1e-05)" in md
+    # the finding names the weakness in words, with the numbers
+    assert "rebuilt the server's weights to within 5.2% (one copy) and 1.3% (all 4 copies)" in md
+    assert "not information-theoretically" in md and "(7.97, 1e-05)-DP" in md
+    assert 'id="privacy"' in html_path.read_text()

@@ -402,11 +402,11 @@ def test_the_output_of_a_full_disk_client_diff_is_not_left_behind(job, tmp_path)
     original = safetensors_stream.SafetensorsWriter._write
     calls = {"n": 0}
 
-    def fail_later(self, data):
+    def fail_later(self, data, *rest):
         calls["n"] += 1
         if calls["n"] > 3:
             raise OSError(errno.ENOSPC, "No space left on device")
-        return original(self, data)
+        return original(self, data, *rest)
 
     safetensors_stream.SafetensorsWriter._write = fail_later
     try:

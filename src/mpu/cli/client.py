@@ -54,6 +54,9 @@ def _unlearn(args: argparse.Namespace) -> int:
     print(f"  forget-set loss {loss['before']:.4f} -> {loss['after']:.4f}; "
           f"{100 * info['changed_fraction']:.1f}% of the weights changed")  # fmt: skip
     print(f"  model: {model_dir}\n  delta: {delta}  (send this file to the server)")
+    print(
+        f"  receipt: {delta.parent / 'receipt.json'}  (keep it: your signed record of the exchange)"
+    )
     if info["no_effect"]:
         print(f"mpu: warning: {info['no_effect']}", file=sys.stderr)
         return EXIT_NO_EFFECT

@@ -84,8 +84,12 @@ def unlearn_copy(
     order_seed: int | None = None,
     progress: bool = True,
     on_step=None,
+    receipt_key: str | Path | None = None,
 ) -> tuple[Path, Path, dict]:
-    """Unlearn one copy; returns (unlearned model folder, delta file, training logs)."""
+    """Unlearn one copy; returns (unlearned model folder, delta file, training logs).
+
+    Beside the delta goes `receipt.json`: the client's signed statement of which copy it received
+    and which update it returned (key: `receipt_key`, else `client_key_path()`)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -122,6 +126,7 @@ def unlearn_copy(
     tokenizer.save_pretrained(model_dir)
     stats: dict = {}
     delta = make_delta(copy_dir, model_dir, out / "delta.safetensors", stats=stats, dp=eff.dp)
+    write_receipt(copy_dir, delta, out / "receipt.json", key_path=receipt_key)
     warning = no_effect(result.logs, stats["changed_fraction"], eff)
     if warning:
         log.warning("%s", warning)
@@ -134,3 +139,30 @@ def unlearn_copy(
         "dp": stats.get("dp"),
     }
     return model_dir, delta, info
+
+
+def client_key_path() -> Path:
+    """Where the client's Ed25519 receipt key lives: $MPU_CLIENT_KEY, else
+    $XDG_CONFIG_HOME/mpu/client.key (~/.config/mpu/client.key); created on first use, 0600."""
+    import os
+
+    if os.environ.get("MPU_CLIENT_KEY"):
+        return Path(os.environ["MPU_CLIENT_KEY"])
+    config = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(config) / "mpu" / "client.key"
+
+
+def write_receipt(
+    copy_dir: str | Path, delta: Path, out: Path, *, key_path: str | Path | None = None
+) -> dict:
+    """Sign and write (atomically) the receipt of one copy received and one update returned."""
+    from mpu.io.checkpoint import atomic_write_json
+    from mpu.io.delta import read_ticket
+    from mpu.io.transcript import SigningKey, commitment, receipt
+
+    ticket = read_ticket(copy_dir)
+    key = SigningKey.load_or_create(key_path or client_key_path())
+    obj = receipt(key, job_id=ticket.job_id, round_=ticket.round, copy_id=ticket.copy_id,
+                  copy=commitment(copy_dir), delta=commitment(delta))  # fmt: skip
+    atomic_write_json(out, obj)
+    return obj

@@ -57,6 +57,7 @@ VARIANTS = {
     "clean": "the client unlearns the exact model: no privacy, the reference result",
     "noised": "one perturbed copy, its update applied directly: the naive private baseline",
     "mpu": "m perturbed, reparameterized copies; updates inverted and harmonically averaged",
+    "dp": "MPU whose client clips and noises every update (differential privacy, ε from opacus)",
 }
 # |difference| below these on both headline numbers = indistinguishable from the target
 NO_EFFECT = {"forget_Q_A_Prob": 0.005, "model_utility": 0.005}
@@ -101,11 +102,13 @@ def group_key(r: dict) -> tuple:
 
 def setting_label(r: dict) -> str:
     """e.g. "NPO MPU (κ=0.1, m=2)"; the extra setting when run dirs differ in more than κ/m."""
-    name = {"mpu": "MPU", "clean": "Clean", "noised": "Noised"}.get(r["variant"], r["variant"])
+    name = {"mpu": "MPU", "clean": "Clean", "noised": "Noised", "dp": "DP"}.get(
+        r["variant"], r["variant"]
+    )
     bits = []
-    if r["variant"] in ("noised", "mpu") and _num(r.get("kappa")) is not None:
+    if r["variant"] in ("noised", "mpu", "dp") and _num(r.get("kappa")) is not None:
         bits.append(f"κ={r['kappa']:g}")
-    if r["variant"] == "mpu" and r.get("m"):
+    if r["variant"] in ("mpu", "dp") and r.get("m"):
         bits.append(f"m={r['m']}")
     if r.get("setting"):
         bits.append(r["setting"])
@@ -225,13 +228,41 @@ def findings(runs: Sequence[dict]) -> list[str]:
             f"and model utility within 0.005): the run changed nothing — raise client.lr or use "
             "client.precision=fp32 (docs/methods.md)."
         )
+    lines += privacy_findings(runs)
     return lines
+
+
+def privacy_findings(runs: Sequence[dict]) -> list[str]:
+    """What each audited run protected and what it did not, in one sentence each."""
+    out = []
+    for r in runs:
+        p = r.get("privacy") or {}
+        one, all_ = _num(p.get("one_copy_aligned")), _num(p.get("all_copies_with_base"))
+        if one is None or all_ is None:
+            continue
+        s = (f"Privacy of {setting_label(r)}: a client aligning the copies to the public base "
+             f"rebuilt the server's weights to within {100 * one:.1f}% (one copy) and "
+             f"{100 * all_:.1f}% (all {p.get('copies')} copies) of what fine-tuning changed")  # fmt: skip
+        floor = _num(p.get("residual_floor"))
+        s += (f", and no attack can do better than {100 * floor:.1f}% (residual noise)"
+              if floor else "; the copies hide θ only behind the secret maps, not information-"
+              "theoretically (server.residual adds a floor)")  # fmt: skip
+        recall, chance = _num(p.get("token_recall_at_k")), _num(p.get("token_chance_at_k"))
+        if recall is not None:
+            s += (f". The server's view: the update's embedding rows named the forget set's "
+                  f"tokens with recall {recall:.2f} (chance {chance:.2f})")  # fmt: skip
+        eps = _num(p.get("dp_epsilon"))
+        if eps is not None:
+            s += f"; the client's updates were ({eps:.3g}, {p.get('dp_delta'):g})-DP"
+        out.append(s + ".")
+    return out
 
 
 def what_was_run(reports: Sequence[dict], runs: Sequence[dict]) -> list[str]:
     """The "what was run" bullets: the variants present, the data and the settings."""
-    present = [v for v in ("clean", "noised", "mpu") if any(r["variant"] == v for r in runs)]
-    lines = [f"{v.capitalize() if v != 'mpu' else 'MPU'}: {VARIANTS[v]}." for v in present]
+    present = [v for v in ("clean", "noised", "mpu", "dp") if any(r["variant"] == v for r in runs)]
+    names = {"mpu": "MPU", "dp": "DP"}
+    lines = [f"{names.get(v, v.capitalize())}: {VARIANTS[v]}." for v in present]
     methods = sorted({r["method"] for r in runs if r["method"]})
     if methods:
         lines.append(f"Methods: {', '.join(methods)}.")

@@ -189,6 +189,48 @@ def _timings(reports: Sequence[dict]) -> list[tuple[str, float]]:
     )
 
 
+PRIVACY_HEAD = ["method", "variant", "m", "κ", "one copy aligned to the base",
+                "all copies + base", "all copies, true maps", "forget tokens in the update",
+                "membership AUC of the update", "DP ε", "signed transcript"]  # fmt: skip
+PRIVACY_NOTE = (
+    "What a curious party recovers, measured on round 1 of each run (docs/threat-model.md). "
+    "Client's view: the distance of its best reconstruction θ̂ to the server's weights θ, "
+    "relative to what fine-tuning changed (‖θ̂ − θ‖ / ‖θ − θ_base‖; 0% = θ exactly, 100% = no "
+    "closer than the public base). 'All copies, true maps' is the floor of any attack: with "
+    "the maps undone the copies determine θ, so only residual noise (server.residual) keeps it "
+    "above 0. Server's view: the share of the forget set's tokens among the most-moved "
+    "embedding rows of the client's update (and the chance level), and how well the update's "
+    "loss changes separate forget from holdout items (0.5 = not at all)."
+)
+
+
+def _pct(x: Any) -> str:
+    return "—" if _num(x) is None else f"{100 * x:.1f}%"
+
+
+def _privacy_rows(runs: Sequence[dict]) -> list[list[str]]:
+    out = []
+    for r in runs:
+        p = r.get("privacy")
+        if not p:
+            continue
+        tokens = "—"
+        if _num(p.get("token_recall_at_k")) is not None:
+            tokens = f"{p['token_recall_at_k']:.2f} (chance {p['token_chance_at_k']:.2f})"
+        eps = (
+            "—"
+            if _num(p.get("dp_epsilon")) is None
+            else f"{p['dp_epsilon']:.3g} (δ={p['dp_delta']:g})"
+        )
+        t = p.get("transcript")
+        signed = f"verified, {t['entries']} entries" if t else "—"
+        out.append([r["method"] or "—", r["variant"], "—" if r["m"] is None else str(r["m"]),
+                    "—" if r["kappa"] is None else f"{r['kappa']:g}", _pct(p.get("one_copy_aligned")),
+                    _pct(p.get("all_copies_with_base")), _pct(p.get("ideal_all_copies")), tokens,
+                    "—" if _num(p.get("membership_auc")) is None else f"{p['membership_auc']:.2f}", eps, signed])  # fmt: skip
+    return out
+
+
 def _head(keys: Sequence[str]) -> list[str]:
     return ["method", "variant", "m", "κ", *keys]
 
@@ -215,6 +257,11 @@ def render_markdown(reports: Sequence[dict], runs: Sequence[dict], plots: Sequen
     lines.append("")
     for stem, caption, _, _ in plots:
         lines += [f"![{caption}]({stem}.png)", "", f"*{caption}*", ""]
+    privacy = _privacy_rows(runs)
+    if privacy:
+        lines += ["## What the protocol protected", "", PRIVACY_NOTE, "",
+                  "| " + " | ".join(PRIVACY_HEAD) + " |", "|" + "---|" * len(PRIVACY_HEAD)]  # fmt: skip
+        lines += ["| " + " | ".join(row) + " |" for row in privacy] + [""]
     timings = _timings(reports)
     if timings:
         lines += ["## Time per phase", "", "| phase | seconds |", "|---|---|"]
@@ -274,6 +321,13 @@ def render_html(reports: Sequence[dict], runs: Sequence[dict], plots: Sequence[t
         parts.append(
             f'<figure id="{stem}">{_svg_inline(svg)}<figcaption>{e(caption)}</figcaption></figure>'
         )
+    privacy = _privacy_rows(runs)
+    if privacy:
+        parts.append('<section id="privacy"><h2>What the protocol protected</h2>'
+                     f"<p>{e(PRIVACY_NOTE)}</p><table><thead><tr>")  # fmt: skip
+        parts += [f"<th>{e(h)}</th>" for h in PRIVACY_HEAD] + ["</tr></thead><tbody>"]
+        parts += ["<tr>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>" for row in privacy]
+        parts.append("</tbody></table></section>")
     timings = _timings(reports)
     if timings:
         parts.append('<section id="timings"><h2>Time per phase</h2><table><thead><tr><th>phase</th>'

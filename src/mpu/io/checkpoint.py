@@ -228,8 +228,12 @@ class CheckpointWriter:
         metadata: dict[str, str] | None = None,
         stage_in: Path | None = None,
         hash_contents: bool = False,
+        hash_tensors: bool = False,
         durable: bool = True,
     ):
+        """`hash_contents`: SHA-256 of each weight file (`sha256`); `hash_tensors`: of each
+        tensor (`tensor_sha256`, and `commitment` after `commit()`), both computed while
+        writing, on helper threads."""
         self.out = Path(out)
         if self.out.exists() and (not self.out.is_dir() or any(self.out.iterdir())):
             raise CheckpointError(f"{self.out}: output exists and is not an empty folder")
@@ -240,6 +244,8 @@ class CheckpointWriter:
         self.stage.mkdir(parents=True)
         self.sha256: dict[str, str] = {}  # weight file → SHA-256, with hash_contents
         self._hash = hash_contents
+        self._hash_tensors = hash_tensors
+        self.tensor_sha256: dict[str, str] = {}
         self._durable = durable
         self._layout = layout
         self._metadata = {"format": "pt", **(metadata or {})}
@@ -264,6 +270,7 @@ class CheckpointWriter:
         self._writer.commit()
         if self._hash:
             self.sha256[self._writer.path.name] = self._writer.sha256
+        self.tensor_sha256.update(self._writer.tensor_sha256)
 
     def add(self, name: str, tensor: torch.Tensor) -> None:
         if not self._remaining:
@@ -278,6 +285,7 @@ class CheckpointWriter:
                 specs,
                 self._metadata,
                 hash_contents=self._hash,
+                hash_tensors=self._hash_tensors,
                 durable=self._durable,
             )
             self._remaining = [s.name for s in specs]
@@ -304,6 +312,16 @@ class CheckpointWriter:
         if self._writer is not None:
             self._writer.abort()
         shutil.rmtree(self.stage, ignore_errors=True)
+
+    @property
+    def commitment(self) -> str:
+        """The written tensors' commitment (`mpu.io.transcript`); needs `hash_tensors`."""
+        from mpu.io.transcript import combine
+
+        specs = {s.name: s for _, specs in self._layout for s in specs}
+        return combine(
+            {n: (specs[n].dtype, specs[n].shape, d) for n, d in self.tensor_sha256.items()}
+        )
 
 
 def same_filesystem(a: str | Path, b: str | Path) -> bool:

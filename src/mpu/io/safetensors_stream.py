@@ -196,30 +196,41 @@ class SafetensorsReader:
         return out
 
 
-class _Hasher:
-    """SHA-256 on a helper thread (hashlib releases the GIL on large buffers), fed in order."""
+def tensor_digest(data) -> str:
+    """SHA-256 of one tensor's raw bytes (a commitment's leaf, `mpu.io.transcript`)."""
+    return hashlib.sha256(data).hexdigest()
 
-    def __init__(self) -> None:
+
+class _Hasher:
+    """SHA-256 on a helper thread (hashlib releases the GIL on large buffers), fed in order:
+    of the whole file (`file`) and of each tensor's bytes (`tensors`, name → digest)."""
+
+    def __init__(self, *, file: bool = True) -> None:
         import queue
         import threading
 
-        self._hash = hashlib.sha256()
+        self._hash = hashlib.sha256() if file else None
+        self.tensors: dict[str, str] = {}
         self._queue: queue.Queue = queue.Queue(maxsize=8)
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
-        while (data := self._queue.get()) is not None:
-            self._hash.update(data)
+        while (item := self._queue.get()) is not None:
+            data, tensor = item
+            if self._hash is not None:
+                self._hash.update(data)
+            if tensor is not None:
+                self.tensors[tensor] = tensor_digest(data)
 
-    def update(self, data) -> None:
-        self._queue.put(data)  # the buffer is kept alive by the queue until hashed
+    def update(self, data, tensor: str | None = None) -> None:
+        self._queue.put((data, tensor))  # the buffer is kept alive by the queue until hashed
 
-    def hexdigest(self) -> str:
+    def hexdigest(self) -> str | None:
         if self._thread.is_alive():
             self._queue.put(None)
             self._thread.join()
-        return self._hash.hexdigest()
+        return None if self._hash is None else self._hash.hexdigest()
 
 
 class SafetensorsWriter:
@@ -236,10 +247,12 @@ class SafetensorsWriter:
         metadata: Mapping[str, str] | None = None,
         *,
         hash_contents: bool = False,
+        hash_tensors: bool = False,
         durable: bool = True,
     ):
         """`hash_contents`: compute the file's SHA-256 while writing (on a helper thread, so
-        hashing overlaps the writes), available as `sha256` after `commit()`. `durable`: fsync
+        hashing overlaps the writes), available as `sha256` after `commit()`; `hash_tensors`:
+        each tensor's SHA-256 the same way, in `tensor_sha256` (a commitment's leaves). `durable`: fsync
         before the rename (data that cannot be regenerated); without it the rename is still
         atomic for a crashed process, only an OS crash could lose the data."""
         self._durable = durable
@@ -263,20 +276,22 @@ class SafetensorsWriter:
         self._tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._file = open(self._tmp, "wb")  # noqa: SIM115 - closed in commit/abort
-        self._hasher = _Hasher() if hash_contents else None
+        self._hasher = _Hasher(file=hash_contents) if hash_contents or hash_tensors else None
+        self._hash_tensors = hash_tensors
+        self.tensor_sha256: dict[str, str] = {}
         self._synced_to = self._unsynced = 0
         self._write(struct.pack("<Q", len(raw)))
         self._write(raw)
         self._next = 0
         self.sha256: str | None = None
 
-    def _write(self, data) -> None:
+    def _write(self, data, tensor: str | None = None) -> None:
         try:
             self._file.write(data)
         except OSError as exc:  # full disk, I/O error: name the file, not "a file"
             raise CheckpointError(f"{self.path}: cannot write ({exc.strerror or exc})") from None
         if self._hasher is not None:
-            self._hasher.update(data)
+            self._hasher.update(data, tensor if self._hash_tensors else None)
         self._unsynced += len(data) if isinstance(data, bytes) else data.nbytes
         if self._durable and self._unsynced >= WRITEBACK_BYTES:
             self._start_writeback()
@@ -306,7 +321,9 @@ class SafetensorsWriter:
             )
         data = tensor.detach().contiguous().cpu()
         if data.numel():
-            self._write(data.reshape(-1).view(torch.uint8).numpy())
+            self._write(data.reshape(-1).view(torch.uint8).numpy(), name)
+        elif self._hash_tensors:
+            self.tensor_sha256[name] = tensor_digest(b"")
         self._next += 1
 
     def commit(self) -> Path:
@@ -322,6 +339,7 @@ class SafetensorsWriter:
         os.replace(self._tmp, self.path)
         if self._hasher is not None:
             self.sha256 = self._hasher.hexdigest()
+            self.tensor_sha256.update(self._hasher.tensors)
         return self.path
 
     def abort(self) -> None:

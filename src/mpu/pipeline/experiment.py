@@ -169,6 +169,13 @@ class Experiment:
         self.timings[f"unlearn/{name}"] = time.perf_counter() - t
         progress("evaluating")
         self.evaluate(name, final, data, retain_logs)
+        if variant != "clean":
+            from mpu.pipeline.jobs import audit_job
+
+            progress("auditing privacy")
+            t = time.perf_counter()
+            audit_job(self.cfg, work, data, self.out / "eval" / name)
+            self.timings[f"audit/{name}"] = time.perf_counter() - t
         if not self.cfg.keep_models:
             shutil.rmtree(work, ignore_errors=True)
         return self.timings

@@ -39,6 +39,19 @@ def client_settings(cfg: Any, method: str, n_params: int | None = None) -> Clien
     return client.resolve(n_params)
 
 
+def job_dp(cfg: Any, method: str):
+    """The dp variant's DP settings: every update of the job is a release, R rounds × m copies."""
+    from mpu.pipeline.variants import job_config
+
+    rounds, _ = rounds_for(cfg, method)
+    return dataclasses.replace(cfg.dp, releases=rounds * job_config("dp", cfg.server).copies)
+
+
+def dp_epsilon(cfg: Any, method: str) -> float:
+    """ε the dp variant of `method` spends over the whole job (opacus RDP)."""
+    return job_dp(cfg, method).spent()
+
+
 def local_client(
     settings: ClientSettings, schedule: list[dict], data, *, seed: int, progress: bool
 ) -> ClientFn:
@@ -62,6 +75,7 @@ def local_client(
                 order_seed=seed * 1000 + index,
                 progress=progress,
                 on_step=lambda step, total, where=where: report(where, step, total),
+                receipt_key=ctx.workdir.parent / "client.key",
             )
             deltas.append(delta)
         return deltas
@@ -102,8 +116,8 @@ def unlearn(
     rounds, epochs = rounds_for(cfg, settings.method.name)
     job = job_config(variant, cfg.server)
     eff = settings.replace(epochs=epochs)
-    if VARIANTS[variant].dp:  # every update of the job is a release: R rounds × m copies
-        eff = eff.replace(dp=dataclasses.replace(cfg.dp, releases=rounds * job.copies))
+    if VARIANTS[variant].dp:
+        eff = eff.replace(dp=job_dp(cfg, settings.method.name))
     client_data = load_client_data(
         data, cfg.forget_split, eff, retain_split=tofu_splits(cfg.forget_split).retain
     )
@@ -135,3 +149,20 @@ def unlearn(
     if not (final / "config.json").is_file():
         server.export(final, dtype="float32")
     return final
+
+
+def audit_job(cfg: Any, work: Path, data: str, out: Path) -> dict:
+    """The leakage audit of a finished job's round 1 (its copies and the client's updates, kept
+    in `work`) and the check of its signed transcript; writes `out/leakage.json`, `leakage.md`."""
+    from mpu.server.audit_log import verify
+    from mpu.server.leakage import audit, write
+    from mpu.server.rounds import outbox_of
+
+    deltas = sorted((work / "round1").glob("client-*/delta.safetensors"))
+    result = audit(work / "server", round_=1, copies_dir=outbox_of(work, 1), deltas=deltas,
+                   data=data, forget_split=cfg.forget_split, limit=cfg.eval_limit or 50,
+                   benchmark=False)  # fmt: skip
+    checked = verify(work / "server")
+    result["transcript"] = {k: checked[k] for k in ("entries", "rounds_replayed", "head")}
+    write(result, out)
+    return result

@@ -13,7 +13,22 @@ SCHEMA = "mpu-report/1"
 TABLE_KEYS = ("forget_quality", "model_utility", "forget_Q_A_Prob", "privleak")
 
 
-def run_rows(cfg: Any, evals: dict[str, dict]) -> list[dict]:
+def privacy_of(cfg: Any, out: Path | None, name: str, variant: str) -> dict | None:
+    """A job's leakage summary (its audit's leakage.json) and, for dp, the ε it spent."""
+    from mpu.server.leakage import read, summary
+
+    found = out is not None and (out / "eval" / name / "leakage.json").is_file()
+    info = {**summary(read(out / "eval" / name / "leakage.json"))} if found else {}
+    if found:
+        info["transcript"] = read(out / "eval" / name / "leakage.json").get("transcript")
+    if variant == "dp":
+        from mpu.pipeline.jobs import dp_epsilon
+
+        info["dp_epsilon"], info["dp_delta"] = dp_epsilon(cfg, name.rsplit("-", 1)[0]), cfg.dp.delta
+    return info or None
+
+
+def run_rows(cfg: Any, evals: dict[str, dict], out: Path | None = None) -> list[dict]:
     """One row per evaluated model: the retain and target references, then every job."""
     from mpu.eval.io import summary_of
     from mpu.eval.tofu import DEFAULT_METRICS
@@ -31,6 +46,7 @@ def run_rows(cfg: Any, evals: dict[str, dict]) -> list[dict]:
             "kappa": kappa,
             "summary": summary_of(evals[name], list(DEFAULT_METRICS)),
             "eval_file": f"eval/{name}/TOFU_EVAL.json",
+            "privacy": None if method is None else privacy_of(cfg, out, name, variant),
         }
 
     rows = [row(None, "retain", "retain"), row(None, "target", "target")]
@@ -67,7 +83,7 @@ def write_report(
             "client_settings_by_method": {m: s.to_log() for m, s in (settings or {}).items()},
         },
         "timings_s": timings,
-        "runs": run_rows(cfg, evals),
+        "runs": run_rows(cfg, evals, out),
     }
     write_json(out / "report.json", report)
     render_report([out], out)

@@ -27,14 +27,19 @@ from mpu.arch.base import Layout, Role
 from mpu.privacy.align import Invert, Weights, align
 
 
+def _sq(t: torch.Tensor) -> float:
+    """Σ t² accumulated in float64 (the entries stay fp32: the model's own precision)."""
+    return float(torch.sum(t.float().square(), dtype=torch.float64))
+
+
 def norm(w: Weights, names: Sequence[str] | None = None) -> float:
     names = list(w) if names is None else names
-    return math.sqrt(sum(float(w[n].double().square().sum()) for n in names))
+    return math.sqrt(sum(_sq(w[n]) for n in names))
 
 
 def distance(a: Weights, b: Weights, names: Sequence[str] | None = None) -> float:
     names = list(a) if names is None else names
-    return math.sqrt(sum(float((a[n].double() - b[n].double()).square().sum()) for n in names))
+    return math.sqrt(sum(_sq(a[n].float() - b[n].float()) for n in names))
 
 
 def affine_weights(aligned: Sequence[Weights], anchor: Weights) -> list[float]:
@@ -45,12 +50,14 @@ def affine_weights(aligned: Sequence[Weights], anchor: Weights) -> list[float]:
     correlation, which vanishes with the tensor size).
     """
     m = len(aligned)
-    names = list(anchor)
-    diffs = [{n: p[n].double() - anchor[n].double() for n in names} for p in aligned]
     gram = torch.zeros(m, m, dtype=torch.float64)
-    for j in range(m):
-        for k in range(j, m):
-            gram[j, k] = gram[k, j] = sum(float((diffs[j][n] * diffs[k][n]).sum()) for n in names)
+    for n in anchor:  # one tensor at a time: memory of m tensors, not m models
+        diffs = [p[n].float() - anchor[n].float() for p in aligned]
+        for j in range(m):
+            for k in range(j, m):
+                dot = torch.sum(diffs[j] * diffs[k], dtype=torch.float64)
+                gram[j, k] += dot
+                gram[k, j] = gram[j, k]
     ones = torch.ones(m, dtype=torch.float64)
     x = torch.linalg.lstsq(gram, ones.unsqueeze(1)).solution.squeeze(1)
     return (x / x.sum()).tolist()
@@ -58,8 +65,7 @@ def affine_weights(aligned: Sequence[Weights], anchor: Weights) -> list[float]:
 
 def combine(aligned: Sequence[Weights], weights: Sequence[float]) -> Weights:
     return {
-        n: sum(w * p[n].double() for w, p in zip(weights, aligned, strict=True)).float()
-        for n in aligned[0]
+        n: sum(w * p[n].float() for w, p in zip(weights, aligned, strict=True)) for n in aligned[0]
     }
 
 
@@ -101,8 +107,8 @@ def reconstruct(
 
 def head_invariants(layout: Layout, w: Weights, probes: int = 64) -> dict[str, torch.Tensor]:
     """Per block and query head, on fixed random probes X: (W_Q X)ᵀ(W_K X) and W_O (W_V X) —
-    unchanged by any T (Aᵀ A = I, C Cᵀ = I) — and the FFN's singular values (unchanged by the
-    permutation). The probes keep this cheap on large models."""
+    unchanged by any T (Aᵀ A = I, C Cᵀ = I) — and the FFN's Gram (F Y)ᵀ(F Y) over its hidden
+    units F (unchanged by their permutation). The probes keep this cheap on large models."""
     from mpu.privacy.align import _by_role, _ffn_features, _qkv_parts
 
     g = layout.geometry
@@ -117,7 +123,12 @@ def head_invariants(layout: Layout, w: Weights, probes: int = 64) -> dict[str, t
             out[f"{layer}.qk{i}"] = (q[i][:, :d].double() @ x).T @ (k[j][:, :d].double() @ x)
             if o is not None:
                 out[f"{layer}.ov{i}"] = o[:, i].double() @ (v[j][:, :d].double() @ x)
-        out[f"{layer}.ffn_sv"] = torch.linalg.svdvals(_ffn_features(layout, roles, w).double())
+        f = _ffn_features(layout, roles, w).double()
+        y = torch.randn(
+            f.shape[1], probes, generator=torch.Generator().manual_seed(1), dtype=torch.float64
+        )
+        fy = f @ y
+        out[f"{layer}.ffn_gram"] = fy.T @ fy
     return out
 
 
@@ -164,6 +175,11 @@ def token_recovery(
     top = set(torch.topk(scores, k).indices.tolist()) if k else set()
     hit = lambda s: len(s & true_tokens)  # noqa: E731
     uniform = bool((scores == scores[0]).all()) if vocab else True
+    if uniform:  # no row moved (embeddings frozen): the server can only guess
+        chance = k / vocab if vocab else 0.0
+        return {"vocab": vocab, "true_tokens": k, "flagged": 0, "precision": 0.0, "recall": 0.0,
+                "precision_at_k": chance, "recall_at_k": chance, "chance_at_k": chance,
+                "auc": 0.5, "informative": False}  # fmt: skip
     return {
         "vocab": vocab,
         "true_tokens": k,
@@ -173,14 +189,16 @@ def token_recovery(
         "precision_at_k": hit(top) / k if k else 0.0,
         "recall_at_k": hit(top) / k if k else 0.0,
         "chance_at_k": k / vocab if vocab else 0.0,
-        "auc": 0.5
-        if uniform or k in (0, vocab)
-        else float(roc_auc_score(labels.numpy(), scores.numpy())),
+        "auc": 0.5 if k in (0, vocab) else float(roc_auc_score(labels.numpy(), scores.numpy())),
+        "informative": True,
     }
 
 
 def embedding_names(layout: Layout) -> list[str]:
-    """The token-indexed tensors of a layout (input embedding, LM head) present in it."""
+    """The token-indexed tensors of a layout present in it, the input embedding first: its rows
+    move only for tokens the client's batches contain, while every LM-head row gets a softmax
+    gradient (and is the same tensor when the embeddings are tied)."""
     spec = layout.spec
     wanted = set(spec.tied_alias) | set(spec.stored_names.values())
-    return [n for n, info in layout.tensors.items() if info.role is Role.OUTSIDE and n in wanted]
+    found = [n for n, info in layout.tensors.items() if info.role is Role.OUTSIDE and n in wanted]
+    return sorted(found, key=lambda n: n == spec.output_embedding)

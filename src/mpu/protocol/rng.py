@@ -51,6 +51,10 @@ class SecretStreams:
     def transform(self, round_: int, k: int, layer: int) -> torch.Generator:
         return _generator(self.seed(round_, "T", k, layer))
 
+    def residual(self, name: str) -> torch.Generator:
+        """The residual noise ξ of a tensor: one draw for the whole job (every copy, round)."""
+        return _generator(self.seed("residual", name))
+
     def __repr__(self) -> str:  # never print the key
         return "SecretStreams(<key hidden>)"
 
@@ -71,3 +75,6 @@ class PaperStreams:
 
     def transform(self, round_: int, k: int, layer: int) -> torch.Generator:
         return _generator(self.seed(202000 + round_, "T", k, layer))
+
+    def residual(self, name: str) -> torch.Generator:
+        return _generator(self.seed(303000, "residual", name))

@@ -26,6 +26,8 @@ from mpu.errors import UpdateRejectedError, printable
 from mpu.io.checkpoint import Checkpoint, CheckpointWriter, retype_layout
 from mpu.io.delta import DeltaFile
 from mpu.io.pipeline import ordered_map
+from mpu.io.safetensors_stream import tensor_digest
+from mpu.io.transcript import combine
 from mpu.protocol.aggregate import HarmonicAccumulator, server_step
 from mpu.server.config import JobConfig
 from mpu.server.publish import TransformCache, finish_sigmas, sigma_moments, sign_ticket
@@ -202,15 +204,20 @@ def aggregate_updates(
         retype_layout(theta.layout(), {n: torch.float32 for n in theta.names()}),
         aux_from=theta,
         config_updates={"dtype": "float32"},
+        hash_tensors=True,
     )
     bounds = theta_norms or {}
+    leaves: dict[str, dict] = {rec.copy_id: {} for rec, _ in matched}  # the updates' commitments
 
     def fold(name: str) -> tuple[str, torch.Tensor, list[float], float]:
         """θ_{r+1}[name], the copies' squared update norms and ‖Δ̄‖² for one tensor."""
         acc = HarmonicAccumulator()
         sq = []
         for rec, delta in matched:
-            d = delta.read(name).to(device)
+            d = delta.read(name)
+            leaves[rec.copy_id][name] = (d.dtype, tuple(d.shape), tensor_digest(
+                d.reshape(-1).view(torch.uint8).numpy() if d.numel() else b""))  # fmt: skip
+            d = d.to(device)
             norm = _finite_norm(d, name, delta.path)
             _check_tensor_bound(norm, bounds.get(name), d.numel(), name, delta.path, cfg)
             sq.append(norm**2)
@@ -269,7 +276,9 @@ def aggregate_updates(
         ((rec.folder, n) for (rec, _), n in zip(matched, norms, strict=True)),
         key=lambda fn: int(fn[0].split("-")[1]),
     )
-    stats = {"mean_update_norm": math.sqrt(mean_sq), "update_norms": dict(by_folder)}
+    stats = {"mean_update_norm": math.sqrt(mean_sq), "update_norms": dict(by_folder),
+             "commitments": {"result": writer.commitment,
+                             "deltas": {c: combine(v) for c, v in leaves.items()}}}  # fmt: skip
     log.info(
         "round %d aggregated: ‖Δ̄‖ = %.4g, ‖Δ'‖ by copy folder: %s",
         round_,

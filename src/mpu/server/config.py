@@ -73,6 +73,12 @@ class JobConfig:
     device: str = field(
         "cpu", help="where noise, maps and inverses are computed: cpu | auto | cuda | cuda:N"
     )
+    residual: float = field(
+        0.0,
+        help="ρ: noise ξ shared by every copy, RMS ρ·σ (copies are T_k(θ + ξ + α_k ε_k)); bounds "
+        "how close any combination of the copies gets to θ, at a first-order utility cost "
+        "(docs/threat-model.md)",
+    )
 
     def __post_init__(self) -> None:
         check_number(self, "copies", self.copies, low=1, high=64, allow_none=False)
@@ -84,6 +90,7 @@ class JobConfig:
         check_number(self, "alpha_max", self.alpha_max, low=0, low_open=True, allow_none=False)
         check_number(self, "max_update_norm", self.max_update_norm, low=0, allow_none=False)
         check_number(self, "max_update_ratio", self.max_update_ratio, low=0, allow_none=False)
+        check_number(self, "residual", self.residual, low=0, high=100, allow_none=False)
         if not (self.device in ("cpu", "auto", "cuda") or self.device.startswith("cuda:")):
             raise ConfigError(f"device={self.device!r}: expected cpu, auto, cuda or cuda:N")
         check_number(

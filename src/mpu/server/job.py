@@ -32,8 +32,10 @@ from mpu.io.checkpoint import (
     retype_layout,
 )
 from mpu.io.memory import pin_mmap_threshold
+from mpu.io.transcript import commitment
 from mpu.protocol.noise import default_alphas, validate_alphas
 from mpu.protocol.rng import PaperStreams, SecretStreams, new_master_key
+from mpu.server import audit_log
 from mpu.server.aggregate import aggregate_updates, match_deltas
 from mpu.server.config import JobConfig
 from mpu.server.publish import DTYPES, check_sigmas, publish_copies, scan
@@ -193,6 +195,9 @@ class Server:
             sigmas={"1": sigmas},
             theta_norms={"1": norms},
         )
+        state.commitments["1"] = commitment(round_dir(workdir, 1))
+        audit_log.start(workdir, job_id=state.job_id, theta=state.commitments["1"], base=base,
+                        config=asdict(cfg))  # fmt: skip
         save_state(workdir, state)
         return state
 
@@ -246,6 +251,13 @@ class Server:
     def theta(self) -> Checkpoint:
         return Checkpoint(round_dir(self.workdir, self.round))
 
+    def _commitment(self, round_: int) -> str:
+        """θ_r's commitment: kept in the state since θ_r was written (computed for older jobs)."""
+        key = str(round_)
+        if key not in self.state.commitments:
+            self.state.commitments[key] = commitment(round_dir(self.workdir, round_))
+        return self.state.commitments[key]
+
     def layout(self, theta: Checkpoint | None = None) -> Layout:
         """The job's layout from the state (classified once at init), checked against θ's tensors."""
         theta = theta or self.theta()
@@ -267,14 +279,6 @@ class Server:
             layout = self.layout(theta)
             if out_dir.exists() and not out_dir.is_dir():
                 raise ConfigError(f"{out_dir}: exists and is not a folder")
-            dtype_name = (
-                self.state.checkpoint_dtype
-                if self.cfg.publish_dtype == "checkpoint"
-                else self.cfg.publish_dtype
-            )
-            if dtype_name not in DTYPES:
-                raise ConfigError(f"cannot publish in dtype {dtype_name!r}")
-            device = resolve_device(self.cfg.device)
             key = str(self.round)
             sigmas, norms = self.state.sigmas.get(key), self.state.theta_norms.get(key)
             if sigmas is None or norms is None:  # computed at init / by the previous aggregation
@@ -283,33 +287,68 @@ class Server:
             alphas = self._round_alphas()
             records = self.state.copy_records(self.round) or self._new_records()
             self._clear_interrupted(out_dir, records)
-            out_dir.mkdir(parents=True, exist_ok=True)
-            clean_debris(out_dir)
-            (self.workdir / STAGING).mkdir(exist_ok=True)
-            stats = publish_copies(
-                theta,
-                layout,
-                streams=self._streams(),
-                round_=self.round,
-                alphas=alphas,
-                records=records,
-                sigmas=sigmas,
-                cfg=self.cfg,
-                out_dir=out_dir,
-                publish_dtype=DTYPES[dtype_name],
-                job_id=self.state.job_id,
-                key=self.state.key,
-                progress=progress,
-                stage_in=self.workdir / STAGING,
-                device=device,
-            )
+            stats = self._write_copies(self.round, alphas, records, sigmas, out_dir, progress)
+            folders = [out_dir / r.folder for r in sorted(records, key=lambda r: r.folder)]
+            audit_log.record(self.workdir, "publish", round=self.round,
+                             theta=self._commitment(self.round),
+                             copies=audit_log.copy_entries(records))  # fmt: skip
             self.state.copies[key] = [asdict(r) for r in records]
             self.state.sigmas[key] = sigmas
             self.state.theta_norms[key] = norms
             self.state.history.append({"round": self.round, "event": "publish", "copies": stats})
             save_state(self.workdir, self.state)
             log.info("round %d: published %d copies to %s", self.round, len(records), out_dir)
-            return [out_dir / r.folder for r in sorted(records, key=lambda r: r.folder)]
+            return folders
+
+    def _write_copies(self, round_, alphas, records, sigmas, out_dir: Path, progress: bool) -> dict:
+        theta = Checkpoint(round_dir(self.workdir, round_))
+        dtype_name = (
+            self.state.checkpoint_dtype
+            if self.cfg.publish_dtype == "checkpoint"
+            else self.cfg.publish_dtype
+        )
+        if dtype_name not in DTYPES:
+            raise ConfigError(f"cannot publish in dtype {dtype_name!r}")
+        out_dir.mkdir(parents=True, exist_ok=True)
+        clean_debris(out_dir)
+        (self.workdir / STAGING).mkdir(exist_ok=True)
+        return publish_copies(
+            theta,
+            self.layout(theta),
+            streams=self._streams(),
+            round_=round_,
+            alphas=alphas,
+            records=records,
+            sigmas=sigmas,
+            cfg=self.cfg,
+            out_dir=out_dir,
+            publish_dtype=DTYPES[dtype_name],
+            job_id=self.state.job_id,
+            key=self.state.key,
+            progress=progress,
+            stage_in=self.workdir / STAGING,
+            device=resolve_device(self.cfg.device),
+        )
+
+    def regenerate(self, round_: int, out_dir: str | Path) -> list[Path]:
+        """The copies of an already published round, written again byte for byte (for an audit);
+        the state is not changed. Needs that round's θ, which the workdir keeps."""
+        with self._command():
+            key = str(round_)
+            records = self.state.copy_records(round_)
+            if not records or not (round_dir(self.workdir, round_) / "config.json").is_file():
+                raise ConfigError(
+                    f"{self.workdir}: round {round_} was not published or its model is gone"
+                )
+            self._write_copies(
+                round_,
+                self.state.alphas[key],
+                records,
+                self.state.sigmas[key],
+                Path(out_dir),
+                False,
+            )
+            return [Path(out_dir) / r.folder for r in sorted(records, key=lambda r: r.folder)]
 
     def _clear_interrupted(self, out_dir: Path, records: list[CopyRecord]) -> None:
         """Copies of this very round left by an interrupted publication are replaced (they are
@@ -368,9 +407,16 @@ class Server:
                 device=resolve_device(self.cfg.device),
                 base=Checkpoint(self.state.base_dir),
             )
+            commitments = stats.pop("commitments")
+            audit_log.record(self.workdir, "aggregate", round=self.round,
+                             theta=self._commitment(self.round),
+                             deltas=audit_log.delta_entries(matched, commitments["deltas"]),
+                             result=commitments["result"])  # fmt: skip
+            self.state.commitments[str(self.round + 1)] = commitments["result"]
             self.state.sigmas[str(self.round + 1)] = sigmas  # for the next publication
             self.state.theta_norms[str(self.round + 1)] = norms
             self.state.history.append({"round": self.round, "event": "aggregate", **stats})
+            stats["commitments"] = commitments
             self.state.round += 1
             save_state(self.workdir, self.state)
             return stats
@@ -390,6 +436,7 @@ class Server:
                 retype_layout(theta.layout(), {n: DTYPES[name] for n in theta.names()}),
                 aux_from=theta,
                 config_updates={"dtype": name},
+                hash_tensors=True,
             )
             try:
                 for tensor_name in theta.names():
@@ -397,4 +444,7 @@ class Server:
             except BaseException:
                 writer.abort()
                 raise
-            return writer.commit()
+            folder = writer.commit()
+            audit_log.record(self.workdir, "export", round=self.round, dtype=name,
+                             path=str(folder.resolve()), commitment=writer.commitment)  # fmt: skip
+            return folder

@@ -36,6 +36,7 @@ class CopyRecord:
     k: int  # 0-based index into the round's α (secret)
     folder: str  # "copy-3": the public folder name (random order)
     weights_sha256: dict[str, str] = field(default_factory=dict)
+    commitment: str = ""  # SHA-256 over its tensors (mpu.io.transcript), for the audit log
 
 
 @dataclass
@@ -54,6 +55,7 @@ class ServerState:
     schema: int = STATE_SCHEMA
     layout: dict | None = None  # the model's classified layout (mpu.arch.Layout.to_json)
     theta_norms: dict[str, dict[str, float]] = field(default_factory=dict)  # round -> ‖θ_t‖
+    commitments: dict[str, str] = field(default_factory=dict)  # round -> commitment of θ_r
 
     @property
     def key(self) -> bytes:

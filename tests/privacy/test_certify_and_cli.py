@@ -1,0 +1,104 @@
+"""`mpu certify` under its documented thresholds, and `mpu privacy audit` end to end."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from mpu.cli import main
+from mpu.eval.certificate import Thresholds, certify
+
+
+def _log(fq, auc, mu):
+    return {"forget_quality": {"agg_value": fq}, "mia_min_k": {"agg_value": auc},
+            "model_utility": {"agg_value": mu}}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("fq", "auc", "mu", "safe", "failed"),
+    [
+        (0.4, 0.52, 0.60, True, []),
+        (0.01, 0.52, 0.60, False, ["forget_quality"]),
+        (0.4, 0.95, 0.60, False, ["mia_min_k"]),  # members still stand out
+        (0.4, 0.05, 0.60, False, ["mia_min_k"]),  # over-unlearned: forget items stand out too
+        (0.4, 0.50, 0.50, False, ["utility_ratio"]),  # 0.50 / 0.62 < 0.9
+    ],
+)
+def test_each_threshold_decides(fq, auc, mu, safe, failed):
+    cert = certify(_log(fq, auc, mu), _log(1e-20, 1.0, 0.62))
+    assert cert["safely_unlearned"] is safe
+    assert [c["check"] for c in cert["checks"] if c["passed"] is False] == failed
+
+
+def test_an_unevaluated_check_is_never_a_pass():
+    cert = certify(_log(None, 0.5, 0.6), _log(None, 1.0, 0.6))
+    assert not cert["safely_unlearned"] and "not evaluated" in cert["statement"]
+
+
+def test_thresholds_are_settings_and_bad_ones_are_refused():
+    strict = Thresholds(utility_ratio=0.99)
+    assert not certify(_log(0.4, 0.5, 0.6), _log(0, 1, 0.62), thresholds=strict)["safely_unlearned"]
+    from mpu.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="mia_margin"):
+        Thresholds(mia_margin=0.7)
+
+
+def test_certify_cli_writes_the_certificate_and_says_why(tmp_path, capsys):
+    (tmp_path / "u").mkdir()
+    (tmp_path / "u" / "TOFU_EVAL.json").write_text(json.dumps(_log(0.4, 0.9, 0.6)))
+    (tmp_path / "t.json").write_text(json.dumps(_log(1e-20, 1.0, 0.62)))
+    out = tmp_path / "certificate.json"
+    code = main(["certify", "--eval", str(tmp_path / "u"), "--original", str(tmp_path / "t.json"),
+                 "--epsilon", "8", "--delta", "1e-5", "--out", str(out)])  # fmt: skip
+    assert code == 1
+    cert = json.loads(out.read_text())
+    assert cert["dp"] == {"epsilon": 8.0, "delta": 1e-5} and cert["thresholds"]["mia_margin"] == 0.1
+    printed = capsys.readouterr().out
+    assert "not safely unlearned: mia_min_k failed" in printed and "[FAIL] mia_min_k" in printed
+    code = main(["certify", "--eval", str(tmp_path / "u"), "--original", str(tmp_path / "t.json"),
+                 "--out", str(out), "mia_margin=0.45"])  # fmt: skip
+    assert code == 0 and json.loads(out.read_text())["safely_unlearned"]
+
+
+@pytest.mark.slow
+def test_privacy_audit_cli_reports_both_views_and_theta_hat_scores(
+    tofu_world, round1, tmp_path, capsys
+):
+    data, _ = tofu_world
+    server, _, deltas = round1
+    code = main(["privacy", "audit", "--workdir", str(server.workdir), "--round", "1",
+                 "--deltas", *map(str, deltas), "--data", str(data), "--forget-split", "forget01",
+                 "--limit", "5", "--out", str(tmp_path / "audit")])  # fmt: skip
+    assert code == 0
+    result = json.loads((tmp_path / "audit" / "leakage.json").read_text())
+    metrics = result["client_view"]["metrics"]
+    # θ̂ scores like θ on the benchmark, far from the public base: it is θ to within a few %
+    key = "forget_Q_A_Prob"
+    gap = abs(metrics["reconstruction"][key] - metrics["theta"][key])
+    assert gap < 0.2 * abs(metrics["base"][key] - metrics["theta"][key])
+    assert all(metrics[m]["model_utility"] is not None for m in ("theta", "reconstruction", "base"))
+    md = (tmp_path / "audit" / "leakage.md").read_text()
+    assert "θ̂ (all copies + base)" in md and "What the server learns" in md
+    # the certificate can carry the audit's figures and the transcript head
+    out = tmp_path / "certificate.json"
+    (tmp_path / "e.json").write_text(json.dumps(_log(0.4, 0.5, 0.6)))
+    main(["certify", "--eval", str(tmp_path / "e.json"), "--original", str(tmp_path / "e.json"),
+          "--leakage", str(tmp_path / "audit"), "--workdir", str(server.workdir), "--out", str(out)])  # fmt: skip
+    cert = json.loads(out.read_text())
+    assert cert["leakage"]["all_copies_with_base"] == result["client_view"]["all_copies_with_base"]
+    assert cert["transcript"]["head"] == (
+        __import__("hashlib")
+        .sha256((server.workdir / "audit.log").read_bytes().split(b"\n")[-2])
+        .hexdigest()
+    )
+
+
+def test_audit_refuses_a_round_never_published(tofu_world, tmp_path, capsys):
+    from toolkit import publish_job as publish
+
+    server, _ = publish(tofu_world, tmp_path)
+    code = main(["privacy", "audit", "--workdir", str(server.workdir), "--round", "3",
+                 "--out", str(tmp_path / "a")])  # fmt: skip
+    assert code == 2 and "round 3 was not published" in capsys.readouterr().err
