@@ -72,11 +72,10 @@ def test_kappa_zero_adamw_continuous_deviates_measurably(tmp_path):
     assert 1e-2 < err < 1.0
 
 
-def test_linear_client_recovered_exactly_with_noise(tmp_path):
-    """Client Δ'_k = λ·P_k (T-equivariant): harmonic aggregation gives (1+ηλ)θ despite κ > 0."""
+def _linear_client_round(tmp_path, lam, **job):
+    """Client Δ'_k = λ·P_k (T-equivariant) on every copy; returns (θ, θ_2)."""
     model, base = build_pair(family_configs()["llama"], tmp_path)
-    server = Server.init(model, base, tmp_path / "w", JobConfig(copies=3, kappa=0.05))
-    lam = 0.1
+    server = Server.init(model, base, tmp_path / "w", JobConfig(copies=3, kappa=0.05, **job))
     deltas = []
     for i, copy in enumerate(server.publish(tmp_path / "pub", progress=False)):
         ck = Checkpoint(copy)
@@ -90,7 +89,23 @@ def test_linear_client_recovered_exactly_with_noise(tmp_path):
                 w.add(n, lam * ck.read(n))
         deltas.append(path)
     server.aggregate(deltas, progress=False)
-    theta, new = Checkpoint(model), server.theta()
+    return Checkpoint(model), server.theta()
+
+
+def test_linear_client_recovered_exactly_with_noise(tmp_path):
+    """Client Δ'_k = λ·P_k: harmonic aggregation gives (1+ηλ)θ despite κ > 0."""
+    lam = 0.1
+    theta, new = _linear_client_round(tmp_path, lam)
     for n in theta.names():
         expected = (1 + lam) * theta.read(n)
         assert float((new.read(n) - expected).abs().max() / expected.abs().max()) <= 1e-6, n
+
+
+def test_uniform_aggregation_leaves_the_noise_in(tmp_path):
+    """The ablation: weights 1/m leave λ·Σ α_k ε_k / m in θ_2 (α_k differ, so the zero-sum ε_k
+    do not cancel), far above the 1e-6 round-off the harmonic weights reach above."""
+    lam = 0.1
+    theta, new = _linear_client_round(tmp_path, lam, aggregation="uniform")
+    num = sum(float((new.read(n) - (1 + lam) * theta.read(n)).pow(2).sum()) for n in theta.names())
+    den = sum(float(theta.read(n).pow(2).sum()) for n in theta.names())
+    assert (num / den) ** 0.5 > 1e-4

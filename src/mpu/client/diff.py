@@ -8,6 +8,7 @@ missing tensor, another shape or a non-finite value is refused before anything i
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -18,6 +19,8 @@ from mpu.io.checkpoint import Checkpoint
 from mpu.io.delta import delta_metadata, read_ticket
 from mpu.io.safetensors_stream import SafetensorsWriter, TensorSpec
 from mpu.privacy.dp import DPConfig, clip_factor, gaussian_noise
+
+log = logging.getLogger("mpu.client")
 
 
 def make_delta(
@@ -72,6 +75,8 @@ def make_delta(
         )
         std = dp.z() * dp.clip
         gen = torch.Generator().manual_seed(int.from_bytes(os.urandom(8), "little") >> 1)
+        if dp.z() == 0:
+            log.warning("dp.noise_multiplier = 0: the update is clipped but not private (ε = ∞)")
         dp_stats = {"update_norm": norm, "clip": dp.clip, "clip_factor": factor,
                     "noise_multiplier": dp.z(), "releases": dp.releases, "delta": dp.delta,
                     "epsilon": dp.spent()}  # fmt: skip

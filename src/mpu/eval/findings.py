@@ -57,6 +57,7 @@ VARIANTS = {
     "clean": "the client unlearns the exact model: no privacy, the reference result",
     "noised": "one perturbed copy, its update applied directly: the naive private baseline",
     "mpu": "m perturbed, reparameterized copies; updates inverted and harmonically averaged",
+    "mpu_uniform": "MPU with equal weights 1/m instead of the harmonic ones (ablation)",
     "dp": "MPU whose client clips and noises every update (differential privacy, ε from opacus)",
 }
 # |difference| below these on both headline numbers = indistinguishable from the target
@@ -102,13 +103,13 @@ def group_key(r: dict) -> tuple:
 
 def setting_label(r: dict) -> str:
     """e.g. "NPO MPU (κ=0.1, m=2)"; the extra setting when run dirs differ in more than κ/m."""
-    name = {"mpu": "MPU", "clean": "Clean", "noised": "Noised", "dp": "DP"}.get(
-        r["variant"], r["variant"]
-    )
+    name = {"mpu": "MPU", "clean": "Clean", "noised": "Noised", "dp": "DP",
+            "mpu_uniform": "MPU-uniform"}.get(r["variant"], r["variant"])  # fmt: skip
     bits = []
-    if r["variant"] in ("noised", "mpu", "dp") and _num(r.get("kappa")) is not None:
+    private = ("noised", "mpu", "dp", "mpu_uniform")
+    if r["variant"] in private and _num(r.get("kappa")) is not None:
         bits.append(f"κ={r['kappa']:g}")
-    if r["variant"] in ("mpu", "dp") and r.get("m"):
+    if r["variant"] in private[1:] and r.get("m"):
         bits.append(f"m={r['m']}")
     if r.get("setting"):
         bits.append(r["setting"])
@@ -260,8 +261,9 @@ def privacy_findings(runs: Sequence[dict]) -> list[str]:
 
 def what_was_run(reports: Sequence[dict], runs: Sequence[dict]) -> list[str]:
     """The "what was run" bullets: the variants present, the data and the settings."""
-    present = [v for v in ("clean", "noised", "mpu", "dp") if any(r["variant"] == v for r in runs)]
-    names = {"mpu": "MPU", "dp": "DP"}
+    present = [v for v in ("clean", "noised", "mpu", "mpu_uniform", "dp")
+               if any(r["variant"] == v for r in runs)]  # fmt: skip
+    names = {"mpu": "MPU", "dp": "DP", "mpu_uniform": "MPU (uniform weights)"}
     lines = [f"{names.get(v, v.capitalize())}: {VARIANTS[v]}." for v in present]
     methods = sorted({r["method"] for r in runs if r["method"]})
     if methods:

@@ -22,7 +22,7 @@ from mpu.io.checkpoint import Checkpoint
 from mpu.logs import console_warnings_only, progress
 from mpu.logs import job as job_label
 from mpu.pipeline.jobs import client_settings
-from mpu.pipeline.variants import VARIANTS
+from mpu.pipeline.variants import VARIANTS, job_config
 from mpu.privacy.dp import DPConfig
 from mpu.server.config import JobConfig
 from mpu.text import PromptConfig
@@ -46,7 +46,8 @@ class ExperimentConfig:
     forget_split: str = field("forget10", help="forget split (retain split = its complement)")
     methods: list[str] = field(["NPO", "GradDiff"], help="unlearning methods to compare")
     variants: list[str] = field(
-        ["clean", "noised", "mpu"], help="any of clean, noised, mpu, dp (dp needs dp.clip)"
+        ["clean", "noised", "mpu"],
+        help="any of clean, noised, mpu, mpu_uniform, dp (dp needs dp.clip)",
     )
     server: JobConfig = dataclasses.field(
         default_factory=JobConfig,
@@ -105,7 +106,7 @@ class ExperimentConfig:
             )
         if self.rounds_epochs not in ("paper", "single"):
             raise ConfigError(f"rounds_epochs={self.rounds_epochs!r}: expected 'paper' or 'single'")
-        if self.server.copies < 2 and "mpu" in self.variants:
+        if self.server.copies < 2 and {"mpu", "mpu_uniform", "dp"} & set(self.variants):
             raise ConfigError(
                 f"server.copies={self.server.copies}: the mpu variant needs >= 2 copies "
                 "(the noised variant is the m = 1 baseline)"
@@ -185,7 +186,7 @@ class Experiment:
         if name == "target":
             return 1
         method, variant = name.rsplit("-", 1)
-        copies = self.cfg.server.copies if variant == "mpu" else 1
+        copies = job_config(variant, self.cfg.server).copies
         s = self.settings[method]
         return 2 + 2 * copies * (2 if s.method.uses_reference(s.hp) else 1)
 

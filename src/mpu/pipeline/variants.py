@@ -6,6 +6,7 @@ whether its client releases differentially private updates.
 - **noised**: one perturbed copy (m = 1, no centring, no harmonic denoising), its update mapped
   back and applied to θ: the single-noisy-copy baseline;
 - **mpu**: m perturbed copies, harmonic aggregation;
+- **mpu_uniform**: the same with equal weights (the harmonic weights' ablation);
 - **dp**: MPU whose client clips and noises every update (`dp.*` settings; ε from opacus).
 
 All use the same client (method, hyperparameters, data order, schedule), so they differ only
@@ -40,6 +41,10 @@ VARIANTS: dict[str, Variant] = {
         "one perturbed copy, its update applied directly (the naive private baseline)",
     ),
     "mpu": Variant(lambda s: s, "m perturbed copies, updates inverted and harmonically averaged"),
+    "mpu_uniform": Variant(
+        lambda s: dataclasses.replace(s, aggregation="uniform"),
+        "MPU with equal weights 1/m instead of the harmonic ones (the ablation)",
+    ),
     # DP noise is meant to be large: the per-tensor size bound would refuse it
     "dp": Variant(
         lambda s: dataclasses.replace(s, max_update_ratio=0.0),

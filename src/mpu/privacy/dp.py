@@ -24,6 +24,8 @@ def epsilon(noise_multiplier: float, releases: int, delta: float) -> float:
     """ε of `releases` Gaussian releases of noise multiplier z at `delta` (opacus RDP)."""
     from opacus.accountants import RDPAccountant
 
+    if noise_multiplier == 0:  # clipping alone: no privacy at all
+        return math.inf
     acc = RDPAccountant()
     acc.history = [(noise_multiplier, 1.0, releases)]
     return float(acc.get_epsilon(delta))

@@ -221,7 +221,8 @@ def aggregate_updates(
             norm = _finite_norm(d, name, delta.path)
             _check_tensor_bound(norm, bounds.get(name), d.numel(), name, delta.path, cfg)
             sq.append(norm**2)
-            acc.add(transforms.apply(d, name, rec.k, inverse=True), alphas[rec.k], owned=True)
+            weight_alpha = alphas[rec.k] if cfg.aggregation == "harmonic" else 1.0
+            acc.add(transforms.apply(d, name, rec.k, inverse=True), weight_alpha, owned=True)
             del d  # free before the next copy's tensor is read
         mean = acc.mean()
         mean_sq = float(torch.linalg.vector_norm(mean)) ** 2

@@ -42,8 +42,9 @@ def transcript(workdir: Path) -> Transcript:
     return Transcript(Path(workdir) / LOG_FILE)
 
 
-def start(workdir: Path, *, job_id: str, theta: str, base: Path, config: dict) -> None:
-    """A new job's key and first entry (anything left by an init that crashed is replaced)."""
+def start(workdir: Path, *, job_id: str, theta: str, base: str, config: dict) -> None:
+    """A new job's key and first entry (anything left by an init that crashed is replaced).
+    `theta`, `base`: the commitments of θ_1 and of the public base."""
     for name in (LOG_FILE, KEY_FILE, PUBLIC_FILE):
         (workdir / name).unlink(missing_ok=True)
     key = SigningKey.create(workdir / KEY_FILE)
@@ -54,7 +55,7 @@ def start(workdir: Path, *, job_id: str, theta: str, base: Path, config: dict) -
         job_id=job_id,
         public_key=key.public_hex,
         model=theta,
-        base=commitment(base),
+        base=base,
         settings={k: config[k] for k in PUBLIC_SETTINGS if k in config},
     )
 

@@ -73,6 +73,11 @@ class JobConfig:
     device: str = field(
         "cpu", help="where noise, maps and inverses are computed: cpu | auto | cuda | cuda:N"
     )
+    aggregation: str = field(
+        "harmonic",
+        help="harmonic (w_k ∝ 1/α_k: cancels the noise to first order) | uniform (w_k = 1/m: "
+        "the ablation, which leaves Σ α_k ε_k / m)",
+    )
     residual: float = field(
         0.0,
         help="ρ: noise ξ shared by every copy, RMS ρ·σ (copies are T_k(θ + ξ + α_k ε_k)); bounds "
@@ -109,6 +114,8 @@ class JobConfig:
         ):
             if value not in allowed:
                 raise ConfigError(f"{name} must be one of {allowed}, got {value!r}")
+        if self.aggregation not in ("harmonic", "uniform"):
+            raise ConfigError(f"aggregation={self.aggregation!r}: expected harmonic or uniform")
         if self.alphas not in ("linspace", "random"):
             try:
                 values = [float(a) for a in self.alphas.split(",")]

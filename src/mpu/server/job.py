@@ -32,7 +32,7 @@ from mpu.io.checkpoint import (
     retype_layout,
 )
 from mpu.io.memory import pin_mmap_threshold
-from mpu.io.transcript import commitment
+from mpu.io.transcript import combine, commitment
 from mpu.protocol.noise import default_alphas, validate_alphas
 from mpu.protocol.rng import PaperStreams, SecretStreams, new_master_key
 from mpu.server import audit_log
@@ -175,7 +175,8 @@ class Server:
             raise CheckpointError(
                 f"{model}: mixed tensor dtypes {sorted(dtypes)} are not supported"
             )
-        sigmas, norms = scan(theta, base_ck, layout, cfg)  # refuses NaN/Inf; σ_1 and ‖θ_1‖
+        leaves: dict[str, dict] = {"theta": {}, "base": {}}  # the audit log's commitments
+        sigmas, norms = scan(theta, base_ck, layout, cfg, leaves=leaves)  # refuses NaN/Inf
         if cfg.gate and cfg.reparameterize:
             cls._gate(theta, layout, cfg)
         # replaces an r001 left by an init that crashed before its state write
@@ -195,9 +196,9 @@ class Server:
             sigmas={"1": sigmas},
             theta_norms={"1": norms},
         )
-        state.commitments["1"] = commitment(round_dir(workdir, 1))
-        audit_log.start(workdir, job_id=state.job_id, theta=state.commitments["1"], base=base,
-                        config=asdict(cfg))  # fmt: skip
+        state.commitments["1"] = combine(leaves["theta"])
+        audit_log.start(workdir, job_id=state.job_id, theta=state.commitments["1"],
+                        base=combine(leaves["base"]), config=asdict(cfg))  # fmt: skip
         save_state(workdir, state)
         return state
 

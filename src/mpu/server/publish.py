@@ -32,6 +32,7 @@ from mpu.errors import CheckpointError, ConfigError
 from mpu.io.checkpoint import Checkpoint, CheckpointWriter, retype_layout, set_mtimes
 from mpu.io.delta import Ticket, write_ticket
 from mpu.io.pipeline import ordered_map
+from mpu.io.safetensors_stream import tensor_digest
 from mpu.protocol.noise import copy_noise, sigma_from_moments, zero_sum_basis
 from mpu.protocol.reparam import (
     BlockTransform,
@@ -66,16 +67,22 @@ def sigma_key(name: str, layout: Layout, cfg: JobConfig) -> str:
 
 
 def sigma_moments(
-    name: str, t: torch.Tensor, base: Checkpoint, layout: Layout, cfg: JobConfig
+    name: str,
+    t: torch.Tensor,
+    base: Checkpoint,
+    layout: Layout,
+    cfg: JobConfig,
+    b: torch.Tensor | None = None,
 ) -> tuple[str, float, int] | None:
-    """(σ key, ‖θ_t − θ_base,t‖², numel) for a noised tensor `t` of θ; None if not noised."""
+    """(σ key, ‖θ_t − θ_base,t‖², numel) for a noised tensor `t` of θ; None if not noised.
+    `b`: the base's tensor when the caller has read it already."""
     if name in layout.tied or not noised(name, layout, cfg):
         return None
     if name not in base.file_of:
         raise CheckpointError(
             f"{base.path}: base has no tensor {name!r}, needed to calibrate the noise"
         )
-    b = base.read(name)
+    b = base.read(name) if b is None else b
     if t.shape != b.shape:
         raise CheckpointError(
             f"{base.path}: base tensor {name!r} has shape {tuple(b.shape)}, the model {tuple(t.shape)}"
@@ -112,20 +119,40 @@ def check_sigmas(sigmas: dict[str, float], cfg: JobConfig, where: Path) -> dict[
     return sigmas
 
 
+def _leaf(t: torch.Tensor) -> tuple[torch.dtype, tuple, str]:
+    data = t.contiguous().reshape(-1).view(torch.uint8).numpy() if t.numel() else b""
+    return t.dtype, tuple(t.shape), tensor_digest(data)
+
+
 def scan(
-    theta: Checkpoint, base: Checkpoint, layout: Layout, cfg: JobConfig
+    theta: Checkpoint,
+    base: Checkpoint,
+    layout: Layout,
+    cfg: JobConfig,
+    *,
+    leaves: dict[str, dict] | None = None,
 ) -> tuple[dict[str, float], dict[str, float]]:
-    """One parallel pass over θ (and the base): refuse NaN/Inf, return (σ, ‖θ_t‖ per tensor)."""
+    """One parallel pass over θ (and the base): refuse NaN/Inf, return (σ, ‖θ_t‖ per tensor).
+    With `leaves` ({"theta": {}, "base": {}}), also the commitments' leaves of both (init's
+    audit-log entry), hashed from the tensors this pass reads anyway."""
 
     def one(name: str):
-        t = theta.read(name).to(torch.float32)
+        raw = theta.read(name)
+        t = raw.to(torch.float32)
         norm = float(torch.linalg.vector_norm(t))
         if not math.isfinite(norm):
             raise CheckpointError(
                 f"{theta.path}: tensor {name!r} holds NaN or Inf values (or overflows fp32): "
                 "an MPU job needs a finite model"
             )
-        return name, norm, (sigma_moments(name, t, base, layout, cfg) if cfg.kappa > 0 else None)
+        b = None
+        if leaves is not None:
+            leaves["theta"][name] = _leaf(raw)
+            if name in base.file_of:
+                b = base.read(name)
+                leaves["base"][name] = _leaf(b)
+        moment = sigma_moments(name, t, base, layout, cfg, b) if cfg.kappa > 0 else None
+        return name, norm, moment
 
     sizes = {n: theta.spec(n).numel * 8 for n in theta.names()}
     norms, moments = {}, []
@@ -135,6 +162,10 @@ def scan(
         norms[name] = norm
         if moment is not None:
             moments.append(moment)
+    if leaves is not None:  # base tensors the model does not have (rare)
+        for name in base.names():
+            if name not in leaves["base"]:
+                leaves["base"][name] = _leaf(base.read(name))
     return check_sigmas(finish_sigmas(moments, cfg), cfg, base.path), norms
 
 

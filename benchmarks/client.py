@@ -1,0 +1,154 @@
+"""The client's cost, as same-run ratios:
+
+1. **MPU overhead**: the client's wall time on the m copies of a round divided by m × its wall
+   time on the exact model (the Clean variant) for the same method and budget — everything
+   the client does included (loading the copy, checking its ticket, training, writing the
+   model, the delta and the signed receipt). Target ≤ 1.05.
+2. **Training throughput** against a plain Hugging Face `Trainer` running the same loss
+   (GradAscent: −CE on the answer tokens), batch, optimizer (AdamW, linear schedule, clip 1.0),
+   precision (fp32) and number of steps on the same encoded items: steady-state steps per
+   second (from the end of step 1 to the end of step N, so neither side's start-up counts) of
+   `mpu.client.trainer.train_unlearning` divided by the `Trainer`'s. Target ≥ 1.0.
+
+    python benchmarks/client.py --pair tiny=DIR [--pair smollm2=DIR] --data DATA \
+        [--forget-split forget01] [--steps 40] [--copies 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+
+def publish(pair: Path, work: Path, **job) -> list[Path]:
+    from mpu.server.config import JobConfig
+    from mpu.server.job import Server
+
+    server = Server.init(
+        pair / "target", pair / "base", work / "server", JobConfig(gate=False, **job)
+    )
+    return server.publish(work / "outbox", progress=False)
+
+
+def client_seconds(copies: list[Path], data: str, split: str, cfg, work: Path) -> float:
+    from mpu.client.unlearn import load_client_data, unlearn_copy
+
+    client_data = load_client_data(data, split, cfg)
+    t = time.perf_counter()
+    for c in copies:
+        unlearn_copy(c, client_data, cfg, work / f"client-{c.name}", progress=False,
+                     receipt_key=work / "client.key")  # fmt: skip
+    return time.perf_counter() - t
+
+
+def overhead(pair: Path, data: str, split: str, steps: int, m: int) -> dict:
+    from mpu.client.train_config import ClientTrainConfig
+
+    cfg = ClientTrainConfig(method="GradDiff", max_steps=steps)
+    with tempfile.TemporaryDirectory() as tmp:
+        clean = publish(pair, Path(tmp) / "clean", copies=1, kappa=0.0, reparameterize=False)
+        mpu = publish(pair, Path(tmp) / "mpu", copies=m, kappa=0.01)
+        client_seconds(clean, data, split, cfg, Path(tmp) / "warm")  # imports, caches
+        t_clean = client_seconds(clean, data, split, cfg, Path(tmp) / "c")
+        t_mpu = client_seconds(mpu, data, split, cfg, Path(tmp) / "m")
+    return {"clean_s": t_clean, "mpu_s": t_mpu, "m": m, "ratio": t_mpu / (m * t_clean)}
+
+
+def throughput(pair: Path, data: str, split: str, steps: int, batch: int) -> dict:
+    from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainingArguments
+
+    from mpu.client.train_config import ClientTrainConfig
+    from mpu.client.trainer import prompt_format, train_unlearning
+    from mpu.data import load_split
+    from mpu.text import collate, encode_qa
+
+    target = pair / "target"
+    tok = AutoTokenizer.from_pretrained(str(target))
+    rows = [dict(r) for r in load_split(data, split)]
+    cfg = ClientTrainConfig(method="GradAscent", max_steps=steps, batch_size=batch, grad_accum=1,
+                            lr=1e-5, precision="fp32", max_grad_norm=1.0, weight_decay=0.0,
+                            warmup_steps=0, schedule="linear")  # fmt: skip
+
+    def fresh():
+        return AutoModelForCausalLM.from_pretrained(str(target), dtype=torch.float32)
+
+    model = fresh()
+    eff = cfg.resolve(model.num_parameters())
+    fmt = prompt_format(model.config.model_type, tok, eff)
+    encoded = [encode_qa(tok, r["question"], r["answer"], fmt=fmt) for r in rows]
+    torch.manual_seed(0)
+    marks: list[float] = []
+    train_unlearning(model, tok, rows, None, eff, progress=False,
+                     on_step=lambda step, total: marks.append(time.perf_counter()))  # fmt: skip
+    ours = (len(marks) - 1) / (marks[-1] - marks[0])  # steady state: steps 2..N
+
+    class Items(torch.utils.data.Dataset):
+        def __len__(self):
+            return len(encoded)
+
+        def __getitem__(self, i):
+            return encoded[i]
+
+    def collator(items):
+        return collate([e.input_ids for e in items], pad_id=tok.pad_token_id or 0,
+                       labels=[e.labels for e in items])  # fmt: skip
+
+    class Ascent(Trainer):
+        def compute_loss(self, model, inputs, return_outputs=False, **kwargs):
+            out = model(**inputs)
+            return (-out.loss, out) if return_outputs else -out.loss
+
+    with tempfile.TemporaryDirectory() as tmp:
+        args = TrainingArguments(output_dir=tmp, per_device_train_batch_size=batch, max_steps=steps,
+                                 learning_rate=1e-5, weight_decay=0.0, max_grad_norm=1.0,
+                                 lr_scheduler_type="linear", warmup_steps=0, optim="adamw_torch",
+                                 report_to=[], save_strategy="no", logging_strategy="no",
+                                 use_cpu=True, dataloader_num_workers=0, disable_tqdm=True,
+                                 remove_unused_columns=False, seed=0)  # fmt: skip
+        from transformers import TrainerCallback
+
+        stamps: list[float] = []
+
+        class Clock(TrainerCallback):
+            def on_step_end(self, *a, **k):
+                stamps.append(time.perf_counter())
+
+        trainer = Ascent(model=fresh(), args=args, train_dataset=Items(), data_collator=collator,
+                         callbacks=[Clock()])  # fmt: skip
+        trainer.train()
+        theirs = (len(stamps) - 1) / (stamps[-1] - stamps[0])
+    return {"ours_steps_s": ours, "trainer_steps_s": theirs, "ratio": ours / theirs,
+            "batch": batch, "steps": steps}  # fmt: skip
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--pair", action="append", required=True, help="NAME=DIR (base/, target/)")
+    ap.add_argument("--data", required=True)
+    ap.add_argument("--forget-split", default="forget01")
+    ap.add_argument("--steps", type=int, default=40)
+    ap.add_argument("--copies", type=int, default=2)
+    ap.add_argument("--batch", type=int, default=8)
+    args = ap.parse_args()
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    print("| model | steps | Clean client (s) | MPU client, m copies (s) | MPU / (m × Clean) "
+          "| ours (steps/s) | HF Trainer (steps/s) | ours / Trainer |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|")
+    for spec in args.pair:
+        name, folder = spec.split("=", 1)
+        steps = args.steps if name != "smollm2" else max(4, args.steps // 5)
+        o = overhead(Path(folder), args.data, args.forget_split, steps, args.copies)
+        t = throughput(Path(folder), args.data, args.forget_split, steps, args.batch)
+        print(f"| {name} | {steps} | {o['clean_s']:.1f} | {o['mpu_s']:.1f} (m = {o['m']}) "
+              f"| {o['ratio']:.3f} | {t['ours_steps_s']:.2f} | {t['trainer_steps_s']:.2f} "
+              f"| {t['ratio']:.3f} |", flush=True)  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

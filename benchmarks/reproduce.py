@@ -1,0 +1,266 @@
+"""The paper's comparison, rerun: Clean vs Noised vs MPU for every unlearning method, over κ, m
+and seeds, on the synthetic TOFU (docs/protocol.md; the claim: MPU stays within 1% of Clean at
+κ = 0.1 and beats one noised copy).
+
+Every cell is an `mpu run` folder under OUT (clean per seed; noised per κ and seed; MPU, and
+its uniform-weights ablation, per κ, m and seed), so the grid is resumable: a finished
+(method, variant) evaluation is never rerun, and an interrupted one resumes. The same base,
+target and retain models (prepared once per forget split) and data serve every cell; a seed
+changes the data order and the client's initial state, and every noised / MPU job draws a
+fresh secret key.
+
+    python benchmarks/reproduce.py --quick            # forget01, 8 methods, κ = 0.1, m = 2, 1 seed
+    python benchmarks/reproduce.py                    # the full grid (hours on 2 cores)
+    python benchmarks/reproduce.py --table-only       # the tables and plot from what is done
+
+Writes OUT/results.md (per method and setting: forget Q_A prob, ROUGE, model utility, forget
+quality as mean ± sd over seeds; MPU's and Noised's degradation relative to Clean) and
+OUT/figure2.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+PAPER_METHODS = ["GradAscent", "GradDiff", "NPO", "SimNPO", "DPO", "UNDIAL", "SatImp", "WGA"]
+EXTRAS = ["RMU", "CE-U"]
+# (metric, lower is better) — the "average degradation" is over these three
+DEGRADATION = [("forget_Q_A_Prob", True), ("forget_Q_A_ROUGE", True), ("model_utility", False)]
+SHOWN = ["forget_Q_A_Prob", "forget_Q_A_ROUGE", "model_utility", "forget_quality"]
+
+
+def cells(args) -> list[tuple[str, dict]]:
+    """(run folder, settings) of every cell of the grid, cheapest first."""
+    out = []
+    for split in args.forget_splits:
+        for seed in args.seeds:
+            out.append((f"{split}/s{seed}/clean", {"split": split, "seed": seed,
+                                                   "variants": ["clean"]}))  # fmt: skip
+            for kappa in args.kappas:
+                out.append((f"{split}/s{seed}/k{kappa:g}-noised",
+                            {"split": split, "seed": seed, "kappa": kappa, "copies": 2,
+                             "variants": ["noised"]}))  # fmt: skip
+                for m in args.copies:
+                    variants = ["mpu"]
+                    if args.ablation and (kappa, m) == (args.kappas[-1], args.copies[0]):
+                        variants.append("mpu_uniform")
+                    out.append((f"{split}/s{seed}/k{kappa:g}-m{m}",
+                                {"split": split, "seed": seed, "kappa": kappa, "copies": m,
+                                 "variants": variants}))  # fmt: skip
+    return out
+
+
+def run_cell(args, folder: str, cell: dict, inputs: dict) -> None:
+    from mpu.pipeline.experiment import ExperimentConfig, run_experiment
+
+    data, models = inputs[cell["split"]]
+    server = {"kappa": cell.get("kappa", 0.0), "copies": cell.get("copies", 2)}
+    cfg = ExperimentConfig(
+        out=str(args.out / folder), data=data, models=str(models), forget_split=cell["split"],
+        methods=args.methods, variants=cell["variants"], server=server, seed=cell["seed"],
+        eval_max_new_tokens=args.max_new_tokens, eval_limit=args.eval_limit,
+        progress=False, workers=args.workers,
+    )  # fmt: skip
+    run_experiment(cfg)
+
+
+def prepare(args) -> dict:
+    """The data and the base/target/retain models of each forget split (made once, cached)."""
+    from mpu.pipeline.experiment import ExperimentConfig
+    from mpu.pipeline.inputs import resolve_inputs
+
+    inputs = {}
+    for split in args.forget_splits:
+        cfg = ExperimentConfig(forget_split=split, seed=0, progress=False)
+        if args.models:
+            cfg = ExperimentConfig(forget_split=split, seed=0, progress=False,
+                                   models=args.models, data=args.data)  # fmt: skip
+        inputs[split] = resolve_inputs(cfg, print)
+    return inputs
+
+
+# ---------------------------------------------------------------- tables
+def collect(out: Path) -> list[dict]:
+    """Every run row of every finished cell, with its κ, m, seed and split."""
+    rows = []
+    for report in sorted(out.glob("*/s*/*/report.json")):
+        rep = json.loads(report.read_text())
+        split, seed = report.parts[-4], int(report.parts[-3][1:])
+        for r in rep["runs"]:
+            if r["method"]:
+                rows.append({**r, "split": split, "seed": seed})
+            elif r["variant"] in ("target", "retain"):
+                rows.append({**r, "method": None, "split": split, "seed": seed})
+    return rows
+
+
+def _stats(values: list[float]) -> tuple[float, float]:
+    values = [v for v in values if v is not None]
+    if not values:
+        return float("nan"), float("nan")
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def degradation(x: dict, clean: dict) -> float:
+    """Mean relative degradation (%) of `x` vs Clean over DEGRADATION's metrics (positive = worse)."""
+    parts = []
+    for key, lower_better in DEGRADATION:
+        a, c = x.get(key), clean.get(key)
+        if a is None or c is None or c == 0:
+            continue
+        parts.append(((a - c) if lower_better else (c - a)) / abs(c))
+    return 100 * statistics.fmean(parts) if parts else float("nan")
+
+
+def tables(rows: list[dict]) -> str:
+    lines = []
+    for split in sorted({r["split"] for r in rows}):
+        sub = [r for r in rows if r["split"] == split]
+        refs = {v: _stats([r["summary"].get("forget_Q_A_Prob") for r in sub if r["variant"] == v])[0]
+                for v in ("target", "retain")}  # fmt: skip
+        lines += [f"### {split}", "", f"Target forget Q_A prob {refs['target']:.3f}, retain model "
+                  f"{refs['retain']:.3f}. Mean ± sd over seeds.", ""]  # fmt: skip
+        lines += ["| method | variant | κ | m | seeds | " + " | ".join(SHOWN)
+                  + " | degradation vs Clean |", "|---" * (6 + len(SHOWN)) + "|"]  # fmt: skip
+        for method in sorted({r["method"] for r in sub if r["method"]}):
+            mine = [r for r in sub if r["method"] == method]
+            clean_rows = [r for r in mine if r["variant"] == "clean"]
+            clean = {k: _stats([r["summary"].get(k) for r in clean_rows])[0] for k in SHOWN}
+            keys = sorted({(r["variant"], r.get("kappa"), r.get("m")) for r in mine},
+                          key=lambda v: (["clean", "noised", "mpu", "mpu_uniform"].index(v[0]),
+                                         v[1] or 0, v[2] or 0))  # fmt: skip
+            for variant, kappa, m in keys:
+                group = [
+                    r
+                    for r in mine
+                    if (r["variant"], r.get("kappa"), r.get("m")) == (variant, kappa, m)
+                ]
+                cells_ = []
+                for k in SHOWN:
+                    mean, sd = _stats([r["summary"].get(k) for r in group])
+                    cells_.append(
+                        f"{mean:.3g} ± {sd:.2g}"
+                        if k == "forget_quality"
+                        else f"{mean:.4f} ± {sd:.4f}"
+                    )
+                per_seed = [degradation(r["summary"], clean) for r in group]
+                dmean, dsd = _stats(per_seed)
+                deg = "—" if variant == "clean" else f"{dmean:+.2f}% ± {dsd:.2f}"
+                lines.append(f"| {method} | {variant} | {kappa if kappa is not None else '—'} | "
+                             f"{m if m is not None else '—'} | {len(group)} | " + " | ".join(cells_)
+                             + f" | {deg} |")  # fmt: skip
+        lines.append("")
+        lines += claims(sub)
+    return "\n".join(lines)
+
+
+def claims(rows: list[dict]) -> list[str]:
+    """Per method at κ = 0.1: is MPU within 1% of Clean, and does it beat Noised?"""
+    out = ["Per method at κ = 0.1 (degradation = mean relative worsening of forget Q_A prob, "
+           "ROUGE and model utility vs Clean):", ""]  # fmt: skip
+    for method in sorted({r["method"] for r in rows if r["method"]}):
+        mine = [r for r in rows if r["method"] == method]
+        clean_rows = [r for r in mine if r["variant"] == "clean"]
+        if not clean_rows:
+            continue
+        clean = {k: _stats([r["summary"].get(k) for r in clean_rows])[0] for k in SHOWN}
+        for m in sorted(
+            {r.get("m") for r in mine if r["variant"] == "mpu" and r.get("kappa") == 0.1}
+        ):
+            mpu = [degradation(r["summary"], clean) for r in mine
+                   if r["variant"] == "mpu" and r.get("kappa") == 0.1 and r.get("m") == m]  # fmt: skip
+            noised = [degradation(r["summary"], clean) for r in mine
+                      if r["variant"] == "noised" and r.get("kappa") == 0.1]  # fmt: skip
+            (dm, sm), (dn, sn) = _stats(mpu), _stats(noised)
+            within = "within 1% of Clean" if abs(dm) <= 1 else "NOT within 1% of Clean"
+            beats = "beats Noised" if dm < dn else "does NOT beat Noised"
+            out.append(f"- {method}, m = {m}: MPU {dm:+.2f}% ± {sm:.2f} ({within}); Noised "
+                       f"{dn:+.2f}% ± {sn:.2f}: MPU {beats}.")  # fmt: skip
+    return [*out, ""]
+
+
+def figure(rows: list[dict], path: Path) -> None:
+    """Figure-2 style: per method, Clean / Noised / MPU (κ = 0.1, smallest m) for three metrics."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    split = sorted({r["split"] for r in rows})[0]
+    sub = [r for r in rows if r["split"] == split and r["method"]]
+    methods = sorted({r["method"] for r in sub})
+    mpu_m = min((r.get("m") for r in sub if r["variant"] == "mpu"), default=2)
+    pick = {"Clean": lambda r: r["variant"] == "clean",
+            "Noised (κ=0.1)": lambda r: r["variant"] == "noised" and r.get("kappa") == 0.1,
+            f"MPU (κ=0.1, m={mpu_m})": lambda r: r["variant"] == "mpu" and r.get("kappa") == 0.1
+            and r.get("m") == mpu_m}  # fmt: skip
+    metrics = [("forget_Q_A_Prob", "forget Q_A prob ↓"), ("forget_Q_A_ROUGE", "forget ROUGE ↓"),
+               ("model_utility", "model utility ↑")]  # fmt: skip
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    width = 0.8 / len(pick)
+    for ax, (key, title) in zip(axes, metrics, strict=True):
+        for i, (label, test) in enumerate(pick.items()):
+            means, sds = zip(*[_stats([r["summary"].get(key) for r in sub if r["method"] == mth and test(r)])
+                               for mth in methods], strict=True)  # fmt: skip
+            xs = [j + (i - (len(pick) - 1) / 2) * width for j in range(len(methods))]
+            ax.bar(xs, means, width, yerr=sds, label=label, capsize=2)
+        ax.set_xticks(range(len(methods)), methods, rotation=45, ha="right")
+        ax.set_title(title)
+    axes[0].legend(fontsize=8)
+    fig.suptitle(f"Synthetic TOFU {split}: Clean vs Noised vs MPU")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="forget01, κ = 0.1, m = 2, one seed")
+    ap.add_argument("--out", type=Path, default=Path("runs/reproduce"))
+    ap.add_argument("--methods", nargs="+")
+    ap.add_argument("--extras", action="store_true", help="add RMU and CE-U")
+    ap.add_argument("--forget-splits", nargs="+", default=["forget01", "forget10"])
+    ap.add_argument("--kappas", type=float, nargs="+", default=[0.01, 0.05, 0.1, 0.3])
+    ap.add_argument("--copies", type=int, nargs="+", default=[2, 3])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--no-ablation", dest="ablation", action="store_false")
+    ap.add_argument(
+        "--models", help="a prepared models folder (one forget split) instead of the tiny ones"
+    )
+    ap.add_argument("--data")
+    ap.add_argument("--eval-limit", type=int)
+    ap.add_argument("--max-new-tokens", type=int, default=64)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--table-only", action="store_true")
+    args = ap.parse_args()
+    if args.quick:
+        args.forget_splits, args.kappas, args.copies, args.seeds = ["forget01"], [0.1], [2], [0]
+    args.methods = args.methods or PAPER_METHODS + (EXTRAS if args.extras else [])
+    args.out.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    if not args.table_only:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        inputs = prepare(args)
+        todo = cells(args)
+        for i, (folder, cell) in enumerate(todo, start=1):
+            t = time.perf_counter()
+            print(f"[{i}/{len(todo)}] {folder} ({', '.join(cell['variants'])})", flush=True)
+            run_cell(args, folder, cell, inputs)
+            print(f"[{i}/{len(todo)}] {folder} done in {time.perf_counter() - t:.0f} s "
+                  f"({time.perf_counter() - start:.0f} s elapsed)", flush=True)  # fmt: skip
+    rows = collect(args.out)
+    text = tables(rows)
+    (args.out / "results.md").write_text(text + "\n")
+    figure(rows, args.out / "figure2.png")
+    print(text)
+    print(f"wrote {args.out / 'results.md'} and {args.out / 'figure2.png'} "
+          f"({time.perf_counter() - start:.0f} s)")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
