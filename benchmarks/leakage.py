@@ -96,16 +96,21 @@ def pct(x: float) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--pair", action="append", required=True, help="NAME=DIR (base/, target/)")
-    ap.add_argument("--data", required=True)
+    ap.add_argument("--pair", action="append", default=[], help="NAME=DIR (base/, target/)")
+    ap.add_argument("--data")
     ap.add_argument("--forget-split", default="forget01")
     ap.add_argument("--kappas", type=float, nargs="+", default=[0.01, 0.1])
     ap.add_argument("--copies", type=int, nargs="+", default=[2, 3])
     ap.add_argument("--steps", type=int, default=5, help="client optimizer steps per copy")
     ap.add_argument("--light", nargs="*", default=[],
-                    help="pairs whose client-view defences run at the first κ and m only")  # fmt: skip
+                    help="pairs whose client-view defences run at the first κ and m only, and "
+                    "whose server view skips GradDiff")  # fmt: skip
     ap.add_argument("--out")
+    ap.add_argument("--table-from", help="print the tables of a saved --out file and stop")
     args = ap.parse_args()
+    if args.table_from:
+        print(table(json.loads(Path(args.table_from).read_text())))
+        return
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
@@ -125,15 +130,25 @@ def main() -> None:
                                                        "defence": defence, **row})  # fmt: skip
                         print(f"{name} κ={kappa} m={m} {defence}: all+base "
                               f"{pct(row['all_copies_with_base'])}", flush=True)  # fmt: skip
+                        save(results, args.out)
             for defence, method, client in SERVER_DEFENCES:
+                if name in args.light and method != "GradAscent":
+                    continue
                 row = server_row(pair, Path(tmp) / "s", args.data, args.forget_split, args.steps,
                                  method, client)  # fmt: skip
                 results["server_view"].append({"model": name, "defence": defence,
                                                "method": method, **row})  # fmt: skip
                 print(f"{name} {defence}: {json.dumps(row)[:200]}", flush=True)
-    if args.out:
-        Path(args.out).write_text(json.dumps(results, indent=2))
+                save(results, args.out)
     print(table(results))
+
+
+def save(results: dict, out: str | None) -> None:
+    """Every row so far (a long run that dies keeps what it measured)."""
+    if out:
+        tmp = Path(out + ".tmp")
+        tmp.write_text(json.dumps(results, indent=2))
+        tmp.replace(out)
 
 
 def table(results: dict) -> str:

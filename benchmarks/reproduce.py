@@ -12,6 +12,8 @@ fresh secret key.
     python benchmarks/reproduce.py --quick            # forget01, 8 methods, κ = 0.1, m = 2, 1 seed
     python benchmarks/reproduce.py                    # the full grid (hours on 2 cores)
     python benchmarks/reproduce.py --table-only       # the tables and plot from what is done
+    python benchmarks/reproduce.py --quick --methods NPO GradDiff --residuals 0.1 0.3 1
+                                                      # + the residual-noise defence's cost
 
 Writes OUT/results.md (per method and setting: forget Q_A prob, ROUGE, model utility, forget
 quality as mean ± sd over seeds; MPU's and Noised's degradation relative to Clean) and
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import statistics
 import time
 from pathlib import Path
@@ -30,6 +33,7 @@ PAPER_METHODS = ["GradAscent", "GradDiff", "NPO", "SimNPO", "DPO", "UNDIAL", "Sa
 EXTRAS = ["RMU", "CE-U"]
 # (metric, lower is better) — the "average degradation" is over these three
 DEGRADATION = [("forget_Q_A_Prob", True), ("forget_Q_A_ROUGE", True), ("model_utility", False)]
+ORDER = ["clean", "noised", "mpu", "mpu_uniform"]  # table order; "mpu ρ=…" rows follow mpu
 SHOWN = ["forget_Q_A_Prob", "forget_Q_A_ROUGE", "model_utility", "forget_quality"]
 
 
@@ -51,6 +55,16 @@ def cells(args) -> list[tuple[str, dict]]:
                     out.append((f"{split}/s{seed}/k{kappa:g}-m{m}",
                                 {"split": split, "seed": seed, "kappa": kappa, "copies": m,
                                  "variants": variants}))  # fmt: skip
+            for rho in args.residuals:  # the residual-noise defence's utility cost
+                kappa, m = args.kappas[-1], args.copies[0]
+                out.append((f"{split}/s{seed}/k{kappa:g}-m{m}-r{rho:g}",
+                            {"split": split, "seed": seed, "kappa": kappa, "copies": m,
+                             "residual": rho, "variants": ["mpu"]}))  # fmt: skip
+            if args.equal_alphas:  # every copy at α = 1: MPU's noise level equals Noised's
+                kappa, m = args.kappas[-1], args.copies[0]
+                out.append((f"{split}/s{seed}/k{kappa:g}-m{m}-a1",
+                            {"split": split, "seed": seed, "kappa": kappa, "copies": m,
+                             "alphas": ",".join(["1"] * m), "variants": ["mpu"]}))  # fmt: skip
     return out
 
 
@@ -58,10 +72,18 @@ def run_cell(args, folder: str, cell: dict, inputs: dict) -> None:
     from mpu.pipeline.experiment import ExperimentConfig, run_experiment
 
     data, models = inputs[cell["split"]]
-    server = {"kappa": cell.get("kappa", 0.0), "copies": cell.get("copies", 2)}
+    report = args.out / folder / "report.json"
+    methods = list(args.methods)
+    if report.is_file():  # a rerun with other --methods keeps the cell's earlier methods
+        done = [r["method"] for r in json.loads(report.read_text())["runs"] if r["method"]]
+        if set(methods) <= set(done):
+            return  # finished: nothing to run, the report stays as it is
+        methods = [*dict.fromkeys(done + methods)]
+    server = {"kappa": cell.get("kappa", 0.0), "copies": cell.get("copies", 2),
+              "residual": cell.get("residual", 0.0), "alphas": cell.get("alphas", "linspace")}  # fmt: skip
     cfg = ExperimentConfig(
         out=str(args.out / folder), data=data, models=str(models), forget_split=cell["split"],
-        methods=args.methods, variants=cell["variants"], server=server, seed=cell["seed"],
+        methods=methods, variants=cell["variants"], server=server, seed=cell["seed"],
         eval_max_new_tokens=args.max_new_tokens, eval_limit=args.eval_limit,
         progress=False, workers=args.workers,
     )  # fmt: skip
@@ -90,8 +112,13 @@ def collect(out: Path) -> list[dict]:
     for report in sorted(out.glob("*/s*/*/report.json")):
         rep = json.loads(report.read_text())
         split, seed = report.parts[-4], int(report.parts[-3][1:])
+        residual = re.search(r"-r([0-9.]+)$", report.parts[-2])
+        equal = report.parts[-2].endswith("-a1")
         for r in rep["runs"]:
-            if r["method"]:
+            if r["method"] and (residual or equal):  # an MPU cell with a setting of its own
+                label = f"mpu ρ={float(residual[1]):g}" if residual else "mpu α≡1"
+                rows.append({**r, "variant": label, "split": split, "seed": seed})
+            elif r["method"]:
                 rows.append({**r, "split": split, "seed": seed})
             elif r["variant"] in ("target", "retain"):
                 rows.append({**r, "method": None, "split": split, "seed": seed})
@@ -103,6 +130,11 @@ def _stats(values: list[float]) -> tuple[float, float]:
     if not values:
         return float("nan"), float("nan")
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def _pm(sd: float, n: int, fmt: str) -> str:
+    """ " ± sd" over seeds; nothing for a single seed (a spread of one value means nothing)."""
+    return f" ± {sd:{fmt}}" if n > 1 else ""
 
 
 def degradation(x: dict, clean: dict) -> float:
@@ -123,7 +155,7 @@ def tables(rows: list[dict]) -> str:
         refs = {v: _stats([r["summary"].get("forget_Q_A_Prob") for r in sub if r["variant"] == v])[0]
                 for v in ("target", "retain")}  # fmt: skip
         lines += [f"### {split}", "", f"Target forget Q_A prob {refs['target']:.3f}, retain model "
-                  f"{refs['retain']:.3f}. Mean ± sd over seeds.", ""]  # fmt: skip
+                  f"{refs['retain']:.3f}. Mean ± sd over seeds (no ± with one seed).", ""]  # fmt: skip
         lines += ["| method | variant | κ | m | seeds | " + " | ".join(SHOWN)
                   + " | degradation vs Clean |", "|---" * (6 + len(SHOWN)) + "|"]  # fmt: skip
         for method in sorted({r["method"] for r in sub if r["method"]}):
@@ -131,8 +163,8 @@ def tables(rows: list[dict]) -> str:
             clean_rows = [r for r in mine if r["variant"] == "clean"]
             clean = {k: _stats([r["summary"].get(k) for r in clean_rows])[0] for k in SHOWN}
             keys = sorted({(r["variant"], r.get("kappa"), r.get("m")) for r in mine},
-                          key=lambda v: (["clean", "noised", "mpu", "mpu_uniform"].index(v[0]),
-                                         v[1] or 0, v[2] or 0))  # fmt: skip
+                          key=lambda v: (ORDER.index(v[0].split(" ")[0]), v[0], v[1] or 0,
+                                         v[2] or 0))  # fmt: skip
             for variant, kappa, m in keys:
                 group = [
                     r
@@ -142,14 +174,13 @@ def tables(rows: list[dict]) -> str:
                 cells_ = []
                 for k in SHOWN:
                     mean, sd = _stats([r["summary"].get(k) for r in group])
+                    spread = _pm(sd, len(group), ".2g" if k == "forget_quality" else ".4f")
                     cells_.append(
-                        f"{mean:.3g} ± {sd:.2g}"
-                        if k == "forget_quality"
-                        else f"{mean:.4f} ± {sd:.4f}"
+                        f"{mean:.3g}{spread}" if k == "forget_quality" else f"{mean:.4f}{spread}"
                     )
                 per_seed = [degradation(r["summary"], clean) for r in group]
                 dmean, dsd = _stats(per_seed)
-                deg = "—" if variant == "clean" else f"{dmean:+.2f}% ± {dsd:.2f}"
+                deg = "—" if variant == "clean" else f"{dmean:+.2f}%{_pm(dsd, len(group), '.2f')}"
                 lines.append(f"| {method} | {variant} | {kappa if kappa is not None else '—'} | "
                              f"{m if m is not None else '—'} | {len(group)} | " + " | ".join(cells_)
                              + f" | {deg} |")  # fmt: skip
@@ -178,8 +209,9 @@ def claims(rows: list[dict]) -> list[str]:
             (dm, sm), (dn, sn) = _stats(mpu), _stats(noised)
             within = "within 1% of Clean" if abs(dm) <= 1 else "NOT within 1% of Clean"
             beats = "beats Noised" if dm < dn else "does NOT beat Noised"
-            out.append(f"- {method}, m = {m}: MPU {dm:+.2f}% ± {sm:.2f} ({within}); Noised "
-                       f"{dn:+.2f}% ± {sn:.2f}: MPU {beats}.")  # fmt: skip
+            out.append(f"- {method}, m = {m}: MPU {dm:+.2f}%{_pm(sm, len(mpu), '.2f')} ({within}); "
+                       f"Noised {dn:+.2f}%{_pm(sn, len(noised), '.2f')}: MPU {beats}"
+                       + (" (one seed: no spread to judge by)" if len(mpu) < 2 else "") + ".")  # fmt: skip
     return [*out, ""]
 
 
@@ -203,16 +235,27 @@ def figure(rows: list[dict], path: Path) -> None:
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     width = 0.8 / len(pick)
     for ax, (key, title) in zip(axes, metrics, strict=True):
+        shown = []
         for i, (label, test) in enumerate(pick.items()):
             means, sds = zip(*[_stats([r["summary"].get(key) for r in sub if r["method"] == mth and test(r)])
                                for mth in methods], strict=True)  # fmt: skip
             xs = [j + (i - (len(pick) - 1) / 2) * width for j in range(len(methods))]
             ax.bar(xs, means, width, yerr=sds, label=label, capsize=2)
+            shown += [m for m in means if m == m]
+        target = _stats([r["summary"].get(key) for r in rows
+                         if r["split"] == split and r["variant"] == "target"])[0]  # fmt: skip
+        if target == target:
+            ax.axhline(target, color="k", linestyle="--", linewidth=1, label="target (before)")
+            shown.append(target)
+        if shown:  # zoomed: the differences are small next to the values
+            pad = max(0.1 * (max(shown) - min(shown)), 0.005)
+            ax.set_ylim(min(shown) - pad, max(shown) + pad)
         ax.set_xticks(range(len(methods)), methods, rotation=45, ha="right")
         ax.set_title(title)
-    axes[0].legend(fontsize=8)
-    fig.suptitle(f"Synthetic TOFU {split}: Clean vs Noised vs MPU")
-    fig.tight_layout()
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper right", ncol=len(labels), fontsize=8)
+    fig.suptitle(f"Synthetic TOFU {split}: Clean vs Noised vs MPU", x=0.2)
+    fig.tight_layout(rect=(0, 0, 1, 0.93))
     fig.savefig(path, dpi=110)
 
 
@@ -227,6 +270,12 @@ def main() -> None:
     ap.add_argument("--copies", type=int, nargs="+", default=[2, 3])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--no-ablation", dest="ablation", action="store_false")
+    ap.add_argument("--equal-alphas", action="store_true",
+                    help="an extra MPU cell with every α_k = 1 (largest κ, smallest m): the "
+                    "noise of each copy equals Noised's, so only the cancellation differs")  # fmt: skip
+    ap.add_argument("--residuals", type=float, nargs="*", default=[],
+                    help="ρ of extra MPU cells with the residual-noise defence (largest κ, "
+                    "smallest m): its utility cost")  # fmt: skip
     ap.add_argument(
         "--models", help="a prepared models folder (one forget split) instead of the tiny ones"
     )

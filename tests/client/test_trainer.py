@@ -14,6 +14,7 @@ from mpu.client.train_config import ClientTrainConfig
 from mpu.client.trainer import (
     ThreatModelWarning,
     build_optimizer,
+    no_effect,
     plan_steps,
     round_schedule,
     select_trainable,
@@ -214,6 +215,26 @@ def test_linear_warmup_schedule_and_round_continuation(model, tok, rows):
             ).logs["steps"]
         ]
     assert parts == pytest.approx(expect)
+
+
+def test_a_round_spent_in_the_warmups_first_step_is_not_called_a_failure(model, tok, rows):
+    # forget01-sized: one step per round, warm-up 1 epoch = 1 step, so round 1's only step runs
+    # at lr 0 (HF's warm-up starts there) and changes nothing; the later rounds train
+    c = ClientTrainConfig(method="GradAscent", lr=1e-3, batch_size=2, grad_accum=2, epochs=1,
+                          precision="fp32", schedule="linear", warmup_epochs=1.0)  # fmt: skip
+    first = c.resolve().replace(schedule_offset_steps=0, total_steps=4)
+    res = train_unlearning(copy.deepcopy(model), tok, rows[:4], None, first, progress=False)
+    assert [s["lr"] for s in res.logs["steps"]] == [0.0]
+    assert no_effect(res.logs, 0.0, first) is None
+    # the same lr-0 step as the whole schedule is a run that changed nothing: said plainly
+    alone = c.resolve().replace(max_steps=1)
+    res = train_unlearning(copy.deepcopy(model), tok, rows[:4], None, alone, progress=False)
+    assert "did not move the model" in no_effect(res.logs, 0.0, alone)
+    # a round that is 1 of 10 steps is held to a tenth of the 1 % forget-loss change
+    logs = {"forget_loss": {"before": 1.0, "after": 1.002}, "schedule_total_steps": 10,
+            "steps": [{"step": 3, "lr": 1e-3}]}  # fmt: skip
+    assert no_effect(logs, 1.0, first) is None
+    assert "did not move" in no_effect({**logs, "schedule_total_steps": 1}, 1.0, first)
 
 
 # --- reference policy ---------------------------------------------------------------------------

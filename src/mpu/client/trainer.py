@@ -30,7 +30,8 @@ from mpu.errors import ConfigError, DataError
 from mpu.text import PromptFormat, resolve_prompt
 
 log = logging.getLogger("mpu.client")
-MOVED_LOSS = 0.01  # a relative change of the forget loss below this is "did not move"
+# a relative change of the forget loss below this over a whole schedule is "did not move"
+MOVED_LOSS = 0.01
 
 
 class ThreatModelWarning(UserWarning):
@@ -408,7 +409,20 @@ def no_effect(logs: dict, changed_fraction: float | None, eff: ClientSettings) -
     before, after = logs["forget_loss"]["before"], logs["forget_loss"]["after"]
     rel = abs(after - before) / max(abs(before), 1e-12)
     frozen = changed_fraction is not None and changed_fraction < 0.01
-    if rel >= MOVED_LOSS and not frozen:
+    steps = logs.get("steps") or []
+    # a call that is one round of a longer schedule is held to its share of the 1 %
+    share = min(len(steps) / max(logs.get("schedule_total_steps") or 1, 1), 1.0) if steps else 1.0
+    if rel >= MOVED_LOSS * share and not frozen:
+        return None
+    if (
+        steps
+        and all(s["lr"] == 0 for s in steps)
+        and steps[-1]["step"] < logs["schedule_total_steps"]
+    ):
+        # one round of a multi-round schedule whose steps all fell on the warmup's first point
+        # (lr 0, HF's convention): nothing to fix, the next rounds train
+        log.info("%s: this call's %d step(s) ran at lr 0 (start of the warmup); the model moves "
+                 "in the next rounds", eff.method.name, len(steps))  # fmt: skip
         return None
     what = f"forget-set loss {before:.4f} → {after:.4f} ({100 * rel:.2f} % change)"
     if changed_fraction is not None:
