@@ -176,7 +176,7 @@ def table(results: dict) -> str:
         auc = sum(t["auc"] for t in tr) / len(tr) if tr else float("nan")
         chance = tr[0]["chance_at_k"] if tr else float("nan")
         eps = f"{r['dp_epsilon']:.2f}" if "dp_epsilon" in r else "—"
-        lines.append(f"| {r['model']} | {r['method']} | {r['defence']} | {rec:.2f} ({chance:.2f}) | {auc:.2f} "
+        lines.append(f"| {r['model']} | {r['method']} | {r['defence']} | {rec:.3g} ({chance:.2g}) | {auc:.2f} "
                      f"| {r.get('membership_auc', float('nan')):.2f} | {eps} |")  # fmt: skip
     return "\n".join(lines)
 

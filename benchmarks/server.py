@@ -9,7 +9,9 @@ disk), dtype (fp32, bf16) and m, every phase runs in a fresh process:
   this invocation);
 - CLI: the wall time of `mpu server init|publish|aggregate` as a subprocess (interpreter start,
   imports and all), divided by the wall time of a `python -c` process doing the load+save;
-- peak RSS: the phase process's VmHWM divided by the model's bytes.
+- peak RSS: the phase process's VmHWM divided by the model's bytes; in brackets, the part above
+  the process's high-water mark after its imports (python + torch + transformers alone take
+  ~0.4 GB, which dominates the ratio for small models).
 
 `os.sync()` runs before every timed phase, so none pays for the previous one's writeback.
 The client is a stand-in: a small random update per copy, written as a ticketed delta.
@@ -164,7 +166,8 @@ def run_model(kind: str, dtype: str, copies: list[int], root: Path, cli: bool) -
         agg = in_process("aggregate", root, m)
         row = (f"| {kind} | {dtype} | {m} | {init['seconds'] / base_ip:.2f} | {pub['seconds'] / base_ip:.2f} | "
                f"{agg['seconds'] / base_ip:.2f} | {(pub['seconds'] + agg['seconds']) / base_ip:.2f} | "
-               f"{pub['peak'] / size:.2f} | {agg['peak'] / size:.2f} |")  # fmt: skip
+               f"{pub['peak'] / size:.2f} ({(pub['peak'] - pub['idle']) / size:.2f}) | "
+               f"{agg['peak'] / size:.2f} ({(agg['peak'] - agg['idle']) / size:.2f}) |")  # fmt: skip
         if cli:
             mpu = [sys.executable, "-m", "mpu.cli", "server"]
             w, p = str(root / f"cli-w{m}"), str(root / f"cli-pub{m}")
@@ -202,7 +205,11 @@ def main() -> None:
     cols = "| model | dtype | m | init | publish | aggregate | publish+aggregate | publish RSS | aggregate RSS |"
     if args.cli:
         cols += " CLI init | CLI publish | CLI aggregate | CLI publish+aggregate |"
-    print("ratios: time / one load+save of the checkpoint; RSS / model bytes", flush=True)
+    print(
+        "ratios: time / one load+save of the checkpoint; RSS / model bytes (in brackets: "
+        "above the process's RSS after its imports)",
+        flush=True,
+    )
     print(cols, flush=True)
     print("|---" * (cols.count("|") - 1) + "|", flush=True)
     for kind in args.models:

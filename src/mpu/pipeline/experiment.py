@@ -21,8 +21,8 @@ from mpu.errors import ConfigError
 from mpu.io.checkpoint import Checkpoint
 from mpu.logs import console_warnings_only, progress
 from mpu.logs import job as job_label
-from mpu.pipeline.jobs import client_settings
-from mpu.pipeline.variants import VARIANTS, job_config
+from mpu.pipeline.jobs import client_settings, job_cost
+from mpu.pipeline.variants import VARIANTS
 from mpu.privacy.dp import DPConfig
 from mpu.server.config import JobConfig
 from mpu.text import PromptConfig
@@ -78,9 +78,7 @@ class ExperimentConfig:
     eval_limit: int | None = field(
         None, help="evaluate only the first N rows of each split (smoke runs)"
     )
-    keep_models: bool = field(
-        False, help="keep the unlearned model folders (else only evals and report)"
-    )
+    keep_models: bool = field(False, help="keep unlearned model folders (else evals, report)")
     progress: bool = field(True, help="progress bars")
     workers: int = field(
         2,
@@ -181,15 +179,6 @@ class Experiment:
             shutil.rmtree(work, ignore_errors=True)
         return self.timings
 
-    def _cost(self, name: str) -> int:
-        """Relative run time, to start the longest runs first (fewer idle workers at the end)."""
-        if name == "target":
-            return 1
-        method, variant = name.rsplit("-", 1)
-        copies = job_config(variant, self.cfg.server).copies
-        s = self.settings[method]
-        return 2 + 2 * copies * (2 if s.method.uses_reference(s.hp) else 1)
-
     def _run_jobs(self, todo: list[str], data: str, models: Path, retain_logs: dict) -> None:
         """Every pending run, in `workers` processes when > 1; a failure stops the experiment."""
         from mpu.pipeline.progress import JobBoard
@@ -197,7 +186,7 @@ class Experiment:
 
         if not todo:
             return
-        todo = sorted(todo, key=self._cost, reverse=True)
+        todo = sorted(todo, key=lambda n: job_cost(n, self.cfg.server, self.settings), reverse=True)
         t0 = time.perf_counter()
         where = f"{self.cfg.workers} worker processes" if self.cfg.workers > 1 else "this process"
         _say(f"{len(todo)} runs in {where}, longest first: {', '.join(todo)}")

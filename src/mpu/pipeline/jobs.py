@@ -33,6 +33,17 @@ def rounds_for(cfg: Any, method: str) -> tuple[int, int]:
     return (1, rounds * epochs) if cfg.rounds_epochs == "single" else (rounds, epochs)
 
 
+def job_cost(name: str, server: Any, settings: dict[str, ClientSettings]) -> int:
+    """Relative run time of the run `name` ("target" or "METHOD-VARIANT"), so the longest
+    start first (fewer idle workers at the end): copies × (2 with a reference model)."""
+    if name == "target":
+        return 1
+    method, variant = name.rsplit("-", 1)
+    s = settings[method]
+    copies = job_config(variant, server).copies
+    return 2 + 2 * copies * (2 if s.method.uses_reference(s.hp) else 1)
+
+
 def client_settings(cfg: Any, method: str, n_params: int | None = None) -> ClientSettings:
     """The method's resolved client settings (the small-model rule needs the model's size)."""
     client = dataclasses.replace(cfg.client, method=method, seed=cfg.seed, prompt=cfg.prompt)

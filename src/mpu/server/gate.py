@@ -39,21 +39,18 @@ def gate_token_ids(model_dir: str | Path, vocab_size: int, length: int = 32) -> 
 def preservation_error(
     model, layout: Layout, transforms: dict[int, BlockTransform], ids: torch.Tensor
 ) -> float:
-    """max|logits(T(θ)) − logits(θ)| / max|logits(θ)| in fp32; restores the model afterwards."""
+    """max|logits(T(θ)) − logits(θ)| / max|logits(θ)| in fp32. The model's parameters are
+    replaced by T(θ) in place (the gate loads a throwaway model; nothing is restored)."""
     model = model.float().eval()
     params = dict(model.named_parameters())
     before = model(ids).logits.float()
-    saved = {}
     for name, info in layout.tensors.items():
         if info.layer is None or not info.role.reparameterized or name not in params:
             continue
-        saved[name] = params[name].detach().clone()
-        params[name].copy_(
-            transform(saved[name], info.role, layout.geometry, transforms[info.layer])
+        params[name].data = transform(
+            params[name].detach(), info.role, layout.geometry, transforms[info.layer]
         )
     after = model(ids).logits.float()
-    for name, value in saved.items():
-        params[name].copy_(value)
     return float((after - before).abs().max() / before.abs().max().clamp_min(1e-30))
 
 
