@@ -224,6 +224,8 @@ def test_the_privacy_section_says_what_was_protected_and_what_was_not(tmp_path):
                               "transcript": {"entries": 5, "rounds_replayed": 1, "head": "ab"}}  # fmt: skip
     report["runs"].append({**report["runs"][-1], "variant": "dp", "privacy": {
         **report["runs"][-1]["privacy"], "dp_epsilon": 7.97, "dp_delta": 1e-5}})  # fmt: skip
+    report["runs"].append({**report["runs"][-1], "variant": "noised", "m": 1, "privacy": {
+        **report["runs"][-1]["privacy"], "copies": 1, "one_copy_aligned": 0.061}})  # fmt: skip
     (d / "report.json").write_text(json.dumps(report))
     md_path, html_path = render_report([d])
     md = md_path.read_text()
@@ -236,4 +238,7 @@ def test_the_privacy_section_says_what_was_protected_and_what_was_not(tmp_path):
     # the finding names the weakness in words, with the numbers
     assert "rebuilt the server's weights to within 5.2% (one copy) and 1.3% (all 4 copies)" in md
     assert "not information-theoretically" in md and "(7.97, 1e-05)-DP" in md
+    # one copy (Noised): one figure, no "all 1 copies"
+    assert "rebuilt the server's weights to within 6.1% of what fine-tuning changed" in md
+    assert "all 1 copies" not in md
     assert 'id="privacy"' in html_path.read_text()

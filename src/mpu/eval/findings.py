@@ -270,9 +270,10 @@ def privacy_findings(runs: Sequence[dict]) -> list[str]:
         one, all_ = _num(p.get("one_copy_aligned")), _num(p.get("all_copies_with_base"))
         if one is None or all_ is None:
             continue
+        both = (f"{100 * one:.1f}% (one copy) and {100 * all_:.1f}% (all {p['copies']} copies)"
+                if (p.get("copies") or 1) > 1 else f"{100 * one:.1f}%")  # fmt: skip
         s = (f"Privacy of {setting_label(r)}: a client aligning the copies to the public base "
-             f"rebuilt the server's weights to within {100 * one:.1f}% (one copy) and "
-             f"{100 * all_:.1f}% (all {p.get('copies')} copies) of what fine-tuning changed")  # fmt: skip
+             f"rebuilt the server's weights to within {both} of what fine-tuning changed")  # fmt: skip
         floor = _num(p.get("residual_floor"))
         s += (f", and no attack can do better than {100 * floor:.1f}% (residual noise)"
               if floor else "; the copies hide θ only behind the secret maps, not information-"
