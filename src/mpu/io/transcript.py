@@ -47,12 +47,21 @@ def combine(leaves: dict[str, tuple[Any, Any, str]]) -> str:
     return h.hexdigest()
 
 
-def commitment(path: str | Path) -> str:
-    """The commitment of a model folder or a safetensors file, from its tensors as stored."""
+def tensor_leaf(t) -> tuple[Any, tuple, str]:
+    """One commitment leaf of a tensor as it is stored: (dtype, shape, SHA-256 of its bytes)."""
     import torch
 
+    from mpu.io.safetensors_stream import tensor_digest
+
+    t = t.contiguous()
+    data = t.reshape(-1).view(torch.uint8).numpy() if t.numel() else b""
+    return t.dtype, tuple(t.shape), tensor_digest(data)
+
+
+def commitment(path: str | Path) -> str:
+    """The commitment of a model folder or a safetensors file, from its tensors as stored."""
     from mpu.io.checkpoint import Checkpoint
-    from mpu.io.safetensors_stream import SafetensorsReader, tensor_digest
+    from mpu.io.safetensors_stream import SafetensorsReader
 
     path = Path(path)
     if path.is_dir():
@@ -61,12 +70,7 @@ def commitment(path: str | Path) -> str:
     else:
         reader = SafetensorsReader(path)
         names, read = list(reader.specs), reader.read
-    leaves = {}
-    for name in names:
-        t = read(name).contiguous()
-        data = t.reshape(-1).view(torch.uint8).numpy() if t.numel() else b""
-        leaves[name] = (t.dtype, tuple(t.shape), tensor_digest(data))
-    return combine(leaves)
+    return combine({name: tensor_leaf(read(name)) for name in names})
 
 
 # ---------------------------------------------------------------- keys

@@ -26,8 +26,7 @@ from mpu.errors import UpdateRejectedError, printable
 from mpu.io.checkpoint import Checkpoint, CheckpointWriter, retype_layout
 from mpu.io.delta import DeltaFile
 from mpu.io.pipeline import ordered_map
-from mpu.io.safetensors_stream import tensor_digest
-from mpu.io.transcript import combine
+from mpu.io.transcript import combine, tensor_leaf
 from mpu.protocol.aggregate import HarmonicAccumulator, server_step
 from mpu.server.config import JobConfig
 from mpu.server.publish import TransformCache, finish_sigmas, sigma_moments, sign_ticket
@@ -215,8 +214,7 @@ def aggregate_updates(
         sq = []
         for rec, delta in matched:
             d = delta.read(name)
-            leaves[rec.copy_id][name] = (d.dtype, tuple(d.shape), tensor_digest(
-                d.reshape(-1).view(torch.uint8).numpy() if d.numel() else b""))  # fmt: skip
+            leaves[rec.copy_id][name] = tensor_leaf(d)
             d = d.to(device)
             norm = _finite_norm(d, name, delta.path)
             _check_tensor_bound(norm, bounds.get(name), d.numel(), name, delta.path, cfg)

@@ -32,7 +32,7 @@ from mpu.errors import CheckpointError, ConfigError
 from mpu.io.checkpoint import Checkpoint, CheckpointWriter, retype_layout, set_mtimes
 from mpu.io.delta import Ticket, write_ticket
 from mpu.io.pipeline import ordered_map
-from mpu.io.safetensors_stream import tensor_digest
+from mpu.io.transcript import tensor_leaf
 from mpu.protocol.noise import copy_noise, sigma_from_moments, zero_sum_basis
 from mpu.protocol.reparam import (
     BlockTransform,
@@ -119,11 +119,6 @@ def check_sigmas(sigmas: dict[str, float], cfg: JobConfig, where: Path) -> dict[
     return sigmas
 
 
-def _leaf(t: torch.Tensor) -> tuple[torch.dtype, tuple, str]:
-    data = t.contiguous().reshape(-1).view(torch.uint8).numpy() if t.numel() else b""
-    return t.dtype, tuple(t.shape), tensor_digest(data)
-
-
 def scan(
     theta: Checkpoint,
     base: Checkpoint,
@@ -147,10 +142,10 @@ def scan(
             )
         b = None
         if leaves is not None:
-            leaves["theta"][name] = _leaf(raw)
+            leaves["theta"][name] = tensor_leaf(raw)
             if name in base.file_of:
                 b = base.read(name)
-                leaves["base"][name] = _leaf(b)
+                leaves["base"][name] = tensor_leaf(b)
         moment = sigma_moments(name, t, base, layout, cfg, b) if cfg.kappa > 0 else None
         return name, norm, moment
 
@@ -165,7 +160,7 @@ def scan(
     if leaves is not None:  # base tensors the model does not have (rare)
         for name in base.names():
             if name not in leaves["base"]:
-                leaves["base"][name] = _leaf(base.read(name))
+                leaves["base"][name] = tensor_leaf(base.read(name))
     return check_sigmas(finish_sigmas(moments, cfg), cfg, base.path), norms
 
 
