@@ -52,7 +52,9 @@ def test_the_report_matches_an_independent_computation(round1, tmp_path):
         den = sum(float((theta[n].double() - base[n].double()).square().sum()) for n in theta)
         return math.sqrt(num / den)
 
-    assert c["one_copy_unaligned"] == pytest.approx(rel(published[0], theta), rel=1e-9)
+    # the audit keeps the model's fp32 for differences and squares (float64 sums): each squared
+    # entry carries ≤ 3u relative error (u = 2⁻²⁴), and so does the ratio of the two norms
+    assert c["one_copy_unaligned"] == pytest.approx(rel(published[0], theta), rel=3 * 2**-24)
     rec = A.reconstruct(layout, published, invert, base=base)
     assert c["one_copy_aligned_to_base"] == pytest.approx(rel(rec["one"], theta), rel=1e-6)
     assert c["all_copies_with_base"] == pytest.approx(rel(rec["all"], theta), rel=1e-6)
