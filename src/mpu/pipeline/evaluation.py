@@ -15,6 +15,7 @@ def evaluate_run(
     import torch
 
     from mpu.data import tofu_splits
+    from mpu.devices import resolve_device
     from mpu.eval.io import load_model, read_eval_log, write_eval
     from mpu.eval.tofu import DEFAULT_METRICS, evaluate_tofu
 
@@ -29,7 +30,7 @@ def evaluate_run(
         # forget quality and privleak from the stored per-item results
     t = time.perf_counter()
     torch.manual_seed(0)
-    model, tokenizer = load_model(model_dir)
+    model, tokenizer = load_model(model_dir, device=resolve_device(cfg.eval_device, "evaluation"))
     results = evaluate_tofu(
         model,
         tokenizer,

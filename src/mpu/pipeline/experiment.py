@@ -17,6 +17,7 @@ from pathlib import Path
 
 from mpu.client.train_config import ClientTrainConfig
 from mpu.config import field, to_dict
+from mpu.devices import DEVICE_HELP
 from mpu.errors import ConfigError
 from mpu.io.checkpoint import Checkpoint
 from mpu.logs import console_warnings_only, progress
@@ -72,6 +73,7 @@ class ExperimentConfig:
     )
     seed: int = field(0, help="seed of the data order and the client")
     eval_batch_size: int = field(32, help="evaluation batch size")
+    eval_device: str = field("auto", help=f"evaluation device: {DEVICE_HELP}")
     eval_max_new_tokens: int = field(
         200, help="greedy generation length for ROUGE (OpenUnlearning: 200)"
     )

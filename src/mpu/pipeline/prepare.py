@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from mpu.config import field, to_dict
+from mpu.devices import DEVICE_HELP, check_device_name, resolve_device
 from mpu.errors import ConfigError
 from mpu.text import PromptConfig
 
@@ -65,6 +66,7 @@ class PrepareConfig:
     )
     workers: int = field(2, help="fine-tune target and retain in 2 parallel processes, or 1")
     threads: int = field(1, help="torch threads per process (1: no oversubscription on 2 cores)")
+    device: str = field("auto", help=f"fine-tuning and evaluation device: {DEVICE_HELP}")
     prompt: PromptConfig = dataclasses.field(
         default_factory=PromptConfig,
         metadata={
@@ -77,6 +79,7 @@ class PrepareConfig:
             raise ConfigError(f"forget_split must look like forget10, not {self.forget_split!r}")
         if isinstance(self.prompt, dict):
             self.prompt = PromptConfig(**self.prompt)
+        check_device_name(self.device)
         if self.epochs is not None and self.epochs < 1:
             raise ConfigError(f"epochs must be >= 1, not {self.epochs}")
         if self.workers not in (1, 2) or self.threads < 1:
@@ -125,7 +128,7 @@ def content_hash(data: dict[str, list[dict]], config: PrepareConfig) -> str:
     cfg = {
         k: v
         for k, v in to_dict(config).items()
-        if k not in ("out", "data", "progress", "workers", "threads")
+        if k not in ("out", "data", "progress", "workers", "threads", "device")
     }
     h = hashlib.sha256(json.dumps([PREPARE_VERSION, cfg], sort_keys=True).encode())
     for key in sorted(data):
@@ -268,6 +271,7 @@ def _finetune(job: dict) -> dict:
     t0, c0 = time.perf_counter(), time.process_time()
     tok = AutoTokenizer.from_pretrained(out / "base")
     model = AutoModelForCausalLM.from_pretrained(out / "base", dtype=torch.float32)
+    model.to(resolve_device(config.device, f"fine-tuning {name}"))
     stats = train_lm(
         model,
         encode_rows(tok, job["rows"], fmt=_format(model, tok, config)),
@@ -281,7 +285,7 @@ def _finetune(job: dict) -> dict:
         position=job["position"],
     )
     timings = {name: time.perf_counter() - t0}
-    _save(model, tok, out / name)
+    _save(model.to("cpu"), tok, out / name)
     t0 = time.perf_counter()
     summary, trs = _evaluate(model, tok, job["data"], config)
     summary.update(train_loss=stats.final_loss, tokens_per_second=stats.tokens_per_second)

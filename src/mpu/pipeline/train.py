@@ -76,6 +76,7 @@ def train_lm(
         raise ValueError(f"{desc}: nothing to train on")
     rng = random.Random(seed)
     torch.manual_seed(seed)
+    device = next(model.parameters()).device  # batches follow the model
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     steps_per_epoch = math.ceil(len(items) / batch_size)
@@ -103,6 +104,7 @@ def train_lm(
                 labels=[items[i].labels for i in idx],
                 mask_mode="padding",
             )
+            batch = {k: v.to(device) for k, v in batch.items()}
             loss = answer_loss(model, batch)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

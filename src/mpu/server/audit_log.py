@@ -188,9 +188,9 @@ def _replay_publish(server, entry: dict, where: str) -> None:
 
 def _replay_aggregate(server, entry: dict, files: list[Path], where: str) -> None:
     """Post-Process again from θ_r, the logged updates and the key; θ_{r+1} must match bit for bit."""
+    from mpu.devices import resolve_device
     from mpu.io.checkpoint import Checkpoint
     from mpu.server.aggregate import aggregate_updates, match_deltas
-    from mpu.server.job import resolve_device
     from mpu.server.state import round_dir
 
     r = entry["round"]

@@ -6,6 +6,7 @@ import math
 from dataclasses import dataclass
 
 from mpu.config import check_number, field
+from mpu.devices import check_device_name
 from mpu.errors import ConfigError
 
 NOISE_SCOPES = ("blocks", "all")
@@ -96,8 +97,7 @@ class JobConfig:
         check_number(self, "max_update_norm", self.max_update_norm, low=0, allow_none=False)
         check_number(self, "max_update_ratio", self.max_update_ratio, low=0, allow_none=False)
         check_number(self, "residual", self.residual, low=0, high=100, allow_none=False)
-        if not (self.device in ("cpu", "auto", "cuda") or self.device.startswith("cuda:")):
-            raise ConfigError(f"device={self.device!r}: expected cpu, auto, cuda or cuda:N")
+        check_device_name(self.device)
         check_number(
             self, "median_factor", self.median_factor, low=1, low_open=True, allow_none=False
         )

@@ -23,6 +23,7 @@ import torch
 from mpu.arch import layout_of, load_config
 from mpu.arch.base import Layout
 from mpu.config import load_config as load_typed_config
+from mpu.devices import resolve_device
 from mpu.errors import CheckpointError, ConfigError
 from mpu.io.checkpoint import (
     Checkpoint,
@@ -67,16 +68,6 @@ def _add_log_file(workdir: Path) -> logging.Handler:
     if log.level == logging.NOTSET or log.level > logging.INFO:
         log.setLevel(logging.INFO)
     return handler
-
-
-def resolve_device(name: str) -> str:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"device={name}: no CUDA device is available")
-    if name != "cpu":
-        log.info("server computations on %s", name)
-    return name
 
 
 class Server:
