@@ -25,12 +25,10 @@ from mpu.config import load_config
 from mpu.errors import ConfigError, DataError
 from mpu.methods import build_method_config, get_method
 from toolkit import (
-    finetune,
     fmt_of,
     qa_batch,
     synthetic_qa,
     tiny_llama,
-    tiny_tokenizer,
 )
 
 IDK = ["I don't know.", "No idea."]
@@ -45,25 +43,9 @@ FAST = dict(
 )
 
 
-@pytest.fixture(scope="module")
-def tok():
-    torch.set_num_threads(1)
-    return tiny_tokenizer()
-
-
-@pytest.fixture(scope="module")
-def rows():
-    return synthetic_qa(16, seed=0)
-
-
-@pytest.fixture(scope="module")
-def _target(tok, rows):
-    return finetune(tiny_llama(tok, seed=0), tok, rows, steps=60)
-
-
 @pytest.fixture()
-def model(_target):
-    return copy.deepcopy(_target)
+def model(target):
+    return copy.deepcopy(target)
 
 
 def state(m):

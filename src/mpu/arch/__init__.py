@@ -25,6 +25,7 @@ __all__ = [
     "is_block_parameter",
     "layout_of",
     "load_config",
+    "lora_target_modules",
     "n_blocks",
     "output_embedding_name",
     "spec_for",
@@ -82,3 +83,15 @@ def embedding_parameter_names(config, names: Iterable[str]) -> list[str]:
     spec = spec_for(config.model_type)
     wanted = set(spec.tied_alias) | set(spec.stored_names.values())
     return [n for n in names if n in wanted]
+
+
+def lora_target_modules(config) -> list[str]:
+    """Module paths (relative to a block) of the attention and MLP projections: the default
+    LoRA targets, e.g. `self_attn.q_proj` … `mlp.down_proj` for Llama (PEFT matches suffixes)."""
+    spec = spec_for(config.model_type)
+    skip = {Role.BLOCK_OTHER, Role.Q_NORM, Role.K_NORM}
+    return [
+        suffix.removesuffix(".weight")
+        for suffix, role in spec.roles.items()
+        if suffix.endswith(".weight") and role not in skip
+    ]

@@ -32,10 +32,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _unlearn(args: argparse.Namespace) -> int:
+    from mpu.client.distributed import current_processes, launch_processes, launched
     from mpu.client.train_config import ClientTrainConfig
     from mpu.client.unlearn import check_copy, load_client_data, unlearn_copy
     from mpu.config import load_config
 
+    if args.num_processes > 1 and not launched():  # in a launched process: train
+        return launch_processes(args.num_processes, sys.argv[1:])
     overrides = [f"method={args.method}", *args.overrides]
     cfg = load_config(ClientTrainConfig, yaml_path=args.config, overrides=overrides)
     check_copy(args.copy, args.reference)  # before loading data or models
@@ -49,6 +52,8 @@ def _unlearn(args: argparse.Namespace) -> int:
         order_seed=args.order_seed,
         progress=not args.quiet,
     )
+    if not current_processes().is_main:
+        return 0
     loss = info["forget_loss"]
     print(f"unlearned {args.copy} with {cfg.method} ({info['steps']} optimizer steps)")
     print(f"  forget-set loss {loss['before']:.4f} -> {loss['after']:.4f}; "
@@ -97,6 +102,13 @@ def _register_unlearn(csub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--config", help="YAML recipe with ClientTrainConfig keys")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--num-processes",
+        type=int,
+        default=1,
+        help="data-parallel processes through `accelerate launch` (one per GPU; gloo on CPU). "
+        "grad_accum is per process: the step averages grad_accum × N micro-batches",
+    )
     p.add_argument(
         "overrides", nargs="*", help="ClientTrainConfig key=value (e.g. lr=2e-5 hparams.beta=0.2)"
     )

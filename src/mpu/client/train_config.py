@@ -16,7 +16,9 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from mpu.client.adapters import LoRAConfig
 from mpu.config import field
+from mpu.devices import DEVICE_HELP, check_device_name
 from mpu.errors import ConfigError
 from mpu.methods import Method, build_method_config, get_method, training_defaults
 from mpu.methods.profiles import BENCHMARKS, PROFILES
@@ -111,7 +113,25 @@ class ClientTrainConfig:
         "and AdamW state: the MPU client)",
     )
     trainable: str = field(
-        "all", help="trainable scope: all | decoder (decoder blocks) | a regex on parameter names"
+        "all",
+        help="trainable scope: all | decoder (decoder blocks) | lora (adapters, merged before "
+        "the delta) | a regex on parameter names",
+    )
+    lora: LoRAConfig = dataclasses.field(
+        default_factory=LoRAConfig,
+        metadata={
+            "help": "trainable=lora: lora.rank, lora.alpha, lora.dropout, lora.target_modules"
+        },
+    )
+    gradient_checkpointing: bool = field(
+        False, help="recompute block activations in the backward pass (memory for time)"
+    )
+    device: str = field("auto", help=DEVICE_HELP)
+    reference_device: str = field(
+        "same", help="where the reference/teacher model lives: same (the model's device) | cpu"
+    )
+    reference_precision: str = field(
+        "same", help="reference model weights: same (the training dtype) | bf16 (half the memory)"
     )
     reference: str = field(
         "copy",
@@ -140,6 +160,11 @@ class ClientTrainConfig:
         _choice("precision", self.precision, PRECISIONS)
         _choice("reference", self.reference, REFERENCES)
         _choice("retain_loss", self.retain_loss, ("NLL", "KL"))
+        _choice("reference_device", self.reference_device, ("same", "cpu"))
+        _choice("reference_precision", self.reference_precision, ("same", "bf16"))
+        check_device_name(self.device, "ClientTrainConfig.device")
+        if isinstance(self.lora, dict):
+            self.lora = LoRAConfig(**self.lora)
         for name in ("epochs", "batch_size", "grad_accum", "max_length"):
             v = getattr(self, name)
             if v is not None and v < 1:
@@ -163,7 +188,7 @@ class ClientTrainConfig:
             len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas)
         ):
             raise ConfigError(f"ClientTrainConfig.betas={self.betas}: two values in [0, 1)")
-        if self.trainable not in ("all", "decoder"):
+        if self.trainable not in ("all", "decoder", "lora"):
             try:
                 re.compile(self.trainable)
             except re.error as exc:
@@ -212,6 +237,10 @@ class ClientTrainConfig:
             defaults.update(taken)
             if taken:
                 rule = ", ".join(f"{k}={v}" for k, v in taken.items()) + f" ({note})"
+        if self.trainable == "lora" and self.lr is None:
+            defaults["lr"] *= LORA_LR_FACTOR
+            note = f"lr={defaults['lr']:g} (trainable=lora: {LORA_LR_FACTOR}× full fine-tuning's)"
+            rule = f"{rule}; {note}" if rule else note
         values = {
             f.name: (
                 defaults.get(f.name) if getattr(self, f.name) is None else getattr(self, f.name)
@@ -232,6 +261,9 @@ class ClientTrainConfig:
 # lost), so fp32 is the default there.
 SMALL_MODEL_LR = ((10_000_000, 5e-4), (1_000_000_000, 5e-5))
 SMALL_MODEL_LIMIT = 1_000_000_000
+# Adapters start at B = 0 and hold ~1 % of the parameters: LoRA recipes use about ten times the
+# full fine-tuning learning rate (1e-4 where full fine-tuning uses 1e-5).
+LORA_LR_FACTOR = 10
 
 
 def small_model_defaults(n_params: int, profile: dict[str, Any]) -> tuple[dict[str, Any], str]:
@@ -278,6 +310,11 @@ class ClientSettings:
     max_length: int
     prompt: PromptConfig
     dp: DPConfig = dataclasses.field(default_factory=DPConfig)
+    lora: LoRAConfig = dataclasses.field(default_factory=LoRAConfig)
+    gradient_checkpointing: bool = False
+    device: str = "auto"
+    reference_device: str = "same"
+    reference_precision: str = "same"
     defaults_rule: str = ""  # which unset values the small-model rule filled in
 
     def replace(self, **changes: Any) -> ClientSettings:
@@ -288,7 +325,7 @@ class ClientSettings:
         out = {
             f.name: getattr(self, f.name)
             for f in dataclasses.fields(self)
-            if f.name not in ("method", "hp", "prompt", "dp")
+            if f.name not in ("method", "hp", "prompt", "dp", "lora")
         }
         out.update(
             method=self.method.name,
@@ -296,5 +333,6 @@ class ClientSettings:
             hparams=dataclasses.asdict(self.hp),
             prompt=dataclasses.asdict(self.prompt),
             dp=dataclasses.asdict(self.dp),
+            lora=dataclasses.asdict(self.lora) if self.trainable == "lora" else None,
         )
         return out

@@ -24,8 +24,17 @@ import torch
 from tqdm.auto import tqdm
 
 from mpu.arch import is_block_parameter
+from mpu.client.adapters import (
+    AdapterOffReference,
+    attach_lora,
+    disable_checkpointing,
+    enable_checkpointing,
+    merge_lora,
+)
 from mpu.client.batches import BatchBuilder, check_rows, encode_rows, iterate
+from mpu.client.distributed import current_processes
 from mpu.client.train_config import ClientSettings, ClientTrainConfig
+from mpu.devices import resolve_device
 from mpu.errors import ConfigError, DataError
 from mpu.text import PromptFormat, resolve_prompt
 
@@ -121,6 +130,11 @@ def select_trainable(model: torch.nn.Module, scope: str) -> list[tuple[str, torc
     named = list(model.named_parameters())
     if scope == "all":
         return named
+    if scope == "lora":  # the adapters `attach_lora` added (PEFT names them lora_A / lora_B)
+        chosen = [(n, p) for n, p in named if ".lora_" in n]
+        if not chosen:
+            raise ConfigError("trainable=lora: the model has no LoRA adapters attached")
+        return chosen
     if scope == "decoder":
         chosen = [(n, p) for n, p in named if is_block_parameter(model.config, n)]
     else:
@@ -188,10 +202,33 @@ def _validate(model, tokenizer, forget_rows, retain_rows, idk_answers, eff, refe
         raise ConfigError("reference=clean: pass the clean model as reference_model")
     if spec.check_model is not None:
         spec.check_model(model, hp)
-    select_trainable(model, eff.trainable)
+    if eff.trainable != "lora":  # adapters are attached (and their targets checked) later
+        select_trainable(model, eff.trainable)
     if tokenizer is None:
         raise ConfigError("train_unlearning needs the copy's tokenizer")
     return spec, hp, use_retain
+
+
+def _reference(model, given, eff: ClientSettings):
+    """The frozen reference/teacher: the caller's model, the adapters-off view of the LoRA
+    model (marker "adapters_off", built once the adapters exist), or a copy of `model`; then
+    moved to `reference_device` / cast to `reference_precision`."""
+    if eff.reference == "clean":
+        warnings.warn(
+            "reference=clean: the reference model is the clean server model, which a real "
+            "client never has; this reproduces the paper but breaks the threat model (docs/protocol.md §10 F1)",
+            ThreatModelWarning,
+            stacklevel=3,
+        )
+    keep = eff.reference_device == "same" and eff.reference_precision == "same"
+    if given is None and eff.trainable == "lora" and keep:
+        return "adapters_off"  # the starting copy = the same weights with adapters off
+    # a caller's model is used under no_grad only; its flags are left alone
+    ref = copy.deepcopy(model).requires_grad_(False) if given is None else given
+    ref.to(device="cpu" if eff.reference_device == "cpu" else next(model.parameters()).device)
+    if eff.reference_precision == "bf16":
+        ref.to(torch.bfloat16)
+    return ref.eval()
 
 
 def train_unlearning(
@@ -223,6 +260,10 @@ def train_unlearning(
     spec, hp, use_retain = _validate(
         model, tokenizer, forget_rows, retain_rows, idk_answers, eff, reference_model
     )
+    procs = current_processes()
+    per_process_accum = eff.grad_accum
+    if procs.count > 1:  # one step = g micro-batches on each of N processes (client/distributed)
+        eff = eff.replace(grad_accum=eff.grad_accum * procs.count)
     fmt = prompt_format(getattr(model.config, "model_type", None), tokenizer, eff)
     forget, f_rows, f_drop = encode_rows(tokenizer, forget_rows, fmt=fmt, max_length=eff.max_length)
     retain = list(retain_rows) if use_retain else []
@@ -240,49 +281,48 @@ def train_unlearning(
             f"total_steps={total}"
         )
 
+    device = procs.device(resolve_device(eff.device, "client training"))
+    model.to(device)
     dtype = torch.bfloat16 if eff.precision in ("pure_bf16", "bf16_weights") else torch.float32
     for p in model.parameters():  # parameters only: fp32 buffers (RoPE inv_freq) stay fp32
         if p.is_floating_point() and p.dtype != dtype:
             p.data = p.data.to(dtype)
-    ref = None
-    if spec.uses_reference(hp):
-        if eff.reference == "clean":
-            warnings.warn(
-                "reference=clean: the reference model is the clean server model, which a real "
-                "client never has; this reproduces the paper but breaks the threat model (docs/protocol.md §10 F1)",
-                ThreatModelWarning,
-                stacklevel=2,
-            )
-        if reference_model is None:
-            ref = copy.deepcopy(model).requires_grad_(False)
-        else:  # used under no_grad only; the caller's flags are left alone
-            ref = reference_model
-        ref.eval()
+    flags = {n: p.requires_grad for n, p in model.named_parameters()}
+    ref = _reference(model, reference_model, eff) if spec.uses_reference(hp) else None
+    peft_model = None
+    if eff.trainable == "lora":
+        gpus = [torch.device(device).index or 0] if device.startswith("cuda") else []
+        with torch.random.fork_rng(devices=gpus):  # the same A init on every copy of a round
+            torch.manual_seed(eff.seed)
+            peft_model = attach_lora(model, eff.lora)
+    if ref == "adapters_off":
+        ref = AdapterOffReference(peft_model)
+    train_model = peft_model if peft_model is not None else model
+    if eff.gradient_checkpointing:
+        enable_checkpointing(model)
 
-    loss_before = forget_loss(model, forget, tokenizer)
+    loss_before = forget_loss(train_model, forget, tokenizer)
     torch.manual_seed(eff.seed)
     det = (
         torch.are_deterministic_algorithms_enabled(),
         torch.is_deterministic_algorithms_warn_only_enabled(),
     )
     torch.use_deterministic_algorithms(True, warn_only=True)
-    flags = {n: p.requires_grad for n, p in model.named_parameters()}
     was_training = model.training
-    named = select_trainable(model, eff.trainable)
+    named = select_trainable(train_model, eff.trainable)
     in_scope = {n for n, _ in named}
-    for n, p in model.named_parameters():
+    for n, p in train_model.named_parameters():
         p.requires_grad_(n in in_scope)
     masters = _MasterWeights(named) if eff.precision == "bf16_weights" else None
     opt_named = masters.named if masters else named
     params = [p for _, p in opt_named]
-    opt = build_optimizer(model, opt_named, eff)
+    opt = build_optimizer(train_model, opt_named, eff)
     offset = eff.schedule_offset_steps
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda i: lr_factor(offset + i, warmup=warmup, total=total, schedule=eff.schedule)
     )
-    device = next(model.parameters()).device
     autocast = (
-        torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+        torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16)
         if eff.precision == "bf16-mixed"
         else contextlib.nullcontext()
     )
@@ -299,9 +339,9 @@ def train_unlearning(
     g = eff.grad_accum
     steps: list[dict[str, float]] = []
     window: list[dict[str, float]] = []
-    n_mb = step = 0
+    n_mb = step = in_window = 0
     last_epoch = 0
-    model.train()
+    train_model.train()
     bar = tqdm(total=total_local, desc=f"{spec.name} unlearning", disable=not progress)
     try:
         opt.zero_grad(set_to_none=True)
@@ -309,20 +349,25 @@ def train_unlearning(
             epoch, k, mb, per_epoch = next(stream)
             last_epoch = epoch
             n_mb += 1
-            with autocast:
-                loss, logs = spec.loss(model, builder.build(mb), ref, hp)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(
-                    f"{spec.name}: non-finite loss {float(loss)} at step {step}"
-                )
-            (loss / g).backward()
-            window.append(logs)
+            batch = builder.build(mb)  # every process builds: the order digest stays shared
+            if procs.owns(in_window):
+                with autocast:
+                    loss, logs = spec.loss(train_model, batch, ref, hp)
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(
+                        f"{spec.name}: non-finite loss {float(loss)} at step {step}"
+                    )
+                (loss / g).backward()
+                window.append(logs)
+            in_window += 1
             if eff.accumulation == "epoch_flush":
                 do_step = (k + 1) % g == 0 or k + 1 == per_epoch
             else:
                 do_step = n_mb % g == 0 or (per_epoch <= g and k + 1 == per_epoch)
             if not do_step:
                 continue
+            in_window = 0
+            procs.sum_gradients([p for _, p in named])
             if masters:
                 masters.load_grads()
             gn = (
@@ -338,8 +383,9 @@ def train_unlearning(
                 masters.write_back()
             sched.step()
             opt.zero_grad(set_to_none=True)
-            model.zero_grad(set_to_none=True)
+            train_model.zero_grad(set_to_none=True)
             step += 1
+            # this process's micro-batches (process 0 always has the window's first one)
             rec = {k2: sum(w.get(k2, 0.0) for w in window) / len(window) for k2 in window[0]}
             rec.update(step=offset + step, epoch=epoch, lr=lr, grad_norm=float(gn))
             steps.append(rec)
@@ -351,6 +397,10 @@ def train_unlearning(
     finally:
         bar.close()
         torch.use_deterministic_algorithms(det[0], warn_only=det[1])
+        if eff.gradient_checkpointing:
+            disable_checkpointing(model)
+        if peft_model is not None:
+            merge_lora(peft_model)  # `model` is now the merged dense copy
         for n, p in model.named_parameters():
             p.requires_grad_(flags[n])
         model.train(was_training)
@@ -368,9 +418,15 @@ def train_unlearning(
         "schedule_total_steps": total,
         "reference": (eff.reference if ref is not None else None),
         "trainable_tensors": len(named),
+        "trainable_parameters": sum(p.numel() for _, p in named),
+        "device": str(device),
+        "num_processes": procs.count,
+        "grad_accum_per_process": per_process_accum,
     }
     if spec.name == "RMU":
         logs["rmu_steering_seed"] = hp.steering_seed
+    if peft_model is not None:
+        logs["lora_targets"] = sorted(peft_model.peft_config["default"].target_modules)
     logs["prompt_format"] = fmt.to_dict()
     logs["forget_loss"] = {"before": loss_before, "after": loss_after}
     return TrainResult(model, logs, step, eff.to_log())

@@ -89,11 +89,13 @@ def unlearn_copy(
     """Unlearn one copy; returns (unlearned model folder, delta file, training logs).
 
     Beside the delta goes `receipt.json`: the client's signed statement of which copy it received
-    and which update it returned (key: `receipt_key`, else `client_key_path()`)."""
+    and which update it returned (key: `receipt_key`, else `client_key_path()`). Under
+    `accelerate launch` every process trains (client/distributed.py) and process 0 writes."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from mpu.client.diff import make_delta
+    from mpu.client.distributed import current_processes
     from mpu.client.trainer import no_effect, settings_of, train_unlearning
 
     check_copy(copy_dir, reference_dir)
@@ -121,12 +123,17 @@ def unlearn_copy(
         progress=progress,
         on_step=on_step,
     )
-    model_dir = out / "model"
-    result.model.save_pretrained(model_dir, safe_serialization=True)
+    model_dir, delta = out / "model", out / "delta.safetensors"
+    procs = current_processes()
+    if not procs.is_main:  # identical weights on every process; process 0 writes them
+        procs.wait()
+        return model_dir, delta, {"steps": result.step_count, "process": procs.index}
+    result.model.to("cpu").save_pretrained(model_dir, safe_serialization=True)
     tokenizer.save_pretrained(model_dir)
     stats: dict = {}
-    delta = make_delta(copy_dir, model_dir, out / "delta.safetensors", stats=stats, dp=eff.dp)
+    delta = make_delta(copy_dir, model_dir, delta, stats=stats, dp=eff.dp)
     write_receipt(copy_dir, delta, out / "receipt.json", key_path=receipt_key)
+    procs.wait()
     warning = no_effect(result.logs, stats["changed_fraction"], eff)
     if warning:
         log.warning("%s", warning)

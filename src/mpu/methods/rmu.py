@@ -67,7 +67,9 @@ def steered_layer(config, hp: RMUConfig) -> int:
 
 
 def steered_module(model: torch.nn.Module, hp: RMUConfig) -> torch.nn.Module:
-    return model.get_submodule(block_module(model.config, steered_layer(model.config, hp)))
+    """The steered decoder block (inside the base model when LoRA adapters wrap it)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return base.get_submodule(block_module(base.config, steered_layer(base.config, hp)))
 
 
 def hidden_states(model: torch.nn.Module, hp: RMUConfig, inputs: Batch) -> torch.Tensor:
