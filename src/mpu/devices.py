@@ -24,13 +24,15 @@ def check_device_name(name: str, where: str = "device") -> None:
 
 
 def resolve_device(name: str, what: str = "computations") -> str:
-    """The torch device string for `name`; logs the choice when it is a GPU (or `auto`)."""
+    """The torch device string for `name`; logs the choice at INFO when it is a GPU."""
     import torch
 
     check_device_name(name)
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
-        log.info("%s on %s (device=auto)", what, _describe(name))
+        # the CPU is the expected case on a machine without a GPU: not worth a console line
+        log.log(logging.INFO if name != "cpu" else logging.DEBUG,
+                "%s on %s (device=auto)", what, _describe(name))  # fmt: skip
     elif name.startswith("cuda"):
         if not torch.cuda.is_available():
             raise ConfigError(f"device={name}: no CUDA device is available on this machine")
