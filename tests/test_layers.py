@@ -4,7 +4,7 @@ import each other, and tensor names live only in `mpu.arch`.
 Layers (top to bottom): interface (`mpu.cli`, `mpu.federated`, the `mpu` facade),
 orchestration (`mpu.server`, `mpu.client`, `mpu.pipeline`), domain (`mpu.protocol`,
 `mpu.methods`, `mpu.eval`, `mpu.privacy`, `mpu.data`), foundation (`mpu.arch`, `mpu.io`,
-`mpu.config`, `mpu.text`, `mpu.logs`, `mpu.errors`). Lazy imports inside functions count like any other.
+`mpu.config`, `mpu.devices`, `mpu.text`, `mpu.logs`, `mpu.errors`). Lazy imports inside functions count like any other.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ LAYERS = {
     "interface": ("cli", "federated", "__init__"),
     "orchestration": ("server", "client", "pipeline"),
     "domain": ("protocol", "methods", "eval", "privacy", "data"),
-    "foundation": ("arch", "io", "config", "text", "logs", "errors"),
+    "foundation": ("arch", "io", "config", "devices", "text", "logs", "errors"),
 }
 RANK = {"foundation": 0, "domain": 1, "orchestration": 2, "interface": 3}
 TENSOR_NAMES = (
