@@ -1,0 +1,149 @@
+"""The data owner's Flower `ClientApp`: unlearn every copy of a round, send back only deltas.
+
+The client's settings never leave its machine: they come from the SuperNode's node config,
+which `mpu join` fills from its command line (in a simulation, from the run config's
+per-client table):
+
+  name       the client's name; requests are applied in name order (ledger.py)
+  workdir    where the copies, unlearned models, deltas and receipts are kept
+  data       data folder (`mpu data make …`); split (default forget10); retain-split
+  method     a built-in method (docs/methods.md); settings: "key=value key=value"
+
+For each round the client writes the m copies it received (byte-identical to the published
+folders: transport.py checks every file's SHA-256), runs `mpu.client.unlearn.unlearn_copy` on
+each — what `mpu client unlearn` runs — with the copy of the client's first round in the same
+folder as the reference and the server round as the data-order seed, and replies with the m
+`delta.safetensors` and their signed receipts. Nothing else is sent: not the data, not the
+unlearned model, not the settings.
+"""
+
+from __future__ import annotations
+
+import logging
+import shlex
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from mpu.errors import ConfigError
+from mpu.federated.transport import from_records, pack_folders, to_records, write_folders
+
+log = logging.getLogger("mpu.federated")
+
+
+@dataclass(frozen=True)
+class ClientSide:
+    """One client's private settings (see the module docstring)."""
+
+    name: str
+    workdir: Path
+    data: str
+    split: str = "forget10"
+    retain_split: str | None = None
+    method: str = "NPO"
+    settings: tuple[str, ...] = ()
+
+    @classmethod
+    def from_mapping(cls, m) -> ClientSide:
+        missing = [k for k in ("name", "workdir", "data") if not str(m.get(k, ""))]
+        if missing:
+            raise ConfigError(f"the client's node config lacks {missing} (set by `mpu join`)")
+        return cls(
+            name=str(m["name"]),
+            workdir=Path(str(m["workdir"])),
+            data=str(m["data"]),
+            split=str(m.get("split", "forget10")),
+            retain_split=str(m["retain-split"]) if str(m.get("retain-split", "")) else None,
+            method=str(m.get("method", "NPO")),
+            settings=tuple(shlex.split(str(m.get("settings", "")))),
+        )
+
+    @classmethod
+    def of(cls, context, table: list[ClientSide] | None = None) -> ClientSide:
+        """From the node config (`mpu join`); in a simulation, entry `partition-id` of the
+        table the app was made with."""
+        node = context.node_config
+        if table is not None and "partition-id" in node:
+            return table[int(node["partition-id"])]
+        if "name" in node:
+            return cls.from_mapping(node)
+        raise ConfigError("the client's node config lacks name (set by `mpu join`)")
+
+
+def check_side(side: ClientSide) -> None:
+    """Fail now, before joining, on a bad method, setting or data folder."""
+    from mpu.client.train_config import ClientTrainConfig
+    from mpu.client.unlearn import load_client_data
+    from mpu.config import load_config
+
+    cfg = load_config(ClientTrainConfig, overrides=[f"method={side.method}", *side.settings])
+    load_client_data(side.data, side.split, cfg, retain_split=side.retain_split)
+
+
+def unlearn_round(
+    side: ClientSide, round_: int, first_round: int, copies: list[Path]
+) -> list[Path]:
+    """Unlearn each copy; returns one folder per copy holding delta.safetensors + receipt.json."""
+    from mpu.client.train_config import ClientTrainConfig
+    from mpu.client.unlearn import load_client_data, unlearn_copy
+    from mpu.config import load_config
+
+    cfg = load_config(ClientTrainConfig, overrides=[f"method={side.method}", *side.settings])
+    data = load_client_data(side.data, side.split, cfg, retain_split=side.retain_split)
+    outs = []
+    for copy in copies:
+        reference = None
+        if round_ > first_round:
+            reference = side.workdir / f"round{first_round}" / "copies" / copy.name
+            if not (reference / "mpu-ticket.json").is_file():
+                raise ConfigError(
+                    f"{reference}: the reference copy of round {first_round} is gone; "
+                    "the client's workdir must be kept for the whole request"
+                )
+        out = side.workdir / f"round{round_}" / f"client-{copy.name}"
+        shutil.rmtree(out, ignore_errors=True)  # a retried round is computed again
+        unlearn_copy(copy, data, cfg, out, reference_dir=reference, order_seed=round_,
+                     progress=False)  # fmt: skip
+        outs.append(out)
+    return outs
+
+
+def handle_train(content, config, side: ClientSide):
+    """A train message's content → the reply's records (the deltas)."""
+    round_, first = int(config["round"]), int(config["first-round"])
+    if config.get("previous-attempt-refused"):
+        log.warning("client %s: the server refused the previous attempt of round %d: %s",
+                    side.name, round_, config["previous-attempt-refused"])  # fmt: skip
+    where = f"round {round_} copies"
+    folder = side.workdir / f"round{round_}" / "copies"
+    shutil.rmtree(folder, ignore_errors=True)
+    copies = write_folders(from_records(content, where), folder, where)
+    outs = unlearn_round(side, round_, first, sorted(copies))
+    return to_records(pack_folders(outs, [c.name for c in sorted(copies)], only=DELTA_FILES))
+
+
+DELTA_FILES = ("delta.safetensors", "receipt.json")
+
+
+def client_app(table: list[ClientSide] | None = None):
+    """The ClientApp; `table` gives a simulation's clients their settings by partition id."""
+    from flwr.app import ConfigRecord, Context, Message, RecordDict
+    from flwr.clientapp import ClientApp
+
+    app = ClientApp()
+
+    @app.query()
+    def query(msg: Message, context: Context) -> Message:
+        side = ClientSide.of(context, table)
+        return Message(RecordDict({"mpu": ConfigRecord({"name": side.name})}), reply_to=msg)
+
+    @app.train()
+    def train(msg: Message, context: Context) -> Message:
+        side = ClientSide.of(context, table)
+        records = handle_train(msg.content, msg.content["mpu"], side)
+        return Message(RecordDict(records), reply_to=msg)
+
+    return app
+
+
+app = client_app()

@@ -1,0 +1,321 @@
+"""`mpu serve` and `mpu join`: the Flower processes of a two-party deployment.
+
+`serve` runs the model owner's side: a SuperLink (TLS with the given certificate, SuperNode
+authentication on, its state in `W/federation/superlink.db`), registers the clients' public
+keys, submits the MPU app (a Flower App Bundle whose components are `mpu.federated`'s apps,
+its run config the federation's settings) and waits for the run to end. `join` runs a data
+owner's side: a SuperNode that trusts the CA, signs in with its private key and runs the
+ClientApp with the client's private settings. Both stop their Flower children when they stop
+(Linux: the children die with the parent even on `kill -9`).
+
+Plain connections need `insecure=True` (`--insecure`): no TLS and no node authentication.
+Flower's telemetry is switched off for every process we start.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from mpu.errors import ConfigError, MPUError
+from mpu.federated.certs import CertFiles
+from mpu.federated.client_app import ClientSide, check_side
+from mpu.federated.server_app import FEDERATION, FederationConfig
+
+log = logging.getLogger("mpu.federated")
+REFUSED_HINT = (
+    "the SuperNode could not connect or was refused. Check --server, that the server's CA is "
+    "the one given with --ca, and that the server registered this client's public key "
+    "(`mpu serve` registers every client-*.pub in its --certs folder)"
+)
+CONNECTION = "mpu"  # the SuperLink connection's name in the Flower CLI config
+START_TIMEOUT = 120.0
+REJOIN_PAUSE = 5.0  # seconds between attempts of a node the server refused
+
+
+def _flower_env(home: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env["FLWR_HOME"] = str(home)
+    env["FLWR_TELEMETRY_ENABLED"] = "0"
+    return env
+
+
+def _tool(name: str) -> str:
+    """A Flower console script of this Python environment (not whichever is first on PATH)."""
+    here = Path(sys.executable).parent / name
+    found = str(here) if here.is_file() else shutil.which(name)
+    if not found:
+        raise ConfigError(
+            f"{name} not found: install the deployment extra (pip install 'mpu[federated]')"
+        )
+    return found
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+def _start(cmd: list[str], env: dict, logfile: Path) -> subprocess.Popen:
+    out = logfile.open("ab")
+    return subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT,
+                            preexec_fn=_die_with_parent)  # fmt: skip
+
+
+def _split_address(address: str) -> tuple[str, int]:
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise ConfigError(f"address {address!r}: expected HOST:PORT")
+    return host.strip("[]"), int(port)
+
+
+def _wait_for_port(address: str, proc: subprocess.Popen, logfile: Path) -> None:
+    host, port = _split_address(address)
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise MPUError(f"the SuperLink exited with code {proc.returncode}; see {logfile}")
+        try:
+            with socket.create_connection((host, port), timeout=1):
+                return
+        except OSError:
+            time.sleep(0.3)
+    raise MPUError(
+        f"the SuperLink did not open {address} within {START_TIMEOUT:.0f} s; see {logfile}"
+    )
+
+
+def _toml_value(v) -> str:
+    import json
+
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int | float):
+        return repr(v)
+    return json.dumps(str(v))  # a JSON string is a TOML basic string
+
+
+def _write_app(folder: Path, cfg: FederationConfig) -> Path:
+    """The Flower App folder `flwr run` bundles: components are mpu's own apps, installed on
+    both sides; the run config carries the federation's (non-secret) settings."""
+    folder.mkdir(parents=True, exist_ok=True)
+    run_config = {
+        "workdir": str(cfg.workdir.resolve()),
+        "rounds": cfg.rounds,
+        "clients": cfg.clients,
+        "round-timeout": float(cfg.round_timeout),
+        "join-timeout": float(cfg.join_timeout),
+        "retries": cfg.retries,
+        "on-failure": cfg.on_failure,
+    }
+    lines = [
+        "[build-system]",
+        'requires = ["hatchling"]',
+        'build-backend = "hatchling.build"',
+        "",
+        "[project]",
+        'name = "mpu-round"',
+        'version = "1.0.0"',
+        'description = "MPU unlearning rounds (the apps are installed with mpu)"',
+        'license = "Apache-2.0"',
+        "dependencies = []",
+        "",
+        "[tool.flwr.app]",
+        'publisher = "mpu"',
+        "",
+        "[tool.flwr.app.components]",
+        'serverapp = "mpu.federated.server_app:app"',
+        'clientapp = "mpu.federated.client_app:app"',
+        "",
+        "[tool.flwr.app.config]",
+        *(f'"{k}" = {_toml_value(v)}' for k, v in run_config.items()),
+        "",
+    ]
+    (folder / "pyproject.toml").write_text("\n".join(lines))
+    return folder
+
+
+def _write_cli_config(home: Path, address: str, ca: Path | None) -> None:
+    home.mkdir(parents=True, exist_ok=True)
+    os.chmod(home, 0o700)
+    conn = [f"[superlink.{CONNECTION}]", f"address = {_toml_value(address)}"]
+    conn.append(f"root-certificates = {_toml_value(ca.resolve())}" if ca else "insecure = true")
+    text = "\n".join(["[superlink]", f'default = "{CONNECTION}"', "", *conn, ""])
+    (home / "config.toml").write_text(text)
+
+
+@dataclass(frozen=True)
+class Security:
+    """TLS and node authentication, or neither (`insecure`)."""
+
+    certs: Path | None = None
+    insecure: bool = False
+
+    def check(self) -> CertFiles | None:
+        if self.insecure:
+            return None
+        if self.certs is None:
+            raise ConfigError(
+                "TLS and node authentication are on by default: pass --certs DIR (made by "
+                "`mpu certs`), or --insecure for a plain connection on a trusted network"
+            )
+        return CertFiles(Path(self.certs))
+
+
+def _flwr(args: list[str], env: dict) -> subprocess.CompletedProcess:
+    return subprocess.run([_tool("flwr"), *args], env=env, capture_output=True, text=True)
+
+
+def serve(cfg: FederationConfig, *, address: str, security: Security,
+          public_keys: list[Path] | None = None, stream=None) -> dict:  # fmt: skip
+    """Run the server side of a federation to its end; returns the run's summary."""
+    import json
+
+    from mpu.server.job import Server
+
+    Server(cfg.workdir)  # a workdir of `mpu server init`, or a clear error now
+    files = security.check()
+    fed = cfg.workdir / FEDERATION
+    home = fed / "flower"
+    env = _flower_env(home)
+    _write_cli_config(home, address, files.ca_cert if files else None)
+    app = _write_app(fed / "app", cfg)
+    host, port = _split_address(address)
+    cmd = [_tool("flower-superlink"), "--host", host, "--port", str(port),
+           "--database", str(fed / "superlink.db"),
+           "--disable-runtime-dependency-installation"]  # fmt: skip
+    if files:
+        for f in (files.ca_cert, files.server_cert, files.server_key):
+            if not f.is_file():
+                raise ConfigError(f"{f}: missing (make the certificates with `mpu certs`)")
+        cmd += ["--ssl-ca-certfile", str(files.ca_cert), "--ssl-certfile",
+                str(files.server_cert), "--ssl-keyfile", str(files.server_key),
+                "--enable-supernode-auth"]  # fmt: skip
+    else:
+        cmd += ["--insecure"]
+    summary = fed / "summary.json"
+    summary.unlink(missing_ok=True)
+    link_log = fed / "superlink.log"
+    link = _start(cmd, env, link_log)
+    try:
+        _wait_for_port(address, link, link_log)
+        keys = public_keys if public_keys is not None else (
+            sorted(files.folder.glob("client-*.pub")) if files else [])  # fmt: skip
+        for key in keys:
+            done = _flwr(["supernode", "register", str(key), CONNECTION], env)
+            if done.returncode != 0 and "already" not in (done.stdout + done.stderr).lower():
+                raise MPUError(f"registering {key} failed: {(done.stdout + done.stderr).strip()}")
+            log.info("registered client key %s", key.name)
+        log.info("SuperLink on %s (%s); waiting for %d client(s)", address,
+                 "TLS, node authentication" if files else "INSECURE", cfg.clients)  # fmt: skip
+        run = subprocess.run([_tool("flwr"), "run", str(app), CONNECTION, "--stream"], env=env,
+                             stdout=stream, stderr=subprocess.STDOUT)  # fmt: skip
+        if run.returncode != 0 or not summary.is_file():
+            raise MPUError(
+                f"the federated run did not finish (flwr run exit {run.returncode}); the server "
+                f"workdir {cfg.workdir} is intact and `mpu serve` again resumes it; "
+                f"SuperLink log: {link_log}"
+            )
+        return json.loads(summary.read_text())
+    finally:
+        link.terminate()
+        try:
+            link.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            link.kill()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def join(side: ClientSide, *, server: str, security: Security, ca: Path | None = None,
+         key: Path | None = None, max_wait: float = 600.0) -> int:  # fmt: skip
+    """Run a SuperNode with the MPU ClientApp until it is stopped; returns its exit code. A
+    node the server refuses tries again for `max_wait` seconds, then fails with the reason."""
+    import tomli_w
+
+    if not security.insecure and (ca is None or key is None):
+        raise ConfigError(
+            "TLS and node authentication are on by default: pass --ca (the server's CA "
+            "certificate) and --key (this client's private key from `mpu certs`), or --insecure"
+        )
+    check_side(side)
+    for f in (ca, key):
+        if f is not None and not Path(f).is_file():
+            raise ConfigError(f"{f}: no such file")
+    side.workdir.mkdir(parents=True, exist_ok=True)
+    os.chmod(side.workdir, 0o700)
+    node_config = {"name": side.name, "workdir": str(side.workdir.resolve()), "data": side.data,
+                   "split": side.split, "method": side.method,
+                   "settings": " ".join(side.settings)}  # fmt: skip
+    if side.retain_split:
+        node_config["retain-split"] = side.retain_split
+    config_file = side.workdir / "node-config.toml"
+    config_file.write_text(tomli_w.dumps(node_config))
+    home = side.workdir / "flower"
+    cmd = [_tool("flower-supernode"), "--superlink", server, "--node-config", str(config_file),
+           "--port", str(_free_port())]  # fmt: skip
+    if security.insecure:
+        cmd += ["--insecure"]
+    else:
+        cmd += ["--root-certificates", str(ca), "--auth-supernode-private-key", str(key)]
+    env = _flower_env(home)
+    home.mkdir(parents=True, exist_ok=True)
+    deadline = time.monotonic() + max_wait
+    while True:  # refused: the server may not have registered this key yet; try again
+        code, refused = _run_node(cmd, env)
+        if not refused:
+            return code
+        if time.monotonic() + REJOIN_PAUSE > deadline:
+            raise MPUError(REFUSED_HINT)
+        log.warning("the server refused this node; trying again in %.0f s (for at most "
+                    "%.0f s more)", REJOIN_PAUSE, deadline - time.monotonic())  # fmt: skip
+        time.sleep(REJOIN_PAUSE)
+
+
+def _run_node(cmd: list[str], env: dict) -> tuple[int, bool]:
+    """Run one SuperNode to its end: (exit code, whether the SuperLink refused it)."""
+    node = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            preexec_fn=_die_with_parent, start_new_session=True)  # fmt: skip
+    seen = {"refused": False}
+
+    def pump() -> None:  # the SuperNode's console, passed through
+        for line in node.stdout:
+            sys.stdout.buffer.write(line)
+            sys.stdout.buffer.flush()
+            seen["refused"] = seen["refused"] or b"Exit Code: 305" in line
+
+    reader = threading.Thread(target=pump, daemon=True)
+    reader.start()
+    try:
+        code = node.wait()
+    finally:
+        _stop_group(node)
+    reader.join(timeout=5)
+    return code, seen["refused"]
+
+
+def _stop_group(proc: subprocess.Popen) -> None:
+    """Stop a child and what it started (its own session): SuperExec, ClientApp processes."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()

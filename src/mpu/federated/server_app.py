@@ -1,0 +1,258 @@
+"""The model owner's Flower `ServerApp`: the MPU round loop with Flower as the transport.
+
+The loop is `mpu.server.rounds.run_rounds`, the one every other path uses; this module only
+supplies its client: Pre-Process packs the round's m published copies into one message for the
+client whose request the round serves (`ledger.py` says which), Post-Process writes the m
+deltas that come back into the round's inbox and hands them to `Server.aggregate` — the same
+validation, inversion and harmonic aggregation as `mpu server aggregate`.
+
+Failure policy (a client's round is all m deltas or nothing):
+  * no reply within `round-timeout` seconds, an error reply, or a reply refused by validation
+    (malformed, oversized, wrong round or copy, forged ticket, NaN/Inf) is a failed attempt;
+    the client is told why and the round's copies are sent again, up to `retries` times;
+  * then `on-failure = "stop"` (default) ends the run with the reason and the workdir intact
+    (`mpu serve` again resumes at that round); `on-failure = "drop"` drops the client's
+    request (what it already applied stays applied) and the round serves the next client.
+A server killed at any point resumes from its workdir: the round's copies are regenerated
+byte for byte by the server (not re-sent when the client's deltas had already arrived), and
+deltas received before the crash are aggregated without asking the client again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from mpu.errors import ConfigError, MPUError, UpdateRejectedError
+from mpu.federated.ledger import Ledger
+from mpu.federated.transport import from_records, pack_folders, to_records, write_folders
+from mpu.server.rounds import RoundContext, run_rounds
+
+log = logging.getLogger("mpu.federated")
+FEDERATION = "federation"  # W/federation: outboxes, inboxes, the ledger, the Flower home
+HEADER_SLACK = 2**20  # bytes a delta may carry beyond its tensors (header, receipt)
+
+
+class ClientFailed(MPUError):
+    """A client's round failed `retries + 1` times; the message says why."""
+
+    def __init__(self, name: str, reason: str):
+        super().__init__(f"client {name!r}: {reason}")
+        self.name, self.reason = name, reason
+
+
+@dataclass(frozen=True)
+class FederationConfig:
+    """The run's settings (Flower run config keys in brackets)."""
+
+    workdir: Path  # [workdir] the server workdir of `mpu server init`
+    rounds: int = 1  # [rounds] rounds per client request
+    clients: int = 1  # [clients] client requests to serve (nodes to wait for)
+    round_timeout: float = 3600.0  # [round-timeout] seconds for one client round
+    join_timeout: float = 600.0  # [join-timeout] seconds to wait for the clients to connect
+    retries: int = 1  # [retries] extra attempts of a failed client round
+    on_failure: str = "stop"  # [on-failure] "stop" or "drop"
+
+    @classmethod
+    def from_run_config(cls, rc) -> FederationConfig:
+        if "workdir" not in rc or not str(rc["workdir"]):
+            raise ConfigError("the run config needs workdir (the server workdir)")
+        cfg = cls(
+            Path(str(rc["workdir"])),
+            int(rc.get("rounds", 1)),
+            int(rc.get("clients", 1)),
+            float(rc.get("round-timeout", 3600.0)),
+            float(rc.get("join-timeout", 600.0)),
+            int(rc.get("retries", 1)),
+            str(rc.get("on-failure", "stop")),
+        )
+        if cfg.on_failure not in ("stop", "drop"):
+            raise ConfigError(f"on-failure must be 'stop' or 'drop', got {cfg.on_failure!r}")
+        if cfg.rounds < 1 or cfg.clients < 1 or cfg.retries < 0:
+            raise ConfigError("rounds and clients must be ≥ 1 and retries ≥ 0")
+        return cfg
+
+
+def _message(content: dict, node: int, kind: str, config: dict):
+    from flwr.app import ConfigRecord, Message, RecordDict
+
+    records = RecordDict({**content, "mpu": ConfigRecord(config)})
+    return Message(records, dst_node_id=node, message_type=kind)
+
+
+def _wait_for_nodes(grid, n: int, timeout: float) -> list[int]:
+    deadline = time.monotonic() + timeout
+    while True:
+        nodes = sorted(grid.get_node_ids())
+        if len(nodes) >= n:
+            return nodes
+        if time.monotonic() > deadline:
+            raise ConfigError(
+                f"{len(nodes)} of {n} clients connected within {timeout:.0f} s; is every "
+                "`mpu join` running, with a registered key?"
+            )
+        time.sleep(0.5)
+
+
+def _names(grid, nodes: list[int], timeout: float) -> dict[str, int]:
+    """Ask every node for its client name; two nodes with one name are refused."""
+    replies = grid.send_and_receive(
+        [_message({}, n, "query", {"ask": "name"}) for n in nodes], timeout=timeout
+    )
+    names: dict[str, int] = {}
+    for reply in replies:
+        node = reply.metadata.src_node_id
+        if reply.has_error():
+            raise ConfigError(f"node {node} did not say its name: {reply.error.reason}")
+        name = str(reply.content["mpu"]["name"])
+        if name in names:
+            raise ConfigError(
+                f"two clients are named {name!r}; give each `mpu join` its own --name"
+            )
+        names[name] = node
+    if len(names) != len(nodes):
+        raise ConfigError(
+            f"only {len(names)} of {len(nodes)} clients answered within {timeout:.0f} s"
+        )
+    return names
+
+
+def _delta_limit(server) -> int:
+    """Bytes one copy's reply may declare: the model's tensors in fp32 plus a header."""
+    theta = server.theta()
+    return sum(4 * math.prod(theta.spec(n).shape) for n in theta.names()) + HEADER_SLACK
+
+
+class FederatedClient:
+    """`run_rounds`' client: sends the round to its owner over the Grid, returns delta paths."""
+
+    def __init__(self, grid, server, cfg: FederationConfig, ledger: Ledger, names: dict[str, int]):
+        self.grid, self.server, self.cfg = grid, server, cfg
+        self.ledger, self.names = ledger, names
+        self.folder = cfg.workdir / FEDERATION
+        self.bytes_sent = self.bytes_received = 0
+        self.note = ""  # why the previous attempt was refused, told to the client
+
+    def __call__(self, ctx: RoundContext) -> list[Path]:
+        name = self.ledger.owner(ctx.round)
+        assert name is not None  # the caller stops when every request is served
+        self.ledger.assign(self.folder, ctx.round, name)
+        inbox = ctx.workdir / "inbox"
+        received = sorted(inbox.glob("*/delta.safetensors"))
+        if len(received) == len(ctx.copies):  # arrived before a restart: not asked again
+            log.info("round %d: using the %d updates received before the restart", ctx.round,
+                     len(received))  # fmt: skip
+            return received
+        shutil.rmtree(inbox, ignore_errors=True)
+        return self._attempt(ctx, name, inbox)
+
+    def _attempt(self, ctx: RoundContext, name: str, inbox: Path) -> list[Path]:
+        """Send the round, write the reply into the inbox; anything wrong is an
+        `UpdateRejectedError` (a failed attempt)."""
+        packed = pack_folders(ctx.copies)
+        limit = len(ctx.copies) * _delta_limit(self.server)
+        config = {
+            "round": ctx.round,
+            "first-round": self.ledger.first_round_of(name),
+            "copies": len(ctx.copies),
+            "previous-attempt-refused": self.note,
+        }
+        self.bytes_sent += packed.payload_bytes
+        message = _message(to_records(packed), self.names[name], "train", config)
+        replies = list(self.grid.send_and_receive([message], timeout=self.cfg.round_timeout))
+        if not replies:
+            raise UpdateRejectedError(f"no reply within {self.cfg.round_timeout:.0f} s")
+        reply = replies[0]
+        if reply.has_error():
+            raise UpdateRejectedError(f"the client failed: {reply.error.reason}")
+        where = f"round {ctx.round} reply of client {name!r}"
+        got = from_records(reply.content, where)
+        self.bytes_received += got.payload_bytes
+        staging = inbox.with_name("inbox.partial")
+        shutil.rmtree(staging, ignore_errors=True)
+        folders = write_folders(got, staging, where, max_bytes=limit)
+        copy_names = sorted(p.name for p in ctx.copies)
+        if sorted(f.name for f in folders) != copy_names:
+            shutil.rmtree(staging)
+            raise UpdateRejectedError(f"{where}: updates for {sorted(f.name for f in folders)}, "
+                                      f"expected one for each of {copy_names}")  # fmt: skip
+        staging.rename(inbox)  # all m or nothing
+        return sorted(inbox.glob("*/delta.safetensors"))
+
+
+def serve(grid, cfg: FederationConfig, *, progress: bool = False) -> dict:
+    """Serve every client's request (module docstring); returns a summary of the run."""
+    from mpu.server.job import Server
+
+    server = Server(cfg.workdir)
+    folder = cfg.workdir / FEDERATION
+    nodes = _wait_for_nodes(grid, cfg.clients, cfg.join_timeout)
+    names = _names(grid, nodes, cfg.join_timeout)
+    ledger = Ledger.open(folder, list(names), cfg.rounds, server.round)
+    client = FederatedClient(grid, server, cfg, ledger, names)
+    started = time.perf_counter()
+    failures = 0
+    while (owner := ledger.owner(server.round)) is not None:
+        try:  # one round at a time: the round's owner may change when a request is dropped
+            run_rounds(server, server.round, client, folder, progress=progress)
+            failures, client.note = 0, ""
+            continue
+        except UpdateRejectedError as exc:  # transport or aggregation: the deltas are discarded
+            shutil.rmtree(folder / f"round{server.round}" / "inbox", ignore_errors=True)
+            failures, client.note = failures + 1, str(exc)
+            log.warning("round %d, client %s, attempt %d refused: %s", server.round, owner,
+                        failures, exc)  # fmt: skip
+        if failures <= cfg.retries:
+            continue
+        if cfg.on_failure == "stop":
+            raise ClientFailed(owner, client.note)
+        log.warning("dropping the request of client %s: %s", owner, client.note)
+        ledger.drop(folder, owner, client.note, server.round)
+        failures, client.note = 0, ""
+    summary = {
+        "rounds": server.round - 1,
+        "order": ledger.order,
+        "dropped": ledger.dropped,
+        "bytes_sent": client.bytes_sent,
+        "bytes_received": client.bytes_received,
+        "seconds": time.perf_counter() - started,
+    }
+    (folder / "summary.json").write_text(json.dumps(summary, indent=2))
+    log.info("federation done: %s", json.dumps(summary))
+    return summary
+
+
+def _log_to_console() -> None:
+    """mpu's INFO lines on the ServerApp's console (Flower streams it to `mpu serve`), without
+    lowering the level of every other library's logger."""
+    lg = logging.getLogger("mpu")
+    if not any(getattr(h, "_mpu_console", False) for h in lg.handlers):
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        handler._mpu_console = True
+        lg.addHandler(handler)
+    if lg.level == logging.NOTSET or lg.level > logging.INFO:
+        lg.setLevel(logging.INFO)
+
+
+def server_app(cfg: FederationConfig | None = None):
+    """The ServerApp; without `cfg` it reads the run config (`mpu serve` / `flwr run`)."""
+    from flwr.app import Context
+    from flwr.serverapp import Grid, ServerApp
+
+    app = ServerApp()
+
+    @app.main()
+    def main(grid: Grid, context: Context) -> None:
+        _log_to_console()
+        serve(grid, cfg or FederationConfig.from_run_config(context.run_config))
+
+    return app
+
+
+app = server_app()

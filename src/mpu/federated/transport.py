@@ -1,0 +1,239 @@
+"""Folders in Flower messages, byte for byte: the copies out, the deltas back.
+
+A published copy or a returned delta is a folder of small files (config, tokenizer, ticket)
+and safetensors files. It travels as a Flower `RecordDict` whose contents are addressed by
+their SHA-256:
+
+  "manifest"  ConfigRecord  {"folders": JSON [{name, files: {file: entry}}]}
+  "blobs"     ConfigRecord  sha256 → bytes of a small file or of a safetensors header
+  "tensors"   ArrayRecord   sha256 → the raw bytes of one tensor (one Flower `Array`)
+
+Content addressing is what sends a tensor that the protocol leaves unperturbed (embeddings,
+norms: the same bytes in all m copies) once per round instead of m times, and one tokenizer
+for all copies. Every tensor is its own `Array`, which Flower streams in chunks (5 MiB by
+default), so no message holds a whole model in one buffer. The receiver writes each file
+from its header and tensors in offset order and checks the result against the sender's
+SHA-256 of the file: what arrives is the file that left, or an `UpdateRejectedError` names the
+fault. Nothing here depends on the file being a model: the server's checks (tickets, shapes,
+NaN/Inf, the HMAC tag) run on the rebuilt files exactly as on files handed over by hand.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import mmap
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+from mpu.errors import UpdateRejectedError
+
+RAW_STYPE = "mpu.raw-bytes"  # an Array whose data are a tensor's bytes as stored on disk
+MAX_HEADER_BYTES = 100 * 2**20  # the safetensors format's own limit
+
+
+@dataclass(frozen=True)
+class Packed:
+    """A RecordDict's parts before they become Flower records (and their byte counts)."""
+
+    manifest: list[dict]
+    blobs: dict[str, bytes]
+    tensors: dict[str, bytes]
+
+    @property
+    def payload_bytes(self) -> int:
+        return sum(map(len, self.blobs.values())) + sum(map(len, self.tensors.values()))
+
+    @property
+    def listed_bytes(self) -> int:
+        """What the folders weigh on disk: the payload without content addressing."""
+        return sum(e["size"] for f in self.manifest for e in f["files"].values())
+
+
+def _digest(data: bytes | memoryview) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _read_header(raw: bytes | mmap.mmap, where: str) -> tuple[int, dict]:
+    if len(raw) < 8:
+        raise UpdateRejectedError(f"{where}: truncated safetensors file (no header length)")
+    (n,) = struct.unpack("<Q", raw[:8])
+    if n > MAX_HEADER_BYTES or 8 + n > len(raw):
+        raise UpdateRejectedError(f"{where}: safetensors header length {n} is impossible")
+    try:
+        header = json.loads(bytes(raw[8 : 8 + n]))
+    except ValueError:
+        raise UpdateRejectedError(f"{where}: safetensors header is not JSON") from None
+    return n, header
+
+
+def _tensor_spans(header: dict, where: str) -> list[tuple[str, int, int]]:
+    """(name, begin, end) in data order; the spans must tile the data region with no gap."""
+    spans = []
+    for name, spec in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            begin, end = (int(x) for x in spec["data_offsets"])
+        except (KeyError, TypeError, ValueError):
+            raise UpdateRejectedError(
+                f"{where}: tensor {name!r} has no valid data_offsets"
+            ) from None
+        spans.append((name, begin, end))
+    spans.sort(key=lambda s: s[1])
+    at = 0
+    for name, begin, end in spans:
+        if begin != at or end < begin:
+            raise UpdateRejectedError(f"{where}: tensor {name!r} does not follow the previous one")
+        at = end
+    return spans
+
+
+def pack_folders(
+    folders: list[Path], names: list[str] | None = None, *, only: tuple[str, ...] | None = None
+) -> Packed:
+    """Every file (not subfolder) of every folder, content-addressed (see the module
+    docstring); `names` renames the folders for the receiver (default: their own names),
+    `only` keeps just the files of those names."""
+    manifest, blobs, tensors = [], {}, {}
+    names = names or [Path(f).name for f in folders]
+    for folder, folder_name in zip(folders, names, strict=True):
+        files = {}
+        paths = sorted(p for p in Path(folder).iterdir() if p.is_file())
+        for path in (p for p in paths if only is None or p.name in only):
+            data = path.read_bytes() if path.suffix != ".safetensors" else None
+            if data is not None:
+                key = _digest(data)
+                blobs[key] = data
+                files[path.name] = {"blob": key, "sha256": key, "size": len(data)}
+                continue
+            with path.open("rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+                n, header = _read_header(mm, str(path))
+                head = bytes(mm[: 8 + n])
+                blobs[_digest(head)] = head
+                keys = []
+                for _, begin, end in _tensor_spans(header, str(path)):
+                    raw = bytes(mm[8 + n + begin : 8 + n + end])
+                    key = _digest(raw)
+                    tensors[key] = raw
+                    keys.append(key)
+                whole = hashlib.sha256(mm).hexdigest()
+                files[path.name] = {
+                    "header": _digest(head),
+                    "tensors": keys,
+                    "sha256": whole,
+                    "size": len(mm),
+                }
+        manifest.append({"name": folder_name, "files": files})
+    return Packed(manifest, blobs, tensors)
+
+
+def to_records(packed: Packed):
+    """The three Flower records of a `Packed` (imports flwr only when a message is made)."""
+    from flwr.app import Array, ArrayRecord, ConfigRecord
+
+    arrays = ArrayRecord(
+        {
+            k: Array(dtype="uint8", shape=(len(v),), stype=RAW_STYPE, data=v)
+            for k, v in packed.tensors.items()
+        }
+    )
+    return {
+        "manifest": ConfigRecord({"folders": json.dumps(packed.manifest)}),
+        "blobs": ConfigRecord(dict(packed.blobs)),
+        "tensors": arrays,
+    }
+
+
+def from_records(content, where: str) -> Packed:
+    """A `Packed` back from a received RecordDict; a missing or ill-typed part is refused."""
+    try:
+        manifest = json.loads(content["manifest"]["folders"])
+        blobs = {k: bytes(v) for k, v in content["blobs"].items()}
+        tensors = {}
+        for k, arr in content["tensors"].items():
+            if arr.stype != RAW_STYPE:
+                raise UpdateRejectedError(f"{where}: tensor {k[:12]}… is not raw bytes")
+            tensors[k] = arr.data
+    except UpdateRejectedError:
+        raise
+    except (KeyError, TypeError, ValueError) as exc:
+        raise UpdateRejectedError(f"{where}: malformed message ({exc!r})") from None
+    if not isinstance(manifest, list):
+        raise UpdateRejectedError(f"{where}: malformed manifest")
+    return Packed(manifest, blobs, tensors)
+
+
+def declared_bytes(packed: Packed, where: str) -> int:
+    """What the folders would weigh once written; checked against a limit before any write."""
+    try:
+        return sum(int(e["size"]) for f in packed.manifest for e in f["files"].values())
+    except (KeyError, TypeError, ValueError):
+        raise UpdateRejectedError(f"{where}: malformed manifest (file sizes)") from None
+
+
+def _safe_name(name: object, where: str) -> str:
+    if not isinstance(name, str) or not name or name.startswith(".") or "/" in name or "\\" in name:
+        raise UpdateRejectedError(f"{where}: refused file or folder name {name!r}")
+    return name
+
+
+def _atomic_bytes(path: Path, chunks) -> str:
+    tmp = path.with_name(f".{path.name}.partial")
+    h = hashlib.sha256()
+    with tmp.open("wb") as fh:
+        for chunk in chunks:
+            h.update(chunk)
+            fh.write(chunk)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    return h.hexdigest()
+
+
+def write_folders(packed: Packed, out_dir: Path, where: str, *, max_bytes: int | None = None):
+    """Write the folders under `out_dir`; returns their paths in manifest order.
+
+    `max_bytes` bounds the declared size before anything is written (a delta larger than the
+    model it belongs to is refused here). Each file is checked against its SHA-256; on a
+    mismatch the file is removed and the message refused."""
+    total = declared_bytes(packed, where)
+    if max_bytes is not None and total > max_bytes:
+        raise UpdateRejectedError(
+            f"{where}: {total} bytes declared, more than the {max_bytes} bytes of the model "
+            "it belongs to; refused before writing"
+        )
+    written = []
+    for folder in packed.manifest:
+        name = _safe_name(folder.get("name"), where)
+        dest = out_dir / name
+        dest.mkdir(parents=True, exist_ok=True)
+        for fname, entry in sorted(folder.get("files", {}).items()):
+            fname = _safe_name(fname, where)
+            try:
+                if "blob" in entry:
+                    chunks = [packed.blobs[entry["blob"]]]
+                else:
+                    chunks = [packed.blobs[entry["header"]]]
+                    chunks += [packed.tensors[k] for k in entry["tensors"]]
+            except (KeyError, TypeError):
+                raise UpdateRejectedError(f"{where}: {name}/{fname}: a part is missing") from None
+            if "blob" not in entry:  # the header must describe exactly the tensors that came
+                _, header = _read_header(chunks[0], f"{where}: {name}/{fname}")
+                spans = _tensor_spans(header, f"{where}: {name}/{fname}")
+                if len(spans) != len(chunks) - 1 or any(
+                    e - b != len(c) for (_, b, e), c in zip(spans, chunks[1:], strict=False)
+                ):
+                    raise UpdateRejectedError(
+                        f"{where}: {name}/{fname}: tensors do not match the file's header"
+                    )
+            got = _atomic_bytes(dest / fname, chunks)
+            if got != entry.get("sha256"):
+                (dest / fname).unlink()
+                raise UpdateRejectedError(
+                    f"{where}: {name}/{fname}: content differs from what was sent (SHA-256)"
+                )
+        written.append(dest)
+    return written

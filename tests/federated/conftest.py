@@ -1,0 +1,69 @@
+import json
+import shutil
+
+import pytest
+
+from mpu.cli import main as mpu
+
+
+@pytest.fixture
+def twin_jobs(tofu_world, tmp_path):
+    """One server job and its twin (a copy of the workdir: the same secret key), for the
+    Flower path and the file path. Returns (workdir, twin, data)."""
+    from mpu.server.config import JobConfig
+    from mpu.server.job import Server
+
+    data, models = tofu_world
+    cfg = JobConfig(gate=False, kappa=0.1, copies=2)
+    Server.init(models / "target", models / "base", tmp_path / "W", cfg)
+    shutil.copytree(tmp_path / "W", tmp_path / "W-file", symlinks=True)
+    return tmp_path / "W", tmp_path / "W-file", data
+
+
+def file_path_rounds(workdir, root, *, data, split, method, rounds, settings=()):
+    """The same request through the file CLI: `mpu server publish`, `mpu client unlearn` on
+    each copy (data-order seed = server round, the first round's copy as the reference),
+    `mpu server aggregate` — what a client does by hand with files."""
+    from mpu.server.job import Server
+
+    first = Server(workdir).round
+    for r in range(first, first + rounds):
+        pub = root / f"pub{r}"
+        assert (
+            mpu(["server", "publish", "--workdir", str(workdir), "--out", str(pub), "--quiet"]) == 0
+        )
+        deltas = []
+        for copy in sorted(pub.iterdir()):
+            out = root / f"client{r}-{copy.name}"
+            ref = ["--reference", str(root / f"pub{first}" / copy.name)] if r > first else []
+            code = mpu(["client", "unlearn", "--copy", str(copy), "--data", str(data),
+                        "--split", split, "--method", method, "--out", str(out),
+                        "--order-seed", str(r), "--quiet", *ref, *settings])  # fmt: skip
+            assert code == 0
+            deltas.append(str(out / "delta.safetensors"))
+        assert mpu(["server", "aggregate", "--workdir", str(workdir), "--quiet", *deltas]) == 0
+
+
+def final_tensors(workdir):
+    from safetensors.torch import load_file
+
+    from mpu.server.job import Server
+
+    server = Server(workdir)
+    folder = workdir / "rounds" / f"r{server.round:03d}"
+    tensors = {}
+    for f in sorted(folder.glob("*.safetensors")):
+        tensors.update(load_file(str(f)))
+    return server.round, tensors
+
+
+def assert_bit_identical(a_dir, b_dir):
+    ra, a = final_tensors(a_dir)
+    rb, b = final_tensors(b_dir)
+    assert ra == rb and a.keys() == b.keys()
+    different = [k for k in a if not (a[k].dtype == b[k].dtype and a[k].equal(b[k]))]
+    assert not different, f"tensors differ between the two paths: {different[:5]}"
+
+
+def summary(workdir):
+    return json.loads((workdir / "federation" / "summary.json").read_text())
