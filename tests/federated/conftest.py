@@ -67,3 +67,57 @@ def assert_bit_identical(a_dir, b_dir):
 
 def summary(workdir):
     return json.loads((workdir / "federation" / "summary.json").read_text())
+
+
+class _Reply:
+    """What the ServerApp reads of a Flower reply: its sender, its error or its content."""
+
+    def __init__(self, node, content=None, error=None):
+        from types import SimpleNamespace
+
+        self.metadata = SimpleNamespace(src_node_id=node)
+        self.content = content
+        self.error = SimpleNamespace(reason=error) if error else None
+
+    def has_error(self):
+        return self.error is not None
+
+
+class LoopbackGrid:
+    """A Flower Grid stand-in that hands each message to the real client handler in this
+    process, so the server's failure policy can be tested with clients that misbehave:
+    `behaviour[name](records, round)` rewrites a client's reply (or raises to not answer)."""
+
+    def __init__(self, sides, behaviour=None):
+        from flwr.supercore.task_identity import TaskIdentity
+
+        TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0  # as in a ServerApp
+        self.sides = dict(enumerate(sides, start=1))
+        self.behaviour = behaviour or {}
+        self.attempts = {s.name: 0 for s in sides}
+
+    def get_node_ids(self):
+        return list(self.sides)
+
+    def send_and_receive(self, messages, *, timeout=None):
+        from flwr.app import ConfigRecord, RecordDict
+
+        from mpu.federated.client_app import handle_train
+
+        replies = []
+        for msg in messages:
+            node = msg.metadata.dst_node_id
+            side = self.sides[node]
+            if msg.metadata.message_type == "query":
+                replies.append(_Reply(node, RecordDict({"mpu": ConfigRecord({"name": side.name})})))
+                continue
+            self.attempts[side.name] += 1
+            config = msg.content["mpu"]
+            records = handle_train(msg.content, config, side)
+            if side.name in self.behaviour:
+                try:
+                    records = self.behaviour[side.name](records, int(config["round"]))
+                except TimeoutError:
+                    continue  # no reply: the server's timeout
+            replies.append(_Reply(node, RecordDict(records)))
+        return replies
