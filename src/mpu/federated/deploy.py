@@ -1,7 +1,7 @@
 """`mpu serve` and `mpu join`: the Flower processes of a two-party deployment.
 
 `serve` runs the model owner's side: a SuperLink (TLS with the given certificate, SuperNode
-authentication on, its state in `W/federation/superlink.db`), registers the clients' public
+authentication on, its state in memory), registers the clients' public
 keys, submits the MPU app (a Flower App Bundle whose components are `mpu.federated`'s apps,
 its run config the federation's settings) and waits for the run to end. `join` runs a data
 owner's side: a SuperNode that trusts the CA, signs in with its private key and runs the
@@ -40,7 +40,8 @@ REFUSED_HINT = (
 )
 CONNECTION = "mpu"  # the SuperLink connection's name in the Flower CLI config
 START_TIMEOUT = 120.0
-REJOIN_PAUSE = 5.0  # seconds between attempts of a node the server refused
+REJOIN_PAUSE = 5.0  # seconds before a stopped or refused SuperNode is started again
+NODE_UP = 30.0  # a SuperNode that ran this long had connected; its stop is not a refusal
 
 
 def _flower_env(home: Path) -> dict[str, str]:
@@ -191,8 +192,10 @@ def serve(cfg: FederationConfig, *, address: str, security: Security,
     _write_cli_config(home, address, files.ca_cert if files else None)
     app = _write_app(fed / "app", cfg)
     host, port = _split_address(address)
+    # the SuperLink's state in memory: with its SQLite file, model-sized messages hit
+    # "database is locked"; what must survive a restart lives in the workdir, and the keys are
+    # registered again at every start
     cmd = [_tool("flower-superlink"), "--host", host, "--port", str(port),
-           "--database", str(fed / "superlink.db"),
            "--disable-runtime-dependency-installation"]  # fmt: skip
     if files:
         for f in (files.ca_cert, files.server_cert, files.server_key):
@@ -243,8 +246,9 @@ def _free_port() -> int:
 
 def join(side: ClientSide, *, server: str, security: Security, ca: Path | None = None,
          key: Path | None = None, max_wait: float = 600.0) -> int:  # fmt: skip
-    """Run a SuperNode with the MPU ClientApp until it is stopped; returns its exit code. A
-    node the server refuses tries again for `max_wait` seconds, then fails with the reason."""
+    """Run a SuperNode with the MPU ClientApp until `mpu join` is stopped. A SuperNode that
+    stops (the server restarted and forgot it) is started again; one the server refuses, or
+    that cannot connect, is retried for `max_wait` seconds, then this fails with the reason."""
     import tomli_w
 
     if not security.insecure and (ca is None or key is None):
@@ -275,14 +279,18 @@ def join(side: ClientSide, *, server: str, security: Security, ca: Path | None =
     env = _flower_env(home)
     home.mkdir(parents=True, exist_ok=True)
     deadline = time.monotonic() + max_wait
-    while True:  # refused: the server may not have registered this key yet; try again
+    while True:
+        started = time.monotonic()
         code, refused = _run_node(cmd, env)
-        if not refused:
-            return code
-        if time.monotonic() + REJOIN_PAUSE > deadline:
-            raise MPUError(REFUSED_HINT)
-        log.warning("the server refused this node; trying again in %.0f s (for at most "
-                    "%.0f s more)", REJOIN_PAUSE, deadline - time.monotonic())  # fmt: skip
+        now = time.monotonic()
+        if not refused and now - started > NODE_UP:  # it was connected: a server that went
+            deadline = now + max_wait  # away (restarted, its state lost) gets max_wait to return
+        elif now + REJOIN_PAUSE > deadline:
+            raise MPUError(REFUSED_HINT if refused else
+                           f"the SuperNode keeps stopping (exit code {code}); see its output above")  # fmt: skip
+        log.warning("the SuperNode %s; starting it again in %.0f s (for at most %.0f s more)",
+                    "was refused" if refused else f"stopped (exit code {code})", REJOIN_PAUSE,
+                    deadline - now)  # fmt: skip
         time.sleep(REJOIN_PAUSE)
 
 

@@ -1,0 +1,199 @@
+"""What the network costs: MPU on Flower (`mpu serve` + `mpu join`) against the file path.
+
+For each model the same server job (one workdir and its twin: the same secret key) runs R rounds
+twice with the same cheap client (GradAscent, a fixed number of steps, so training is a small,
+equal share of both):
+
+  file path    in one process: `Server.publish` → `unlearn_copy` on each copy → `Server.aggregate`
+               (what `mpu server publish | client unlearn | server aggregate` run, without the
+               processes' start-up: the lower bound of any transport)
+  Flower path  `mpu serve` (SuperLink + ServerApp) and `mpu join` (SuperNode + ClientApp) as
+               processes on 127.0.0.1 with TLS and node authentication
+
+It reports bytes per round (file path: the m copy folders plus the m deltas and receipts, what
+would be carried by hand; Flower: the payload of the messages, after content addressing) and
+wall time (Flower: end to end from `mpu serve` start, and the round loop alone), as ratios in
+the same run, and checks that both paths end with bit-identical parameters.
+
+    python benchmarks/federated.py [--models tiny smollm2] [--rounds 1] [--copies 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+CLIENT = ["max_steps=2", "batch_size=2", "grad_accum=1", "lr=1e-3"]
+METHOD = "GradAscent"
+
+
+def build(kind: str, root: Path) -> None:
+    """root/base and root/target (base + a small perturbation: a stand-in fine-tune)."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    if kind == "smollm2":
+        from mpu.io.gguf import import_smollm2
+
+        shutil.copytree(import_smollm2(), root / "base")
+    else:
+        from mpu.io.datasets import load_split
+        from mpu.pipeline.tiny import build_tiny_llama, train_tokenizer
+
+        rows = load_split(root / "data", "full")
+        tok = train_tokenizer(f"{r['question']} {r['answer']}" for r in rows)
+        model = build_tiny_llama(tok)
+        model.save_pretrained(root / "base")
+        tok.save_pretrained(root / "base")
+    shutil.copytree(root / "base", root / "target")
+    weights = load_file(root / "target" / "model.safetensors")
+    gen = torch.Generator().manual_seed(1)
+    weights = {n: (t.float() + 0.002 * torch.randn(t.shape, generator=gen)).to(t.dtype)
+               for n, t in weights.items()}  # fmt: skip
+    save_file(weights, root / "target" / "model.safetensors", metadata={"format": "pt"})
+
+
+def folder_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.iterdir() if p.is_file())
+
+
+def file_path(workdir: Path, root: Path, data: Path, rounds: int) -> dict:
+    from mpu.client.train_config import ClientTrainConfig
+    from mpu.client.unlearn import load_client_data, unlearn_copy
+    from mpu.config import load_config
+    from mpu.server.job import Server
+
+    cfg = load_config(ClientTrainConfig, overrides=[f"method={METHOD}", *CLIENT])
+    client_data = load_client_data(data, "forget01", cfg)
+    server = Server(workdir)
+    carried = 0
+    start = time.perf_counter()
+    for _ in range(rounds):
+        r = server.round
+        copies = server.publish(root / f"pub{r}", progress=False)
+        deltas = []
+        for copy in copies:
+            out = root / f"client{r}-{copy.name}"
+            _, delta, _ = unlearn_copy(copy, client_data, cfg, out, order_seed=r, progress=False)
+            deltas.append(delta)
+            carried += folder_bytes(copy) + delta.stat().st_size
+            carried += (out / "receipt.json").stat().st_size
+        server.aggregate(deltas, progress=False)
+    return {"seconds": time.perf_counter() - start, "bytes": carried}
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def flower_path(workdir: Path, root: Path, data: Path, rounds: int) -> dict:
+    from mpu.federated.certs import make_certs
+
+    certs = make_certs(root / "certs", hosts=["127.0.0.1"], clients=1)
+    address = f"127.0.0.1:{_port()}"
+    mpu = [sys.executable, "-m", "mpu.cli"]
+    start = time.perf_counter()
+    serve = subprocess.Popen([*mpu, "serve", "--workdir", str(workdir), "--rounds", str(rounds),
+                              "--certs", str(certs.folder), "--address", address],
+                             stdout=(root / "serve.log").open("wb"), stderr=subprocess.STDOUT,
+                             start_new_session=True)  # fmt: skip
+    join = subprocess.Popen([*mpu, "join", "--server", address, "--name", "client",
+                             "--workdir", str(root / "client"), "--data", str(data),
+                             "--split", "forget01", "--method", METHOD, "--ca",
+                             str(certs.ca_cert), "--key", str(certs.client_key(1)), *CLIENT],
+                            stdout=(root / "join.log").open("wb"), stderr=subprocess.STDOUT,
+                            start_new_session=True)  # fmt: skip
+    try:
+        code = serve.wait(timeout=3600)
+    finally:
+        for proc in (serve, join):
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+                proc.wait()
+    if code != 0:
+        raise SystemExit(f"mpu serve failed ({code}):\n{(root / 'serve.log').read_text()[-3000:]}")
+    seconds = time.perf_counter() - start
+    summary = json.loads((workdir / "federation" / "summary.json").read_text())
+    return {"seconds": seconds, "loop_seconds": summary["seconds"],
+            "bytes": summary["bytes_sent"] + summary["bytes_received"],
+            "bytes_sent": summary["bytes_sent"], "bytes_received": summary["bytes_received"]}  # fmt: skip
+
+
+def identical(a: Path, b: Path) -> bool:
+    from safetensors.torch import load_file
+
+    from mpu.server.job import Server
+
+    ra, rb = Server(a).round, Server(b).round
+    fa = load_file(str(a / "rounds" / f"r{ra:03d}" / "model.safetensors"))
+    fb = load_file(str(b / "rounds" / f"r{rb:03d}" / "model.safetensors"))
+    return ra == rb and fa.keys() == fb.keys() and all(fa[k].equal(fb[k]) for k in fa)
+
+
+def run(kind: str, rounds: int, copies: int, keep: bool = False) -> dict:
+    from mpu.data import make_dataset
+    from mpu.server.config import JobConfig
+    from mpu.server.job import Server
+
+    root = Path(tempfile.mkdtemp(prefix=f"mpu-fed-{kind}-"))
+    try:
+        data = make_dataset("tofu", root / "data", seed=0)
+        build(kind, root)
+        job = JobConfig(gate=False, kappa=0.1, copies=copies)
+        Server.init(root / "target", root / "base", root / "W", job)
+        shutil.copytree(root / "W", root / "W-file")
+        (root / "files").mkdir()
+        (root / "fed").mkdir()
+        files = file_path(root / "W-file", root / "files", data, rounds)
+        flower = flower_path(root / "W", root / "fed", data, rounds)
+        model = folder_bytes(root / "target")
+        return {"model": kind, "model_bytes": model, "rounds": rounds, "copies": copies,
+                "file": files, "flower": flower,
+                "identical": identical(root / "W", root / "W-file")}  # fmt: skip
+    finally:
+        if keep:
+            print(f"kept {root}")
+        else:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--models", nargs="+", default=["tiny", "smollm2"], choices=["tiny", "smollm2"])
+    p.add_argument("--rounds", type=int, default=1)
+    p.add_argument("--copies", type=int, default=2)
+    p.add_argument("--json", help="also write the rows here")
+    p.add_argument("--keep", action="store_true", help="keep the work folders (logs)")
+    args = p.parse_args()
+    os.environ.setdefault("MPU_CLIENT_KEY", str(Path(tempfile.mkdtemp()) / "client.key"))
+    rows = [run(kind, args.rounds, args.copies, args.keep) for kind in args.models]
+    mib = 2**20
+    print(f"| model | m | file path MiB/round | Flower MiB/round (sent + received) | bytes ratio "
+          f"| file path s | Flower s (end to end) | Flower s (round loop) | time ratio (e2e / loop) "
+          f"| same θ |")  # fmt: skip
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for r in rows:
+        f, w, n = r["file"], r["flower"], r["rounds"]
+        print(f"| {r['model']} ({r['model_bytes'] / mib:.1f} MiB) | {r['copies']} "
+              f"| {f['bytes'] / n / mib:.2f} | {w['bytes'] / n / mib:.2f} "
+              f"({w['bytes_sent'] / n / mib:.2f} + {w['bytes_received'] / n / mib:.2f}) "
+              f"| {w['bytes'] / f['bytes']:.2f} | {f['seconds']:.1f} | {w['seconds']:.1f} "
+              f"| {w['loop_seconds']:.1f} | {w['seconds'] / f['seconds']:.2f} / "
+              f"{w['loop_seconds'] / f['seconds']:.2f} | {'yes' if r['identical'] else 'NO'} |")  # fmt: skip
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=2))
+
+
+if __name__ == "__main__":
+    main()
