@@ -179,9 +179,9 @@ def main() -> None:
     os.environ.setdefault("MPU_CLIENT_KEY", str(Path(tempfile.mkdtemp()) / "client.key"))
     rows = [run(kind, args.rounds, args.copies, args.keep) for kind in args.models]
     mib = 2**20
-    print(f"| model | m | file path MiB/round | Flower MiB/round (sent + received) | bytes ratio "
-          f"| file path s | Flower s (end to end) | Flower s (round loop) | time ratio (e2e / loop) "
-          f"| same θ |")  # fmt: skip
+    print("| model | m | file path MiB/round | Flower MiB/round (sent + received) | bytes ratio "
+          "| file path s | Flower s (end to end) | Flower s (round loop) | time ratio (e2e / loop) "
+          "| same θ |")  # fmt: skip
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:
         f, w, n = r["file"], r["flower"], r["rounds"]

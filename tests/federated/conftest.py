@@ -91,7 +91,11 @@ class LoopbackGrid:
     def __init__(self, sides, behaviour=None):
         from flwr.supercore.task_identity import TaskIdentity
 
-        TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0  # as in a ServerApp
+        TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = (
+            1,
+            1,
+            0,
+        )  # as in a ServerApp
         self.sides = dict(enumerate(sides, start=1))
         self.behaviour = behaviour or {}
         self.attempts = {s.name: 0 for s in sides}

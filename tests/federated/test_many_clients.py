@@ -7,7 +7,7 @@ import shutil
 import pytest
 import torch
 
-from conftest import LoopbackGrid, assert_bit_identical, file_path_rounds, summary
+from conftest import LoopbackGrid, assert_bit_identical, file_path_rounds
 from mpu.federated.client_app import ClientSide
 from mpu.federated.server_app import ClientFailed, FederationConfig, serve
 
@@ -22,7 +22,7 @@ def _own_forget_sets(data, root, names):
     for i, name in enumerate(names):
         folder = root / f"data-{name}"
         shutil.copytree(data, folder)
-        part = rows[i::len(names)]
+        part = rows[i :: len(names)]
         (folder / "forget01" / "train.jsonl").write_text("\n".join(part) + "\n")
         manifest = json.loads((folder / "manifest.json").read_text())
         manifest["counts"]["forget01/train"] = len(part)
@@ -49,9 +49,7 @@ def _answer_probability(model_dir, data_dir):
         return answer_probability(model, tok, [dict(r) for r in load_split(data_dir, "forget01")])
 
 
-def test_three_simulated_clients_forget_their_own_sets_and_equal_the_file_path(
-    twin_jobs, tmp_path
-):
+def test_three_simulated_clients_forget_their_own_sets_and_equal_the_file_path(twin_jobs, tmp_path):
     from mpu.federated.simulation import simulate
 
     workdir, twin, data = twin_jobs
@@ -59,7 +57,11 @@ def test_three_simulated_clients_forget_their_own_sets_and_equal_the_file_path(
     sides = _sides(tmp_path, data, names)
     done = simulate(FederationConfig(workdir, rounds=1, clients=3), sides)
     assert done["order"] == ["alice", "bob", "carol"] and done["rounds"] == 3
-    assert 0 < done["bytes_sent"] < 3 * 2 * sum(f.stat().st_size for f in (workdir / "rounds" / "r001").iterdir())
+    assert (
+        0
+        < done["bytes_sent"]
+        < 3 * 2 * sum(f.stat().st_size for f in (workdir / "rounds" / "r001").iterdir())
+    )
     ledger = json.loads((workdir / "federation" / "ledger.json").read_text())
     assert ledger["assigned"] == {"1": "alice", "2": "bob", "3": "carol"}
     for side in sorted(sides, key=lambda s: s.name):
@@ -126,7 +128,7 @@ def test_an_oversized_reply_stops_the_run_cleanly_and_a_rerun_resumes(twin_jobs,
     workdir, twin, data = twin_jobs
     sides = _sides(tmp_path, data, ["alice", "bob"])
     cfg = FederationConfig(workdir, rounds=1, clients=2, retries=0)
-    with pytest.raises(ClientFailed, match="bob.*refused before writing"):
+    with pytest.raises(ClientFailed, match=r"bob.*refused before writing"):
         serve(LoopbackGrid(sides, behaviour={"bob": _oversized}), cfg)
     assert Server(workdir).round == 2  # alice's round kept, bob's round not applied
     assert not (workdir / "federation" / "round2" / "inbox").exists()
@@ -137,4 +139,23 @@ def test_an_oversized_reply_stops_the_run_cleanly_and_a_rerun_resumes(twin_jobs,
     for side in sides:
         file_path_rounds(twin, tmp_path / f"files-{side.name}", data=side.data,
                          split="forget01", method=side.method, rounds=1)  # fmt: skip
+    assert_bit_identical(workdir, twin)
+
+
+def test_a_client_that_does_not_answer_is_asked_again(twin_jobs, tmp_path):
+    workdir, twin, data = twin_jobs
+    sides = _sides(tmp_path, data, ["alice"])
+    silent_once = {"left": 1}
+
+    def silent(records, round_):
+        if silent_once["left"]:
+            silent_once["left"] -= 1
+            raise TimeoutError  # the reply never comes: the server's round timeout
+        return records
+
+    grid = LoopbackGrid(sides, behaviour={"alice": silent})
+    done = serve(grid, FederationConfig(workdir, rounds=1, clients=1, retries=1))
+    assert grid.attempts == {"alice": 2} and done["rounds"] == 1 and not done["dropped"]
+    file_path_rounds(twin, tmp_path / "files", data=sides[0].data, split="forget01",
+                     method=sides[0].method, rounds=1)  # fmt: skip
     assert_bit_identical(workdir, twin)
