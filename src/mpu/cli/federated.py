@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 
 def _certs(args: argparse.Namespace) -> int:
@@ -48,7 +49,7 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _join(args: argparse.Namespace) -> int:
+def _join(args: argparse.Namespace) -> NoReturn:
     from mpu.federated.client_app import ClientSide
     from mpu.federated.deploy import Security, join
 
@@ -61,7 +62,7 @@ def _join(args: argparse.Namespace) -> int:
         method=args.method,
         settings=tuple(args.overrides),
     )
-    return join(
+    join(
         side,
         server=args.server,
         security=Security(None, args.insecure),

@@ -26,6 +26,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 
 from mpu.errors import ConfigError, MPUError
 from mpu.federated.certs import CertFiles
@@ -47,7 +48,7 @@ NODE_UP = 30.0  # a SuperNode that ran this long had connected; its stop is not 
 def _flower_env(home: Path) -> dict[str, str]:
     env = dict(os.environ)
     env["FLWR_HOME"] = str(home)
-    env["FLWR_TELEMETRY_ENABLED"] = "0"
+    env["FLWR_TELEMETRY_ENABLED"] = "0"  # no calls home
     return env
 
 
@@ -245,7 +246,7 @@ def _free_port() -> int:
 
 
 def join(side: ClientSide, *, server: str, security: Security, ca: Path | None = None,
-         key: Path | None = None, max_wait: float = 600.0) -> int:  # fmt: skip
+         key: Path | None = None, max_wait: float = 600.0) -> NoReturn:  # fmt: skip
     """Run a SuperNode with the MPU ClientApp until `mpu join` is stopped. A SuperNode that
     stops (the server restarted and forgot it) is started again; one the server refuses, or
     that cannot connect, is retried for `max_wait` seconds, then this fails with the reason."""

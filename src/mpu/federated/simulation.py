@@ -18,9 +18,10 @@ def simulate(
     cfg: FederationConfig, clients: list[ClientSide], *, cpus_per_client: float = 1
 ) -> dict:
     """Serve `clients`' requests in one simulated federation; returns the run's summary."""
+    os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")  # no calls home, from Flower
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # or from Ray
     from flwr.simulation import run_simulation
 
-    os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")  # no network calls home
     summary = cfg.workdir / FEDERATION / "summary.json"
     summary.unlink(missing_ok=True)
     run_simulation(
