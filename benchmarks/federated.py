@@ -25,7 +25,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -91,17 +90,12 @@ def file_path(workdir: Path, root: Path, data: Path, rounds: int) -> dict:
     return {"seconds": time.perf_counter() - start, "bytes": carried}
 
 
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def flower_path(workdir: Path, root: Path, data: Path, rounds: int) -> dict:
     from mpu.federated.certs import make_certs
+    from mpu.federated.deploy import free_port
 
     certs = make_certs(root / "certs", hosts=["127.0.0.1"], clients=1)
-    address = f"127.0.0.1:{_port()}"
+    address = f"127.0.0.1:{free_port()}"
     mpu = [sys.executable, "-m", "mpu.cli"]
     start = time.perf_counter()
     serve = subprocess.Popen([*mpu, "serve", "--workdir", str(workdir), "--rounds", str(rounds),

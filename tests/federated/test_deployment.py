@@ -3,24 +3,18 @@ ClientApp (`mpu join`), with TLS and node authentication."""
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 
 import pytest
+from federation_kit import assert_bit_identical, file_path_rounds, summary
 
-from conftest import assert_bit_identical, file_path_rounds, summary
 from mpu.federated.certs import make_certs
+from mpu.federated.deploy import free_port
 
 pytestmark = pytest.mark.slow
 METHOD = "NPO"  # uses the first round's copy as its reference in round 2
-
-
-def _port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _start(args, log):
@@ -50,7 +44,7 @@ def _wait(proc, log, timeout):
 def deployment(twin_jobs, tmp_path):
     workdir, twin, data = twin_jobs
     certs = make_certs(tmp_path / "certs", hosts=["127.0.0.1"], clients=2)
-    address = f"127.0.0.1:{_port()}"
+    address = f"127.0.0.1:{free_port()}"
     procs = []
 
     def serve(log):

@@ -6,8 +6,8 @@ import shutil
 
 import pytest
 import torch
+from federation_kit import LoopbackGrid, assert_bit_identical, file_path_rounds
 
-from conftest import LoopbackGrid, assert_bit_identical, file_path_rounds
 from mpu.federated.client_app import ClientSide
 from mpu.federated.server_app import ClientFailed, FederationConfig, serve
 

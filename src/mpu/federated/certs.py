@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from mpu.errors import ConfigError
+from mpu.io.checkpoint import atomic_write_bytes
 
 VALID_DAYS = 365
 
@@ -49,16 +49,6 @@ class CertFiles:
 
     def client_public_key(self, i: int) -> Path:
         return self.folder / f"client-{i}.pub"
-
-
-def _write(path: Path, data: bytes, mode: int) -> None:
-    """Atomic write with the mode set before the bytes land (a key is never world-readable)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
-    os.chmod(tmp, mode)
-    os.replace(tmp, path)
 
 
 def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
@@ -118,9 +108,11 @@ def make_certs(folder: str | Path, *, hosts: list[str], clients: int) -> CertFil
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         .sign(ca_key, hashes.SHA384())
     )
-    _write(files.folder / "ca.key", _pem_key(ca_key), 0o600)
-    _write(files.server_key, _pem_key(server_key), 0o600)
-    _write(files.server_cert, server_cert.public_bytes(serialization.Encoding.PEM), 0o644)
+    atomic_write_bytes(files.folder / "ca.key", _pem_key(ca_key), 0o600)
+    atomic_write_bytes(files.server_key, _pem_key(server_key), 0o600)
+    atomic_write_bytes(
+        files.server_cert, server_cert.public_bytes(serialization.Encoding.PEM), 0o644
+    )
     for i in range(1, clients + 1):
         key = ec.generate_private_key(ec.SECP384R1())
         private = key.private_bytes(
@@ -131,7 +123,9 @@ def make_certs(folder: str | Path, *, hosts: list[str], clients: int) -> CertFil
         public = key.public_key().public_bytes(
             serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
         )
-        _write(files.client_key(i), private, 0o600)
-        _write(files.client_public_key(i), public + b"\n", 0o644)
-    _write(files.ca_cert, ca_cert.public_bytes(serialization.Encoding.PEM), 0o644)  # last: done
+        atomic_write_bytes(files.client_key(i), private, 0o600)
+        atomic_write_bytes(files.client_public_key(i), public + b"\n", 0o644)
+    atomic_write_bytes(
+        files.ca_cert, ca_cert.public_bytes(serialization.Encoding.PEM), 0o644
+    )  # last: done
     return files

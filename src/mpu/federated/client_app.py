@@ -70,26 +70,24 @@ class ClientSide:
         raise ConfigError("the client's node config lacks name (set by `mpu join`)")
 
 
-def check_side(side: ClientSide) -> None:
-    """Fail now, before joining, on a bad method, setting or data folder."""
+def load_side(side: ClientSide):
+    """The client's training config and data; a bad method, setting or data folder fails
+    here (`mpu join` calls it before joining)."""
     from mpu.client.train_config import ClientTrainConfig
     from mpu.client.unlearn import load_client_data
     from mpu.config import load_config
 
     cfg = load_config(ClientTrainConfig, overrides=[f"method={side.method}", *side.settings])
-    load_client_data(side.data, side.split, cfg, retain_split=side.retain_split)
+    return cfg, load_client_data(side.data, side.split, cfg, retain_split=side.retain_split)
 
 
 def unlearn_round(
     side: ClientSide, round_: int, first_round: int, copies: list[Path]
 ) -> list[Path]:
     """Unlearn each copy; returns one folder per copy holding delta.safetensors + receipt.json."""
-    from mpu.client.train_config import ClientTrainConfig
-    from mpu.client.unlearn import load_client_data, unlearn_copy
-    from mpu.config import load_config
+    from mpu.client.unlearn import unlearn_copy
 
-    cfg = load_config(ClientTrainConfig, overrides=[f"method={side.method}", *side.settings])
-    data = load_client_data(side.data, side.split, cfg, retain_split=side.retain_split)
+    cfg, data = load_side(side)
     outs = []
     for copy in copies:
         reference = None

@@ -30,8 +30,9 @@ from typing import NoReturn
 
 from mpu.errors import ConfigError, MPUError
 from mpu.federated.certs import CertFiles
-from mpu.federated.client_app import ClientSide, check_side
+from mpu.federated.client_app import ClientSide, load_side
 from mpu.federated.server_app import FEDERATION, FederationConfig
+from mpu.io.checkpoint import atomic_write_bytes
 
 log = logging.getLogger("mpu.federated")
 REFUSED_HINT = (
@@ -97,14 +98,10 @@ def _wait_for_port(address: str, proc: subprocess.Popen, logfile: Path) -> None:
     )
 
 
-def _toml_value(v) -> str:
-    import json
+def _write_toml(path: Path, obj: dict) -> None:
+    import tomli_w  # Flower's own dependency
 
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, int | float):
-        return repr(v)
-    return json.dumps(str(v))  # a JSON string is a TOML basic string
+    atomic_write_bytes(path, tomli_w.dumps(obj).encode())
 
 
 def _write_app(folder: Path, cfg: FederationConfig) -> Path:
@@ -120,40 +117,39 @@ def _write_app(folder: Path, cfg: FederationConfig) -> Path:
         "retries": cfg.retries,
         "on-failure": cfg.on_failure,
     }
-    lines = [
-        "[build-system]",
-        'requires = ["hatchling"]',
-        'build-backend = "hatchling.build"',
-        "",
-        "[project]",
-        'name = "mpu-round"',
-        'version = "1.0.0"',
-        'description = "MPU unlearning rounds (the apps are installed with mpu)"',
-        'license = "Apache-2.0"',
-        "dependencies = []",
-        "",
-        "[tool.flwr.app]",
-        'publisher = "mpu"',
-        "",
-        "[tool.flwr.app.components]",
-        'serverapp = "mpu.federated.server_app:app"',
-        'clientapp = "mpu.federated.client_app:app"',
-        "",
-        "[tool.flwr.app.config]",
-        *(f'"{k}" = {_toml_value(v)}' for k, v in run_config.items()),
-        "",
-    ]
-    (folder / "pyproject.toml").write_text("\n".join(lines))
+    pyproject = {
+        "build-system": {"requires": ["hatchling"], "build-backend": "hatchling.build"},
+        "project": {
+            "name": "mpu-round",
+            "version": "1.0.0",
+            "description": "MPU unlearning rounds (the apps are installed with mpu)",
+            "license": "Apache-2.0",
+            "dependencies": [],
+        },
+        "tool": {
+            "flwr": {
+                "app": {
+                    "publisher": "mpu",
+                    "components": {
+                        "serverapp": "mpu.federated.server_app:app",
+                        "clientapp": "mpu.federated.client_app:app",
+                    },
+                    "config": run_config,
+                }
+            }
+        },
+    }
+    _write_toml(folder / "pyproject.toml", pyproject)
     return folder
 
 
 def _write_cli_config(home: Path, address: str, ca: Path | None) -> None:
     home.mkdir(parents=True, exist_ok=True)
     os.chmod(home, 0o700)
-    conn = [f"[superlink.{CONNECTION}]", f"address = {_toml_value(address)}"]
-    conn.append(f"root-certificates = {_toml_value(ca.resolve())}" if ca else "insecure = true")
-    text = "\n".join(["[superlink]", f'default = "{CONNECTION}"', "", *conn, ""])
-    (home / "config.toml").write_text(text)
+    connection = {"address": address}
+    connection.update({"root-certificates": str(ca.resolve())} if ca else {"insecure": True})
+    config = {"superlink": {"default": CONNECTION, CONNECTION: connection}}
+    _write_toml(home / "config.toml", config)
 
 
 @dataclass(frozen=True)
@@ -239,7 +235,8 @@ def serve(cfg: FederationConfig, *, address: str, security: Security,
             link.kill()
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free now (for a SuperNode's or a test's server)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -250,14 +247,12 @@ def join(side: ClientSide, *, server: str, security: Security, ca: Path | None =
     """Run a SuperNode with the MPU ClientApp until `mpu join` is stopped. A SuperNode that
     stops (the server restarted and forgot it) is started again; one the server refuses, or
     that cannot connect, is retried for `max_wait` seconds, then this fails with the reason."""
-    import tomli_w
-
     if not security.insecure and (ca is None or key is None):
         raise ConfigError(
             "TLS and node authentication are on by default: pass --ca (the server's CA "
             "certificate) and --key (this client's private key from `mpu certs`), or --insecure"
         )
-    check_side(side)
+    load_side(side)
     for f in (ca, key):
         if f is not None and not Path(f).is_file():
             raise ConfigError(f"{f}: no such file")
@@ -269,10 +264,10 @@ def join(side: ClientSide, *, server: str, security: Security, ca: Path | None =
     if side.retain_split:
         node_config["retain-split"] = side.retain_split
     config_file = side.workdir / "node-config.toml"
-    config_file.write_text(tomli_w.dumps(node_config))
+    _write_toml(config_file, node_config)
     home = side.workdir / "flower"
     cmd = [_tool("flower-supernode"), "--superlink", server, "--node-config", str(config_file),
-           "--port", str(_free_port())]  # fmt: skip
+           "--port", str(free_port())]  # fmt: skip
     if security.insecure:
         cmd += ["--insecure"]
     else:

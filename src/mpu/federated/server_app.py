@@ -31,11 +31,17 @@ from pathlib import Path
 from mpu.errors import ConfigError, MPUError, UpdateRejectedError
 from mpu.federated.ledger import Ledger
 from mpu.federated.transport import from_records, pack_folders, to_records, write_folders
-from mpu.server.rounds import RoundContext, run_rounds
+from mpu.io.checkpoint import atomic_write_json
+from mpu.server.rounds import RoundContext, outbox_of, run_rounds
 
 log = logging.getLogger("mpu.federated")
 FEDERATION = "federation"  # W/federation: outboxes, inboxes, the ledger, the Flower home
 HEADER_SLACK = 2**20  # bytes a delta may carry beyond its tensors (header, receipt)
+
+
+def inbox_of(folder: Path, round_: int) -> Path:
+    """Where a round's received deltas are kept (beside its outbox), all m or none."""
+    return outbox_of(folder, round_).parent / "inbox"
 
 
 class ClientFailed(MPUError):
@@ -142,7 +148,7 @@ class FederatedClient:
         name = self.ledger.owner(ctx.round)
         assert name is not None  # the caller stops when every request is served
         self.ledger.assign(self.folder, ctx.round, name)
-        inbox = ctx.workdir / "inbox"
+        inbox = inbox_of(self.folder, ctx.round)
         received = sorted(inbox.glob("*/delta.safetensors"))
         if len(received) == len(ctx.copies):  # arrived before a restart: not asked again
             log.info("round %d: using the %d updates received before the restart", ctx.round,
@@ -203,7 +209,7 @@ def serve(grid, cfg: FederationConfig, *, progress: bool = False) -> dict:
             failures, client.note = 0, ""
             continue
         except UpdateRejectedError as exc:  # transport or aggregation: the deltas are discarded
-            shutil.rmtree(folder / f"round{server.round}" / "inbox", ignore_errors=True)
+            shutil.rmtree(inbox_of(folder, server.round), ignore_errors=True)
             failures, client.note = failures + 1, str(exc)
             log.warning("round %d, client %s, attempt %d refused: %s", server.round, owner,
                         failures, exc)  # fmt: skip
@@ -222,7 +228,7 @@ def serve(grid, cfg: FederationConfig, *, progress: bool = False) -> dict:
         "bytes_received": client.bytes_received,
         "seconds": time.perf_counter() - started,
     }
-    (folder / "summary.json").write_text(json.dumps(summary, indent=2))
+    atomic_write_json(folder / "summary.json", summary)
     log.info("federation done: %s", json.dumps(summary))
     return summary
 

@@ -23,12 +23,12 @@ from __future__ import annotations
 import hashlib
 import json
 import mmap
-import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
 
 from mpu.errors import UpdateRejectedError
+from mpu.io.checkpoint import atomic_write_bytes
 
 RAW_STYPE = "mpu.raw-bytes"  # an Array whose data are a tensor's bytes as stored on disk
 MAX_HEADER_BYTES = 100 * 2**20  # the safetensors format's own limit
@@ -180,25 +180,12 @@ def _safe_name(name: object, where: str) -> str:
     return name
 
 
-def _atomic_bytes(path: Path, chunks) -> str:
-    tmp = path.with_name(f".{path.name}.partial")
-    h = hashlib.sha256()
-    with tmp.open("wb") as fh:
-        for chunk in chunks:
-            h.update(chunk)
-            fh.write(chunk)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    return h.hexdigest()
-
-
 def write_folders(packed: Packed, out_dir: Path, where: str, *, max_bytes: int | None = None):
     """Write the folders under `out_dir`; returns their paths in manifest order.
 
     `max_bytes` bounds the declared size before anything is written (a delta larger than the
-    model it belongs to is refused here). Each file is checked against its SHA-256; on a
-    mismatch the file is removed and the message refused."""
+    model it belongs to is refused here). Each file is checked against its SHA-256 before it
+    is written; on a mismatch the message is refused."""
     total = declared_bytes(packed, where)
     if max_bytes is not None and total > max_bytes:
         raise UpdateRejectedError(
@@ -229,11 +216,13 @@ def write_folders(packed: Packed, out_dir: Path, where: str, *, max_bytes: int |
                     raise UpdateRejectedError(
                         f"{where}: {name}/{fname}: tensors do not match the file's header"
                     )
-            got = _atomic_bytes(dest / fname, chunks)
-            if got != entry.get("sha256"):
-                (dest / fname).unlink()
+            digest = hashlib.sha256()
+            for chunk in chunks:
+                digest.update(chunk)
+            if digest.hexdigest() != entry.get("sha256"):  # checked before the file is written
                 raise UpdateRejectedError(
                     f"{where}: {name}/{fname}: content differs from what was sent (SHA-256)"
                 )
+            atomic_write_bytes(dest / fname, chunks)
         written.append(dest)
     return written

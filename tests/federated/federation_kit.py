@@ -1,0 +1,117 @@
+"""Helpers of the federation tests: the file-path twin of a run, bit-identity, a loopback Grid.
+
+A module of its own (not conftest.py): test modules import these by name, and every test
+folder's conftest.py is a module named `conftest`, so importing from it picks whichever folder's
+conftest was loaded last.
+"""
+
+import json
+
+from mpu.cli import main as mpu
+
+
+def file_path_rounds(workdir, root, *, data, split, method, rounds, settings=()):
+    """The same request through the file CLI: `mpu server publish`, `mpu client unlearn` on
+    each copy (data-order seed = server round, the first round's copy as the reference),
+    `mpu server aggregate` — what a client does by hand with files."""
+    from mpu.server.job import Server
+
+    first = Server(workdir).round
+    for r in range(first, first + rounds):
+        pub = root / f"pub{r}"
+        assert (
+            mpu(["server", "publish", "--workdir", str(workdir), "--out", str(pub), "--quiet"]) == 0
+        )
+        deltas = []
+        for copy in sorted(pub.iterdir()):
+            out = root / f"client{r}-{copy.name}"
+            ref = ["--reference", str(root / f"pub{first}" / copy.name)] if r > first else []
+            code = mpu(["client", "unlearn", "--copy", str(copy), "--data", str(data),
+                        "--split", split, "--method", method, "--out", str(out),
+                        "--order-seed", str(r), "--quiet", *ref, *settings])  # fmt: skip
+            assert code == 0
+            deltas.append(str(out / "delta.safetensors"))
+        assert mpu(["server", "aggregate", "--workdir", str(workdir), "--quiet", *deltas]) == 0
+
+
+def final_tensors(workdir):
+    from safetensors.torch import load_file
+
+    from mpu.server.job import Server
+
+    server = Server(workdir)
+    folder = workdir / "rounds" / f"r{server.round:03d}"
+    tensors = {}
+    for f in sorted(folder.glob("*.safetensors")):
+        tensors.update(load_file(str(f)))
+    return server.round, tensors
+
+
+def assert_bit_identical(a_dir, b_dir):
+    ra, a = final_tensors(a_dir)
+    rb, b = final_tensors(b_dir)
+    assert ra == rb and a.keys() == b.keys()
+    different = [k for k in a if not (a[k].dtype == b[k].dtype and a[k].equal(b[k]))]
+    assert not different, f"tensors differ between the two paths: {different[:5]}"
+
+
+def summary(workdir):
+    return json.loads((workdir / "federation" / "summary.json").read_text())
+
+
+class _Reply:
+    """What the ServerApp reads of a Flower reply: its sender, its error or its content."""
+
+    def __init__(self, node, content=None, error=None):
+        from types import SimpleNamespace
+
+        self.metadata = SimpleNamespace(src_node_id=node)
+        self.content = content
+        self.error = SimpleNamespace(reason=error) if error else None
+
+    def has_error(self):
+        return self.error is not None
+
+
+class LoopbackGrid:
+    """A Flower Grid stand-in that hands each message to the real client handler in this
+    process, so the server's failure policy can be tested with clients that misbehave:
+    `behaviour[name](records, round)` rewrites a client's reply (or raises to not answer)."""
+
+    def __init__(self, sides, behaviour=None):
+        from flwr.supercore.task_identity import TaskIdentity
+
+        TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = (
+            1,
+            1,
+            0,
+        )  # as in a ServerApp
+        self.sides = dict(enumerate(sides, start=1))
+        self.behaviour = behaviour or {}
+        self.attempts = {s.name: 0 for s in sides}
+
+    def get_node_ids(self):
+        return list(self.sides)
+
+    def send_and_receive(self, messages, *, timeout=None):
+        from flwr.app import ConfigRecord, RecordDict
+
+        from mpu.federated.client_app import handle_train
+
+        replies = []
+        for msg in messages:
+            node = msg.metadata.dst_node_id
+            side = self.sides[node]
+            if msg.metadata.message_type == "query":
+                replies.append(_Reply(node, RecordDict({"mpu": ConfigRecord({"name": side.name})})))
+                continue
+            self.attempts[side.name] += 1
+            config = msg.content["mpu"]
+            records = handle_train(msg.content, config, side)
+            if side.name in self.behaviour:
+                try:
+                    records = self.behaviour[side.name](records, int(config["round"]))
+                except TimeoutError:
+                    continue  # no reply: the server's timeout
+            replies.append(_Reply(node, RecordDict(records)))
+        return replies
