@@ -85,9 +85,25 @@ def run_cell(args, folder: str, cell: dict, inputs: dict) -> None:
         out=str(args.out / folder), data=data, models=str(models), forget_split=cell["split"],
         methods=methods, variants=cell["variants"], server=server, seed=cell["seed"],
         eval_max_new_tokens=args.max_new_tokens, eval_limit=args.eval_limit,
-        progress=False, workers=args.workers,
+        progress=False, workers=args.workers, client=client_overrides(args.client),
+        rounds_epochs=args.rounds_epochs,
     )  # fmt: skip
     run_experiment(cfg)
+
+
+def client_overrides(pairs: list[str]) -> dict:
+    """`--client epochs=5 lr=1e-5` as the experiment's client settings (values parsed as JSON
+    where they parse — numbers, true/false, lists — else kept as text)."""
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"--client expects KEY=VALUE, got {pair!r}")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
 
 
 def prepare(args) -> dict:
@@ -283,6 +299,11 @@ def main() -> None:
     ap.add_argument("--eval-limit", type=int)
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--rounds-epochs", default="paper", choices=["paper", "single"],
+                    help="paper: each method's R×E split; single: one round")  # fmt: skip
+    ap.add_argument("--client", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="client settings for every cell, e.g. epochs=5 lr=1e-5 (the experiment's "
+                    "client.* keys)")  # fmt: skip
     ap.add_argument("--table-only", action="store_true")
     args = ap.parse_args()
     if args.quick:

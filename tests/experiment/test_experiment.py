@@ -253,3 +253,15 @@ def test_lora_clients_keep_the_harmonic_cancellation(tofu_world, tmp_path):
             for v in ("noised", "mpu")}  # fmt: skip
     print(f"relative distance to Clean-with-LoRA: {gaps}")
     assert gaps["mpu"] < gaps["noised"]
+
+
+def test_an_explicit_client_epochs_is_the_epochs_of_each_round():
+    """A budget the user sets is used, not replaced by the method's stock R × E split."""
+    from mpu.pipeline.experiment import ExperimentConfig
+    from mpu.pipeline.jobs import rounds_for
+
+    assert rounds_for(ExperimentConfig(), "NPO") == (2, 5)
+    assert rounds_for(ExperimentConfig(rounds_epochs="single"), "NPO") == (1, 10)
+    assert rounds_for(ExperimentConfig(client={"epochs": 3}), "NPO") == (2, 3)
+    single = ExperimentConfig(client={"epochs": 3}, rounds_epochs="single")
+    assert rounds_for(single, "GradDiff") == (1, 3)

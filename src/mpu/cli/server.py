@@ -25,6 +25,14 @@ def _init(args: argparse.Namespace) -> int:
     print(
         f"initialised job {server.state.job_id} in {args.workdir} (round 1, m={cfg.copies}, kappa={cfg.kappa})"
     )
+    gates = [h for h in server.state.history if h.get("event") == "gate"]
+    if gates:
+        from mpu.server.gate import GateResult
+
+        fields = {k: v for k, v in gates[-1].items() if k not in ("round", "event")}
+        print(f"function-preservation gate passed: {GateResult(**fields).describe()}")
+    else:
+        print("function-preservation gate: not run (gate=false or reparameterize=false)")
     return 0
 
 

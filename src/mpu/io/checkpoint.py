@@ -187,6 +187,12 @@ class Checkpoint:
             raise CheckpointError(f"{self.path}: no tensor named {name!r}")
         return self.readers[self.file_of[name]].read(name)
 
+    def read_flat(self, name: str, start: int, stop: int) -> torch.Tensor:
+        """Elements [start, stop) of tensor `name`, flat (see SafetensorsReader.read_flat)."""
+        if name not in self.file_of:
+            raise CheckpointError(f"{self.path}: no tensor named {name!r}")
+        return self.readers[self.file_of[name]].read_flat(name, start, stop)
+
     def layout(self) -> list[tuple[str, list[TensorSpec]]]:
         """(file name, tensor specs in file order) per weight file."""
         return [(f, list(r.specs.values())) for f, r in self.readers.items()]
@@ -276,6 +282,22 @@ class CheckpointWriter:
         self.tensor_sha256.update(self._writer.tensor_sha256)
 
     def add(self, name: str, tensor: torch.Tensor) -> None:
+        self._file_for(name).add(name, tensor)
+
+    def begin(self, name: str) -> TensorSpec:
+        """Start a tensor written in parts (`write_part`, then `end`): see SafetensorsWriter."""
+        return self._file_for(name).begin(name)
+
+    def write_part(self, part: torch.Tensor) -> None:
+        assert self._writer is not None
+        self._writer.write_part(part)
+
+    def end(self) -> None:
+        assert self._writer is not None
+        self._writer.end()
+
+    def _file_for(self, name: str) -> SafetensorsWriter:
+        """The weight file `name` goes into (opening the next one when the current is full)."""
         if not self._remaining:
             if self._writer is not None:
                 self._finish_file()
@@ -294,7 +316,7 @@ class CheckpointWriter:
             self._remaining = [s.name for s in specs]
         self._remaining.pop(0)
         assert self._writer is not None
-        self._writer.add(name, tensor)
+        return self._writer
 
     def commit(self, before_rename: Callable[[Path], None] | None = None) -> Path:
         """Finish the weight files, let `before_rename(stage)` add files, then move into place."""

@@ -153,6 +153,9 @@ class DeltaFile:
     def read(self, name: str):
         return self.reader.read(name)
 
+    def read_flat(self, name: str, start: int, stop: int):
+        return self.reader.read_flat(name, start, stop)
+
 
 def delta_metadata(ticket: Ticket) -> dict[str, str]:
     return {"format": DELTA_FORMAT, "schema": str(SCHEMA_VERSION), "ticket": ticket.to_json()}

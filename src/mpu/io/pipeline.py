@@ -59,3 +59,20 @@ def ordered_map(
 
 
 _END = object()
+
+
+def flat_spans(numel: int, part: int) -> list[tuple[int, int]]:
+    """[start, stop) spans that cover `numel` elements in parts of `part` (a multiple of 64,
+    so that every span but the last starts and ends on a SIMD block boundary; a tail shorter
+    than 64 joins the span before it). Elementwise torch ops and `torch.randn` from one
+    generator give, span by span, the same bits as on the whole tensor (tests/io pin this)."""
+    if part <= 0 or part % 64:
+        raise ValueError(f"part must be a positive multiple of 64, got {part}")
+    spans, start = [], 0
+    while start < numel:
+        stop = min(numel, start + part)
+        if numel - stop < 64:
+            stop = numel
+        spans.append((start, stop))
+        start = stop
+    return spans

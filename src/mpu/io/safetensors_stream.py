@@ -181,17 +181,35 @@ class SafetensorsReader:
 
     def read(self, name: str) -> torch.Tensor:
         """The tensor `name`, in its stored dtype, in freshly allocated (not mapped) memory."""
+        spec = self._spec_of(name)
+        return self._read_into(name, torch.empty(spec.shape, dtype=spec.dtype), 0)
+
+    def read_flat(self, name: str, start: int, stop: int) -> torch.Tensor:
+        """Elements [start, stop) of tensor `name` in its flat (row-major) order, as a 1-D
+        tensor: a part of a tensor too large to hold whole beside its m copies (flat memory)."""
+        spec = self._spec_of(name)
+        if not 0 <= start <= stop <= spec.numel:
+            raise CheckpointError(
+                f"{self.path}: elements [{start}, {stop}) are outside tensor {name!r} "
+                f"({spec.numel} elements)"
+            )
+        return self._read_into(name, torch.empty(stop - start, dtype=spec.dtype), start)
+
+    def _spec_of(self, name: str) -> TensorSpec:
         if name not in self.specs:
             raise CheckpointError(f"{self.path}: no tensor named {name!r}")
-        spec = self.specs[name]
-        start, end = self._offsets[name]
-        out = torch.empty(spec.shape, dtype=spec.dtype)  # not zero-filled: read straight into it
-        if end == start:
+        return self.specs[name]
+
+    def _read_into(self, name: str, out: torch.Tensor, first: int) -> torch.Tensor:
+        """Fill `out` (not zero-filled: read straight into it) from element `first` on."""
+        nbytes = out.numel() * out.element_size()
+        if nbytes == 0:
             return out
+        begin = self._offsets[name][0] + first * out.element_size()
         with open(self.path, "rb") as f:
-            f.seek(self._data_start + start)
+            f.seek(self._data_start + begin)
             got = f.readinto(out.reshape(-1).view(torch.uint8).numpy())
-        if got != end - start:
+        if got != nbytes:
             raise CheckpointError(f"{self.path}: tensor {name!r} truncated while reading")
         return out
 
@@ -210,8 +228,10 @@ class _Hasher:
         import threading
 
         self._hash = hashlib.sha256() if file else None
+        self._tensor_hashes: dict[str, hashlib._Hash] = {}  # a tensor may come in parts
         self.tensors: dict[str, str] = {}
-        self._queue: queue.Queue = queue.Queue(maxsize=8)
+        # a short queue: the writer waits for the hash rather than hold many buffers alive
+        self._queue: queue.Queue = queue.Queue(maxsize=2)
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
 
@@ -221,7 +241,7 @@ class _Hasher:
             if self._hash is not None:
                 self._hash.update(data)
             if tensor is not None:
-                self.tensors[tensor] = tensor_digest(data)
+                self._tensor_hashes.setdefault(tensor, hashlib.sha256()).update(data)
 
     def update(self, data, tensor: str | None = None) -> None:
         self._queue.put((data, tensor))  # the buffer is kept alive by the queue until hashed
@@ -230,6 +250,7 @@ class _Hasher:
         if self._thread.is_alive():
             self._queue.put(None)
             self._thread.join()
+            self.tensors = {n: h.hexdigest() for n, h in self._tensor_hashes.items()}
         return None if self._hash is None else self._hash.hexdigest()
 
 
@@ -283,6 +304,8 @@ class SafetensorsWriter:
         self._write(struct.pack("<Q", len(raw)))
         self._write(raw)
         self._next = 0
+        self._open: TensorSpec | None = None  # the tensor being written in parts
+        self._open_bytes = 0
         self.sha256: str | None = None
 
     def _write(self, data, tensor: str | None = None) -> None:
@@ -309,21 +332,50 @@ class SafetensorsWriter:
         self._synced_to, self._unsynced = end, 0
 
     def add(self, name: str, tensor: torch.Tensor) -> None:
+        spec = self.begin(name)
+        if tuple(tensor.shape) != spec.shape:
+            raise CheckpointError(
+                f"{self.path}: tensor {name!r} is {tensor.dtype}{tuple(tensor.shape)}, "
+                f"layout says {spec.dtype}{spec.shape}"
+            )
+        self.write_part(tensor)
+        self.end()
+
+    def begin(self, name: str) -> TensorSpec:
+        """Start tensor `name` (the layout's next), to be written in parts (`write_part`, in
+        flat order) and closed by `end`: a tensor larger than memory allows is never whole."""
         if self._next >= len(self._specs):
             raise CheckpointError(f"{self.path}: unexpected extra tensor {name!r}")
         spec = self._specs[self._next]
         if name != spec.name:
             raise CheckpointError(f"{self.path}: expected tensor {spec.name!r} next, got {name!r}")
-        if tensor.dtype != spec.dtype or tuple(tensor.shape) != spec.shape:
+        self._open, self._open_bytes = spec, 0
+        return spec
+
+    def write_part(self, part: torch.Tensor) -> None:
+        """The next elements of the open tensor, in flat order, in its stored dtype."""
+        spec = self._open
+        if spec is None:
+            raise CheckpointError(f"{self.path}: write_part without begin")
+        data = part.detach().contiguous().cpu()
+        if data.dtype != spec.dtype or self._open_bytes + data.nbytes > spec.nbytes:
             raise CheckpointError(
-                f"{self.path}: tensor {name!r} is {tensor.dtype}{tuple(tensor.shape)}, "
-                f"layout says {spec.dtype}{spec.shape}"
+                f"{self.path}: tensor {spec.name!r}: a part of {data.dtype}[{data.numel()}] "
+                f"does not fit its layout {spec.dtype}{spec.shape}"
             )
-        data = tensor.detach().contiguous().cpu()
         if data.numel():
-            self._write(data.reshape(-1).view(torch.uint8).numpy(), name)
-        elif self._hash_tensors:
-            self.tensor_sha256[name] = tensor_digest(b"")
+            self._write(data.reshape(-1).view(torch.uint8).numpy(), spec.name)
+            self._open_bytes += data.nbytes
+
+    def end(self) -> None:
+        """Close the open tensor; every one of its bytes must have been written."""
+        spec = self._open
+        if spec is None or self._open_bytes != spec.nbytes:
+            name = spec.name if spec else "(none)"
+            raise CheckpointError(f"{self.path}: tensor {name!r} ended before all its bytes came")
+        if not spec.nbytes and self._hash_tensors:
+            self.tensor_sha256[spec.name] = tensor_digest(b"")
+        self._open = None
         self._next += 1
 
     def commit(self) -> Path:

@@ -69,7 +69,9 @@ class ExperimentConfig:
         },
     )
     rounds_epochs: str = field(
-        "paper", help="paper (the method's R×E split of the stock budget) | single (R = 1)"
+        "paper",
+        help="paper (the method's R×E split of the stock budget) | single (R = 1); "
+        "client.epochs, when set, is E (epochs per round)",
     )
     seed: int = field(0, help="seed of the data order and the client")
     eval_batch_size: int = field(32, help="evaluation batch size")

@@ -26,10 +26,14 @@ JOB_RECORD = "job.json"
 
 
 def rounds_for(cfg: Any, method: str) -> tuple[int, int]:
-    """(R, E) of a method: the paper's split (R·E = the stock budget) or (1, R·E)."""
+    """(R, E) of a method: the paper's split (R·E = the stock budget) or (1, R·E). An explicit
+    `client.epochs` is E, the epochs of each round (R stays the paper's, or 1 with `single`):
+    a budget the user set is never replaced by the stock one."""
     from mpu.methods import rounds_and_epochs
 
     rounds, epochs = rounds_and_epochs(method)
+    if cfg.client.epochs is not None:
+        return (1 if cfg.rounds_epochs == "single" else rounds), cfg.client.epochs
     return (1, rounds * epochs) if cfg.rounds_epochs == "single" else (rounds, epochs)
 
 

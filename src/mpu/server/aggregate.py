@@ -13,6 +13,7 @@ place only when everything passed.
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import logging
 import math
@@ -25,11 +26,19 @@ from mpu.arch.base import Layout
 from mpu.errors import UpdateRejectedError, printable
 from mpu.io.checkpoint import Checkpoint, CheckpointWriter, retype_layout
 from mpu.io.delta import DeltaFile
-from mpu.io.pipeline import ordered_map
+from mpu.io.pipeline import flat_spans, ordered_map
 from mpu.io.transcript import combine, tensor_leaf
 from mpu.protocol.aggregate import HarmonicAccumulator, server_step
+from mpu.server import publish
 from mpu.server.config import JobConfig
-from mpu.server.publish import TransformCache, finish_sigmas, sigma_moments, sign_ticket
+from mpu.server.publish import (
+    TransformCache,
+    finish_sigmas,
+    moment_key,
+    sigma_moments,
+    sign_ticket,
+    squared_distance,
+)
 from mpu.server.state import CopyRecord
 
 log = logging.getLogger("mpu.server")
@@ -115,17 +124,21 @@ def check_layout(theta: Checkpoint, layout: Layout, delta: DeltaFile) -> None:
             )
 
 
-def _finite_norm(d: torch.Tensor, name: str, path: Path) -> float:
+def _finite_norm(
+    d: torch.Tensor, name: str, path: Path, span: tuple[int, int] | None = None
+) -> float:
     """‖d‖ in fp32, rejecting NaN/Inf: a non-finite entry makes the norm non-finite, so the
     common case is one pass with no temporaries (`torch.isfinite` allocates |d| and two masks,
-    ~1.7× the tensor); the element count is only taken, chunk-wise, to word the error."""
+    ~1.7× the tensor); the element count is only taken, chunk-wise, to word the error.
+    `span`: d is elements [start, stop) of the tensor."""
     norm = float(torch.linalg.vector_norm(d))
     if math.isfinite(norm):
         return norm
+    where = f" in elements {span[0]}–{span[1] - 1}" if span else ""
     bad = sum(int((~torch.isfinite(c)).sum()) for c in d.reshape(-1).split(1 << 20))
     if bad:
-        raise UpdateRejectedError(f"{path}: tensor {name!r} has {bad} NaN/Inf values")
-    raise UpdateRejectedError(f"{path}: tensor {name!r} has a norm that overflows float32")
+        raise UpdateRejectedError(f"{path}: tensor {name!r} has {bad} NaN/Inf values{where}")
+    raise UpdateRejectedError(f"{path}: tensor {name!r} has a norm that overflows float32{where}")
 
 
 RMS_FLOOR = 0.1  # tensors with a smaller RMS (zero biases) are bounded as if it were this
@@ -208,8 +221,23 @@ def aggregate_updates(
     bounds = theta_norms or {}
     leaves: dict[str, dict] = {rec.copy_id: {} for rec, _ in matched}  # the updates' commitments
 
-    def fold(name: str) -> tuple[str, torch.Tensor, list[float], float]:
-        """θ_{r+1}[name], the copies' squared update norms and ‖Δ̄‖² for one tensor."""
+    def weight_alpha(rec: CopyRecord) -> float:
+        return alphas[rec.k] if cfg.aggregation == "harmonic" else 1.0
+
+    def new_tensor_norm(new: torch.Tensor, name: str, squared: float | None = None) -> float:
+        norm = float(torch.linalg.vector_norm(new)) if squared is None else math.sqrt(squared)
+        if not math.isfinite(norm):
+            raise UpdateRejectedError(
+                f"{theta.path}: the new model's tensor {name!r} would not be finite "
+                "(θ + η·Δ̄ overflows fp32): nothing was written"
+            )
+        return norm
+
+    def fold(name: str) -> tuple[str, torch.Tensor | None, list[float], float, float, tuple | None]:
+        """θ_{r+1}[name], the copies' squared update norms, ‖Δ̄‖², ‖θ_{r+1}[name]‖ and its σ
+        moment for one tensor; (name, None, …) for a tensor made in parts (`fold_parts`)."""
+        if transforms.streamable(theta, name):
+            return name, None, [], 0.0, 0.0, None
         acc = HarmonicAccumulator()
         sq = []
         for rec, delta in matched:
@@ -219,25 +247,58 @@ def aggregate_updates(
             norm = _finite_norm(d, name, delta.path)
             _check_tensor_bound(norm, bounds.get(name), d.numel(), name, delta.path, cfg)
             sq.append(norm**2)
-            weight_alpha = alphas[rec.k] if cfg.aggregation == "harmonic" else 1.0
-            acc.add(transforms.apply(d, name, rec.k, inverse=True), weight_alpha, owned=True)
+            acc.add(transforms.apply(d, name, rec.k, inverse=True), weight_alpha(rec), owned=True)
             del d  # free before the next copy's tensor is read
         mean = acc.mean()
         mean_sq = float(torch.linalg.vector_norm(mean)) ** 2
         # θ is read last: S1, the update being read and θ are never all alive at once
         new = server_step(theta.read(name).to(device), mean, cfg.server_lr)
-        new_norm = float(torch.linalg.vector_norm(new))
-        if not math.isfinite(new_norm):
-            raise UpdateRejectedError(
-                f"{theta.path}: the new model's tensor {name!r} would not be finite "
-                "(θ + η·Δ̄ overflows fp32): nothing was written"
-            )
+        new_norm = new_tensor_norm(new, name)
         moment = (
             sigma_moments(name, new, base, layout, cfg)
             if base is not None and cfg.kappa > 0
             else None
         )
         return name, new.cpu(), sq, mean_sq, new_norm, moment
+
+    def fold_parts(name: str) -> tuple[list[float], float, float, tuple | None]:
+        """`fold` for a large elementwise tensor, a flat span at a time, each part of θ_{r+1}
+        written as it is made (same bits as `fold`; the bounds are checked at the end, before
+        anything is committed)."""
+        numel = theta.spec(name).numel
+        shape = tuple(theta.spec(name).shape)
+        key = (
+            moment_key(name, shape, base, layout, cfg)
+            if base is not None and cfg.kappa > 0
+            else None
+        )
+        hashers = [hashlib.sha256() for _ in matched]
+        sq, mean_sq, new_sq, moment_sq = [0.0] * len(matched), 0.0, 0.0, 0.0
+        writer.begin(name)
+        for span in flat_spans(numel, publish.PART_ELEMENTS):
+            acc = HarmonicAccumulator()
+            for i, (rec, delta) in enumerate(matched):
+                d = delta.read_flat(name, *span)
+                hashers[i].update(d.view(torch.uint8).numpy())
+                d = d.to(device)
+                sq[i] += _finite_norm(d, name, delta.path, span) ** 2
+                acc.add(
+                    transforms.apply(d, name, rec.k, inverse=True), weight_alpha(rec), owned=True
+                )
+                del d
+            mean = acc.mean()
+            mean_sq += float(torch.linalg.vector_norm(mean)) ** 2
+            new = server_step(theta.read_flat(name, *span).to(device), mean, cfg.server_lr)
+            new_sq += new_tensor_norm(new, name) ** 2
+            if key is not None:
+                moment_sq += squared_distance(new, base.read_flat(name, *span))
+            writer.write_part(new.cpu())
+        writer.end()
+        new_norm = new_tensor_norm(None, name, new_sq)
+        for (rec, delta), h, copy_sq in zip(matched, hashers, sq, strict=True):
+            _check_tensor_bound(math.sqrt(copy_sq), bounds.get(name), numel, name, delta.path, cfg)
+            leaves[rec.copy_id][name] = (torch.float32, shape, h.hexdigest())
+        return sq, mean_sq, new_norm, (key, moment_sq, numel) if key is not None else None
 
     names = theta.names()
     sizes = {n: theta.spec(n).numel * 4 for n in names}
@@ -252,10 +313,13 @@ def aggregate_updates(
         for name, new, tensor_sq, tensor_mean_sq, new_norm, moment in ordered_map(
             fold,
             names,
-            cost=lambda n: 3 * sizes[n],
-            budget=max(max(sizes.values()), sum(sizes.values()) // 4),
+            cost=lambda n: 0 if transforms.streamable(theta, n) else 3 * sizes[n],
+            budget=publish._window_bytes(theta, transforms),
         ):
-            writer.add(name, new)
+            if new is None:
+                tensor_sq, tensor_mean_sq, new_norm, moment = fold_parts(name)
+            else:
+                writer.add(name, new)
             new_norms[name] = new_norm
             if moment is not None:
                 moments.append(moment)

@@ -71,6 +71,11 @@ class JobConfig:
     gate: bool = field(
         True, help="check function preservation of T on the real model at init (κ = 0, fp32 logits)"
     )
+    gate_blocks: int = field(
+        2,
+        help="leading blocks the gate runs (raised to cover every layer type the config names); "
+        "0 = the whole model",
+    )
     device: str = field(
         "cpu", help="where noise, maps and inverses are computed: cpu | auto | cuda | cuda:N"
     )
@@ -97,6 +102,12 @@ class JobConfig:
         check_number(self, "max_update_norm", self.max_update_norm, low=0, allow_none=False)
         check_number(self, "max_update_ratio", self.max_update_ratio, low=0, allow_none=False)
         check_number(self, "residual", self.residual, low=0, high=100, allow_none=False)
+        if (
+            isinstance(self.gate_blocks, bool)
+            or not isinstance(self.gate_blocks, int)
+            or self.gate_blocks < 0
+        ):
+            raise ConfigError(f"gate_blocks must be an integer ≥ 0, got {self.gate_blocks!r}")
         check_device_name(self.device)
         check_number(
             self, "median_factor", self.median_factor, low=1, low_open=True, allow_none=False

@@ -168,8 +168,7 @@ class Server:
             )
         leaves: dict[str, dict] = {"theta": {}, "base": {}}  # the audit log's commitments
         sigmas, norms = scan(theta, base_ck, layout, cfg, leaves=leaves)  # refuses NaN/Inf
-        if cfg.gate and cfg.reparameterize:
-            cls._gate(theta, layout, cfg)
+        gate = cls._gate(theta, layout, cfg) if cfg.gate and cfg.reparameterize else None
         # replaces an r001 left by an init that crashed before its state write
         with atomic_folder(round_dir(workdir, 1)) as stage:
             for p in theta.path.iterdir():
@@ -187,6 +186,8 @@ class Server:
             sigmas={"1": sigmas},
             theta_norms={"1": norms},
         )
+        if gate is not None:  # what init checked, for `mpu server init` to say
+            state.history.append({"round": 0, "event": "gate", **asdict(gate)})
         state.commitments["1"] = combine(leaves["theta"])
         audit_log.start(workdir, job_id=state.job_id, theta=state.commitments["1"],
                         base=combine(leaves["base"]), config=asdict(cfg))  # fmt: skip
@@ -194,12 +195,12 @@ class Server:
         return state
 
     @staticmethod
-    def _gate(theta: Checkpoint, layout: Layout, cfg: JobConfig) -> None:
+    def _gate(theta: Checkpoint, layout: Layout, cfg: JobConfig):
         from mpu.server.gate import run_gate
 
-        ids, err = run_gate(theta, layout, cfg)
-        log.info("function-preservation gate passed: %d sequences × %d tokens, max relative "
-                 "logit error %.2e (≤ 1e-5)", ids.shape[0], ids.shape[1], err)  # fmt: skip
+        result = run_gate(theta, layout, cfg)
+        log.info("function-preservation gate passed: %s", result.describe())
+        return result
 
     # ---------------------------------------------------------------- helpers
     @property

@@ -31,7 +31,7 @@ from mpu.arch.base import Layout
 from mpu.errors import CheckpointError, ConfigError
 from mpu.io.checkpoint import Checkpoint, CheckpointWriter, retype_layout, set_mtimes
 from mpu.io.delta import Ticket, write_ticket
-from mpu.io.pipeline import ordered_map
+from mpu.io.pipeline import flat_spans, ordered_map
 from mpu.io.transcript import tensor_leaf
 from mpu.protocol.noise import copy_noise, sigma_from_moments, zero_sum_basis
 from mpu.protocol.reparam import (
@@ -47,6 +47,12 @@ log = logging.getLogger("mpu.server")
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 WORKERS = 2  # tensors computed at once (this machine class has 2 cores)
+# Tensors no block map acts on (embeddings, the LM head) and larger than this are made in
+# parts of PART_ELEMENTS, written as they come: their copies, draws and fp32 working set would
+# otherwise be the peak of the whole pass (SmolLM2's tied embedding is a fifth of the model).
+STREAM_ELEMENTS = 1 << 22
+WINDOW_FRACTION = 8  # work in flight: at most this fraction of the model's fp32 bytes
+PART_ELEMENTS = 1 << 20
 
 
 def sign_ticket(key: bytes, ticket: Ticket) -> str:
@@ -76,19 +82,36 @@ def sigma_moments(
 ) -> tuple[str, float, int] | None:
     """(σ key, ‖θ_t − θ_base,t‖², numel) for a noised tensor `t` of θ; None if not noised.
     `b`: the base's tensor when the caller has read it already."""
+    key = moment_key(name, tuple(t.shape), base, layout, cfg)
+    if key is None:
+        return None
+    b = base.read(name) if b is None else b
+    return key, squared_distance(t, b), t.numel()
+
+
+def moment_key(
+    name: str, shape: tuple[int, ...], base: Checkpoint, layout: Layout, cfg: JobConfig
+) -> str | None:
+    """The σ key a tensor of this shape contributes a moment to (None: it has no noise of its
+    own); refuses a base that lacks the tensor or holds it in another shape."""
     if name in layout.tied or not noised(name, layout, cfg):
         return None
     if name not in base.file_of:
         raise CheckpointError(
             f"{base.path}: base has no tensor {name!r}, needed to calibrate the noise"
         )
-    b = base.read(name) if b is None else b
-    if t.shape != b.shape:
+    if tuple(base.spec(name).shape) != tuple(shape):
         raise CheckpointError(
-            f"{base.path}: base tensor {name!r} has shape {tuple(b.shape)}, the model {tuple(t.shape)}"
+            f"{base.path}: base tensor {name!r} has shape {tuple(base.spec(name).shape)}, "
+            f"the model {tuple(shape)}"
         )
+    return sigma_key(name, layout, cfg)
+
+
+def squared_distance(t: torch.Tensor, b: torch.Tensor) -> float:
+    """‖t − b‖² in fp32 (one tensor, or the same part of both)."""
     diff = t.to(torch.float32) - b.to(t.device, torch.float32)
-    return sigma_key(name, layout, cfg), float(torch.linalg.vector_norm(diff)) ** 2, t.numel()
+    return float(torch.linalg.vector_norm(diff)) ** 2
 
 
 def finish_sigmas(moments: list[tuple[str, float, int]], cfg: JobConfig) -> dict[str, float]:
@@ -191,9 +214,18 @@ class TransformCache:
             for layer in self._layout.blocks:
                 self.get(k, layer)
 
+    def acts_on(self, name: str) -> bool:
+        """Whether a block map changes this tensor (else it passes through as fp32)."""
+        info = self._layout.tensors[name]
+        return info.layer is not None and info.role.reparameterized
+
+    def streamable(self, checkpoint: Checkpoint, name: str) -> bool:
+        """Whether `name` is made in flat parts: large, and elementwise (no map mixes its rows)."""
+        return checkpoint.spec(name).numel > STREAM_ELEMENTS and not self.acts_on(name)
+
     def apply(self, x: torch.Tensor, name: str, k: int, *, inverse: bool = False) -> torch.Tensor:
         info = self._layout.tensors[name]
-        if info.layer is None or not info.role.reparameterized:
+        if not self.acts_on(name):
             return x.to(torch.float32)
         return transform(
             x, info.role, self._layout.geometry, self.get(k, info.layer), inverse=inverse
@@ -220,35 +252,50 @@ class _Tensors:
         self.basis = zero_sum_basis(self.m) if self.m > 1 else torch.ones(1, 1, dtype=torch.float64)
         self.order = publication_order(streams, round_, self.m)
 
-    def _draws(self, name: str, shape: torch.Size) -> list[torch.Tensor]:
+    def _generators(self, name: str) -> tuple[list[torch.Generator], torch.Generator | None]:
+        """The keyed streams of this tensor's m − 1 draws and of its residual ξ (None: none)."""
+        if not (noised(name, self.layout, self.cfg) and self.cfg.kappa > 0):
+            return [], None
         noise_name = self.layout.tied.get(name, name)
-        sigma = self.sigmas[sigma_key(name, self.layout, self.cfg)]
-        draws = []
-        for j in range(max(1, self.m - 1)):
-            gen = self.streams.noise(self.round, noise_name, j)
-            y = torch.randn(tuple(shape), generator=gen, dtype=torch.float32)
-            draws.append(y.mul_(sigma).to(self.device))
-        return draws
+        draws = [self.streams.noise(self.round, noise_name, j) for j in range(max(1, self.m - 1))]
+        residual = self.streams.residual(noise_name) if self.cfg.residual > 0 else None
+        return draws, residual
 
-    def residual(self, name: str, shape: torch.Size) -> torch.Tensor:
-        """ξ for this tensor: RMS ρ·σ, the same draw in every copy and round (see JobConfig)."""
-        noise_name = self.layout.tied.get(name, name)
-        sigma = self.sigmas[sigma_key(name, self.layout, self.cfg)]
-        gen = self.streams.residual(noise_name)
-        xi = torch.randn(tuple(shape), generator=gen, dtype=torch.float32)
-        return xi.mul_(self.cfg.residual * sigma).to(self.device)
+    def _sigma(self, name: str) -> float:
+        return self.sigmas[sigma_key(name, self.layout, self.cfg)]
 
-    def __call__(self, name: str) -> tuple[str, list[torch.Tensor], list[tuple[int, int]]]:
+    def _draw(self, gen: torch.Generator, shape, scale: float) -> torch.Tensor:
+        y = torch.randn(tuple(shape), generator=gen, dtype=torch.float32)
+        return y.mul_(scale).to(self.device)
+
+    def __call__(self, name: str) -> tuple[str, list[torch.Tensor] | None, list[tuple[int, int]]]:
+        """The m published tensors of `name`, or (name, None, []) for a tensor made in parts
+        (`parts(name)`, consumed by the writing thread)."""
+        if self.transforms.streamable(self.theta, name):
+            return name, None, []
+        gens, residual = self._generators(name)
         x = self.theta.read(name).to(device=self.device, dtype=torch.float32)
-        if self.cfg.residual > 0 and self.cfg.kappa > 0 and noised(name, self.layout, self.cfg):
-            x = x.add_(self.residual(name, x.shape))  # θ + ξ, shared by every copy
+        if residual is not None:  # θ + ξ, shared by every copy (see JobConfig)
+            x = x.add_(self._draw(residual, x.shape, self.cfg.residual * self._sigma(name)))
+        draws = [self._draw(g, x.shape, self._sigma(name)) for g in gens] or None
+        return (name, *self._copies(name, x, draws))
+
+    def parts(self, name: str):
+        """(the m copies' parts, their change counts) for each flat span of `name`, in order:
+        the same bits as `self(name)` (one generator per draw, advanced span by span)."""
+        gens, residual = self._generators(name)
+        for start, stop in flat_spans(self.theta.spec(name).numel, PART_ELEMENTS):
+            x = self.theta.read_flat(name, start, stop).to(device=self.device, dtype=torch.float32)
+            if residual is not None:
+                x = x.add_(self._draw(residual, x.shape, self.cfg.residual * self._sigma(name)))
+            draws = [self._draw(g, x.shape, self._sigma(name)) for g in gens] or None
+            yield self._copies(name, x, draws)
+
+    def _copies(
+        self, name: str, x: torch.Tensor, draws: list[torch.Tensor] | None
+    ) -> tuple[list[torch.Tensor], list[tuple[int, int]]]:
         outs: list[torch.Tensor | None] = [None] * self.m
         changed = [(0, 0)] * self.m
-        draws = (
-            self._draws(name, x.shape)
-            if noised(name, self.layout, self.cfg) and self.cfg.kappa > 0
-            else None
-        )
         for k in self.order:
             if draws is None:
                 y = self.transforms.apply(x, name, k)
@@ -266,7 +313,7 @@ class _Tensors:
                 clean = self.transforms.apply(x, name, k).to(self.dtype)
                 changed[k] = (int(torch.count_nonzero(out != clean)), x.numel())
             outs[k] = out.cpu()
-        return name, outs, changed
+        return outs, changed
 
 
 def publish_copies(
@@ -323,11 +370,20 @@ def publish_copies(
     )
     pool = ThreadPoolExecutor(max_workers=WORKERS)
     try:
-        results = ordered_map(work, names, cost=lambda n: theta.spec(n).numel * 4 * (m + 1),
-                              budget=_window_bytes(theta), workers=WORKERS)  # fmt: skip
+
+        def cost(name: str) -> int:  # parts are made on this thread, a part at a time
+            streamed = transforms.streamable(theta, name)
+            return 0 if streamed else theta.spec(name).numel * 4 * (m + 1)
+
+        results = ordered_map(work, names, cost=cost, budget=_window_bytes(theta, transforms),
+                              workers=WORKERS)  # fmt: skip
         for name, outs, stats in results:
+            if outs is None:  # a large elementwise tensor: made and written part by part
+                stats = _write_parts(writers, name, work.parts(name))
+            else:
+                for k in range(m):
+                    writers[k].add(name, outs[k])
             for k in range(m):
-                writers[k].add(name, outs[k])
                 moved, total = stats[k]
                 if total:
                     changed[k][0] += moved
@@ -362,11 +418,31 @@ def publish_copies(
     return _report(by_k, changed, worst, cfg, publish_dtype)
 
 
-def _window_bytes(theta: Checkpoint) -> int:
-    """How many bytes of work may be in flight: a quarter of the model (flat memory), at least
-    one tensor."""
+def _write_parts(writers: list[CheckpointWriter], name: str, parts) -> list[tuple[int, int]]:
+    """Write each copy's parts of `name` as they come; returns the tensor's change counts."""
+    totals = [[0, 0] for _ in writers]
+    for writer in writers:
+        writer.begin(name)
+    for outs, stats in parts:
+        for k, writer in enumerate(writers):
+            writer.write_part(outs[k])
+            totals[k][0] += stats[k][0]
+            totals[k][1] += stats[k][1]
+    for writer in writers:
+        writer.end()
+    return [(moved, total) for moved, total in totals]
+
+
+def _window_bytes(theta: Checkpoint, transforms: TransformCache | None = None) -> int:
+    """How many bytes of work may be in flight: 1/WINDOW_FRACTION of the model's fp32 bytes
+    (flat memory), at least one tensor (one that is not made in parts)."""
     sizes = [theta.spec(n).numel * 4 for n in theta.names()]
-    return max(max(sizes, default=0), sum(sizes) // 4)
+    whole = [
+        size
+        for n, size in zip(theta.names(), sizes, strict=True)
+        if transforms is None or not transforms.streamable(theta, n)
+    ]
+    return max(max(whole, default=0), sum(sizes) // WINDOW_FRACTION)
 
 
 def _report(by_k, changed, worst, cfg: JobConfig, dtype) -> dict[str, dict]:
