@@ -122,6 +122,25 @@ def test_same_seed_same_parameters_and_order(model, tok, rows):
 
 
 @pytest.mark.slow
+def test_cpu_training_is_the_same_with_torchs_deterministic_switch_on(
+    model, tok, rows, monkeypatch
+):
+    """The trainer sets torch's deterministic-algorithms switch on CUDA only: on CPU it would
+    only route the embedding backward through a slower path with the same bits."""
+    c = cfg(method="GradDiff", epochs=2)
+    a, b = copy.deepcopy(model), copy.deepcopy(model)
+    train_unlearning(a, tok, rows[:8], rows[8:], c, order_seed=3, progress=False)
+    switch = torch.use_deterministic_algorithms
+    monkeypatch.setattr(torch, "use_deterministic_algorithms",
+                        lambda mode, warn_only=False: switch(True, warn_only=True))  # fmt: skip
+    try:
+        train_unlearning(b, tok, rows[:8], rows[8:], c, order_seed=3, progress=False)
+    finally:
+        switch(False)
+    assert same(state(a), state(b))
+
+
+@pytest.mark.slow
 def test_order_shared_across_different_copies(model, tok, rows):
     """Two different starting models (two copies) with one order_seed see identical batches."""
     c = cfg(method="DPO")

@@ -174,8 +174,10 @@ def build_optimizer(
             if g["params"]
         ]
     if eff.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=eff.lr, momentum=eff.momentum)
-    return torch.optim.AdamW(groups, lr=eff.lr, betas=tuple(eff.betas), eps=eff.eps)
+        return torch.optim.SGD(groups, lr=eff.lr, momentum=eff.momentum, foreach=True)
+    # foreach: one multi-tensor kernel per operation instead of a Python loop over parameters
+    # (torch's default on CPU, and HF Trainer's there); the same arithmetic, bit for bit
+    return torch.optim.AdamW(groups, lr=eff.lr, betas=tuple(eff.betas), eps=eff.eps, foreach=True)
 
 
 def lr_factor(step: int, *, warmup: int, total: int, schedule: str) -> float:
@@ -307,7 +309,12 @@ def train_unlearning(
         torch.are_deterministic_algorithms_enabled(),
         torch.is_deterministic_algorithms_warn_only_enabled(),
     )
-    torch.use_deterministic_algorithms(True, warn_only=True)
+    # On CUDA, atomics make some kernels (index_add, embedding backward, …) run-to-run
+    # different, and the m copies of a round must be trained alike. On CPU those kernels are
+    # already deterministic (same bits with the switch on or off, tests/client), while the
+    # switch routes the embedding backward through a sort-based path that costs a small
+    # model a tenth of its step: so it is set for CUDA only.
+    torch.use_deterministic_algorithms(str(device).startswith("cuda"), warn_only=True)
     was_training = model.training
     named = select_trainable(train_model, eff.trainable)
     in_scope = {n for n, _ in named}
