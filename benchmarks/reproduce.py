@@ -130,7 +130,11 @@ def collect(out: Path) -> list[dict]:
         split, seed = report.parts[-4], int(report.parts[-3][1:])
         residual = re.search(r"-r([0-9.]+)$", report.parts[-2])
         equal = report.parts[-2].endswith("-a1")
+        timings = rep.get("timings_s", {})
         for r in rep["runs"]:
+            name = f"{r['method']}-{r['variant']}" if r["method"] else r["variant"]
+            r = {**r, "unlearn_s": timings.get(f"unlearn/{name}"),
+                 "eval_s": timings.get(f"eval/{name}")}  # fmt: skip
             if r["method"] and (residual or equal):  # an MPU cell with a setting of its own
                 label = f"mpu ρ={float(residual[1]):g}" if residual else "mpu α≡1"
                 rows.append({**r, "variant": label, "split": split, "seed": seed})
@@ -153,6 +157,12 @@ def _pm(sd: float, n: int, fmt: str) -> str:
     return f" ± {sd:{fmt}}" if n > 1 else ""
 
 
+def _wall(group: list[dict]) -> str:
+    """Mean wall seconds of a row's runs: unlearning (server and client, every copy) + evaluation."""
+    unlearn, evaluate = (_stats([r.get(k) for r in group])[0] for k in ("unlearn_s", "eval_s"))
+    return "—" if unlearn != unlearn else f"{unlearn:.0f} + {evaluate:.0f}"
+
+
 def degradation(x: dict, clean: dict) -> float:
     """Mean relative degradation (%) of `x` vs Clean over DEGRADATION's metrics (positive = worse)."""
     parts = []
@@ -173,7 +183,8 @@ def tables(rows: list[dict]) -> str:
         lines += [f"### {split}", "", f"Target forget Q_A prob {refs['target']:.3f}, retain model "
                   f"{refs['retain']:.3f}. Mean ± sd over seeds (no ± with one seed).", ""]  # fmt: skip
         lines += ["| method | variant | κ | m | seeds | " + " | ".join(SHOWN)
-                  + " | degradation vs Clean |", "|---" * (6 + len(SHOWN)) + "|"]  # fmt: skip
+                  + " | degradation vs Clean | unlearn + eval (s) |",
+                  "|---" * (7 + len(SHOWN)) + "|"]  # fmt: skip
         for method in sorted({r["method"] for r in sub if r["method"]}):
             mine = [r for r in sub if r["method"] == method]
             clean_rows = [r for r in mine if r["variant"] == "clean"]
@@ -199,7 +210,7 @@ def tables(rows: list[dict]) -> str:
                 deg = "—" if variant == "clean" else f"{dmean:+.2f}%{_pm(dsd, len(group), '.2f')}"
                 lines.append(f"| {method} | {variant} | {kappa if kappa is not None else '—'} | "
                              f"{m if m is not None else '—'} | {len(group)} | " + " | ".join(cells_)
-                             + f" | {deg} |")  # fmt: skip
+                             + f" | {deg} | {_wall(group)} |")  # fmt: skip
         lines.append("")
         lines += claims(sub)
     return "\n".join(lines)

@@ -175,9 +175,16 @@ def build_optimizer(
         ]
     if eff.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=eff.lr, momentum=eff.momentum, foreach=True)
-    # foreach: one multi-tensor kernel per operation instead of a Python loop over parameters
-    # (torch's default on CPU, and HF Trainer's there); the same arithmetic, bit for bit
-    return torch.optim.AdamW(groups, lr=eff.lr, betas=tuple(eff.betas), eps=eff.eps, foreach=True)
+    # fused: one kernel per parameter for the whole AdamW update (CPU and CUDA, fp32/bf16/fp16)
+    # instead of torch's default on CPU — and HF Trainer's there — a Python loop of five ops
+    # per parameter; the same update up to float rounding. foreach elsewhere.
+    fusable = all(
+        p.device.type in ("cpu", "cuda")
+        and p.dtype in (torch.float32, torch.bfloat16, torch.float16)
+        for _, p in named
+    )
+    kernel = {"fused": True} if fusable else {"foreach": True}
+    return torch.optim.AdamW(groups, lr=eff.lr, betas=tuple(eff.betas), eps=eff.eps, **kernel)
 
 
 def lr_factor(step: int, *, warmup: int, total: int, schedule: str) -> float:
