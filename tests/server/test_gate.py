@@ -43,6 +43,7 @@ def _deep_llama(layers: int):
     return config
 
 
+@pytest.mark.slow
 def test_gate_runs_the_leading_blocks_and_still_catches_a_wrong_row(tmp_path, monkeypatch, capsys):
     """On a 5-block model the gate runs blocks 1–2 (every block is mapped by the same adapter
     rows), says so, and refuses a wrong row there; gate_blocks=0 runs all five."""

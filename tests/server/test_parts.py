@@ -57,6 +57,7 @@ def _assert_same_bits(a, b):
         assert torch.equal(wa[name].view(torch.uint8), wb[name].view(torch.uint8)), name
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_publish_and_aggregate_in_parts_match_the_whole_tensor_path(tmp_path, monkeypatch, dtype):
     model, base = build_pair(family_configs()["llama"], tmp_path / "m")

@@ -58,13 +58,13 @@ def gate_depth(config, blocks: int) -> int:
     return min(total, depth)
 
 
-def load_leading_blocks(model_dir: str | Path, depth: int):
+def load_leading_blocks(model_dir: str | Path, config, depth: int):
     """θ's first `depth` blocks with its embedding, final norm and head, in fp32: a model that
-    runs like θ's first layers (the other blocks' weights are never read)."""
-    from transformers import AutoConfig, AutoModelForCausalLM
+    runs like θ's first layers (the other blocks' weights are never read). `config` (θ's, as
+    loaded by AutoConfig) is changed in place."""
+    from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
-    config = AutoConfig.from_pretrained(str(model_dir))
     if depth < config.num_hidden_layers:
         config.num_hidden_layers = depth
         if getattr(config, "layer_types", None):
@@ -131,14 +131,15 @@ def run_gate(theta, layout: Layout, cfg) -> GateResult:
     whatever the depth (an 8B model's full fp32 forward would need 32 GB)."""
     import secrets
 
+    from transformers import AutoConfig
+
     from mpu.errors import CheckpointError
     from mpu.protocol.reparam import sample_block_transform
 
     total = layout.geometry.n_layers
-    from transformers import AutoConfig
-
-    depth = gate_depth(AutoConfig.from_pretrained(str(theta.path)), cfg.gate_blocks)
-    model = load_leading_blocks(theta.path, depth)
+    config = AutoConfig.from_pretrained(str(theta.path))
+    depth = gate_depth(config, cfg.gate_blocks)
+    model = load_leading_blocks(theta.path, config, depth)
     gen = torch.Generator().manual_seed(secrets.randbits(62))
     transforms = {
         layer: sample_block_transform(
