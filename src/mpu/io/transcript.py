@@ -49,13 +49,26 @@ def combine(leaves: dict[str, tuple[Any, Any, str]]) -> str:
 
 def tensor_leaf(t) -> tuple[Any, tuple, str]:
     """One commitment leaf of a tensor as it is stored: (dtype, shape, SHA-256 of its bytes)."""
-    import torch
+    leaf = PartsLeaf(t.dtype, tuple(t.shape))
+    leaf.update(t)
+    return leaf.leaf()
 
-    from mpu.io.safetensors_stream import tensor_digest
 
-    t = t.contiguous()
-    data = t.reshape(-1).view(torch.uint8).numpy() if t.numel() else b""
-    return t.dtype, tuple(t.shape), tensor_digest(data)
+class PartsLeaf:
+    """`tensor_leaf` of a tensor that arrives in flat parts, in order (never whole in memory)."""
+
+    def __init__(self, dtype, shape: tuple):
+        self._dtype, self._shape, self._hash = dtype, tuple(shape), hashlib.sha256()
+
+    def update(self, part) -> None:
+        import torch
+
+        part = part.contiguous()
+        if part.numel():
+            self._hash.update(part.reshape(-1).view(torch.uint8).numpy())
+
+    def leaf(self) -> tuple[Any, tuple, str]:
+        return self._dtype, self._shape, self._hash.hexdigest()
 
 
 def commitment(path: str | Path) -> str:

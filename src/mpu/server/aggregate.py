@@ -13,7 +13,6 @@ place only when everything passed.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import logging
 import math
@@ -27,7 +26,7 @@ from mpu.errors import UpdateRejectedError, printable
 from mpu.io.checkpoint import Checkpoint, CheckpointWriter, retype_layout
 from mpu.io.delta import DeltaFile
 from mpu.io.pipeline import flat_spans, ordered_map
-from mpu.io.transcript import combine, tensor_leaf
+from mpu.io.transcript import PartsLeaf, combine, tensor_leaf
 from mpu.protocol.aggregate import HarmonicAccumulator, server_step
 from mpu.server import publish
 from mpu.server.config import JobConfig
@@ -272,14 +271,14 @@ def aggregate_updates(
             if base is not None and cfg.kappa > 0
             else None
         )
-        hashers = [hashlib.sha256() for _ in matched]
+        hashers = [PartsLeaf(torch.float32, shape) for _ in matched]
         sq, mean_sq, new_sq, moment_sq = [0.0] * len(matched), 0.0, 0.0, 0.0
         writer.begin(name)
         for span in flat_spans(numel, publish.PART_ELEMENTS):
             acc = HarmonicAccumulator()
             for i, (rec, delta) in enumerate(matched):
                 d = delta.read_flat(name, *span)
-                hashers[i].update(d.view(torch.uint8).numpy())
+                hashers[i].update(d)
                 d = d.to(device)
                 sq[i] += _finite_norm(d, name, delta.path, span) ** 2
                 acc.add(
@@ -297,7 +296,7 @@ def aggregate_updates(
         new_norm = new_tensor_norm(None, name, new_sq)
         for (rec, delta), h, copy_sq in zip(matched, hashers, sq, strict=True):
             _check_tensor_bound(math.sqrt(copy_sq), bounds.get(name), numel, name, delta.path, cfg)
-            leaves[rec.copy_id][name] = (torch.float32, shape, h.hexdigest())
+            leaves[rec.copy_id][name] = h.leaf()
         return sq, mean_sq, new_norm, (key, moment_sq, numel) if key is not None else None
 
     names = theta.names()
