@@ -10,6 +10,7 @@ changes the data order and the client's initial state, and every noised / MPU jo
 fresh secret key.
 
     python benchmarks/reproduce.py --quick            # forget01, 8 methods, κ = 0.1, m = 2, 1 seed
+    python benchmarks/reproduce.py --quick --seeds 0 1 2   # the same cells over three seeds
     python benchmarks/reproduce.py                    # the full grid (hours on 2 cores)
     python benchmarks/reproduce.py --table-only       # the tables and plot from what is done
     python benchmarks/reproduce.py --quick --methods NPO GradDiff --residuals 0.1 0.3 1
@@ -45,10 +46,11 @@ def cells(args) -> list[tuple[str, dict]]:
             out.append((f"{split}/s{seed}/clean", {"split": split, "seed": seed,
                                                    "variants": ["clean"]}))  # fmt: skip
             for kappa in args.kappas:
-                out.append((f"{split}/s{seed}/k{kappa:g}-noised",
-                            {"split": split, "seed": seed, "kappa": kappa, "copies": 2,
-                             "variants": ["noised"]}))  # fmt: skip
-                for m in args.copies:
+                if "noised" in args.only:
+                    out.append((f"{split}/s{seed}/k{kappa:g}-noised",
+                                {"split": split, "seed": seed, "kappa": kappa, "copies": 2,
+                                 "variants": ["noised"]}))  # fmt: skip
+                for m in args.copies if "mpu" in args.only else ():
                     variants = ["mpu"]
                     if args.ablation and (kappa, m) == (args.kappas[-1], args.copies[0]):
                         variants.append("mpu_uniform")
@@ -80,25 +82,26 @@ def run_cell(args, folder: str, cell: dict, inputs: dict) -> None:
             return  # finished: nothing to run, the report stays as it is
         methods = [*dict.fromkeys(done + methods)]
     server = {"kappa": cell.get("kappa", 0.0), "copies": cell.get("copies", 2),
-              "residual": cell.get("residual", 0.0), "alphas": cell.get("alphas", "linspace")}  # fmt: skip
+              "residual": cell.get("residual", 0.0), "alphas": cell.get("alphas", "linspace"),
+              **key_values(args.server, "--server")}  # fmt: skip
     cfg = ExperimentConfig(
         out=str(args.out / folder), data=data, models=str(models), forget_split=cell["split"],
         methods=methods, variants=cell["variants"], server=server, seed=cell["seed"],
         eval_max_new_tokens=args.max_new_tokens, eval_limit=args.eval_limit,
-        progress=False, workers=args.workers, client=client_overrides(args.client),
+        progress=False, workers=args.workers, client=key_values(args.client, "--client"),
         rounds_epochs=args.rounds_epochs,
     )  # fmt: skip
     run_experiment(cfg)
 
 
-def client_overrides(pairs: list[str]) -> dict:
-    """`--client epochs=5 lr=1e-5` as the experiment's client settings (values parsed as JSON
-    where they parse — numbers, true/false, lists — else kept as text)."""
+def key_values(pairs: list[str], option: str) -> dict:
+    """`--client epochs=5 lr=1e-5` / `--server angles=quarter_turn` as settings (values parsed as
+    JSON where they parse — numbers, true/false, lists — else kept as text)."""
     out = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
-            raise SystemExit(f"--client expects KEY=VALUE, got {pair!r}")
+            raise SystemExit(f"{option} expects KEY=VALUE, got {pair!r}")
         try:
             out[key] = json.loads(value)
         except json.JSONDecodeError:
@@ -288,14 +291,15 @@ def figure(rows: list[dict], path: Path) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="forget01, κ = 0.1, m = 2, one seed")
+    ap.add_argument("--quick", action="store_true",
+                    help="forget01, κ = 0.1, m = 2, seed 0 (--seeds still adds seeds)")  # fmt: skip
     ap.add_argument("--out", type=Path, default=Path("runs/reproduce"))
     ap.add_argument("--methods", nargs="+")
     ap.add_argument("--extras", action="store_true", help="add RMU and CE-U")
     ap.add_argument("--forget-splits", nargs="+", default=["forget01", "forget10"])
     ap.add_argument("--kappas", type=float, nargs="+", default=[0.01, 0.05, 0.1, 0.3])
     ap.add_argument("--copies", type=int, nargs="+", default=[2, 3])
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--seeds", type=int, nargs="+", help="default 0 1 2 (0 with --quick)")
     ap.add_argument("--no-ablation", dest="ablation", action="store_false")
     ap.add_argument("--equal-alphas", action="store_true",
                     help="an extra MPU cell with every α_k = 1 (largest κ, smallest m): the "
@@ -315,10 +319,16 @@ def main() -> None:
     ap.add_argument("--client", nargs="*", default=[], metavar="KEY=VALUE",
                     help="client settings for every cell, e.g. epochs=5 lr=1e-5 (the experiment's "
                     "client.* keys)")  # fmt: skip
+    ap.add_argument("--server", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="server settings for every noised / MPU cell, e.g. angles=quarter_turn "
+                    "(the experiment's server.* keys; give such a run its own --out)")  # fmt: skip
+    ap.add_argument("--only", nargs="+", default=["noised", "mpu"], choices=["noised", "mpu"],
+                    help="which noised / MPU cells to run (Clean always runs: it is the reference)")  # fmt: skip
     ap.add_argument("--table-only", action="store_true")
     args = ap.parse_args()
     if args.quick:
-        args.forget_splits, args.kappas, args.copies, args.seeds = ["forget01"], [0.1], [2], [0]
+        args.forget_splits, args.kappas, args.copies = ["forget01"], [0.1], [2]
+    args.seeds = args.seeds or ([0] if args.quick else [0, 1, 2])
     args.methods = args.methods or PAPER_METHODS + (EXTRAS if args.extras else [])
     args.out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()

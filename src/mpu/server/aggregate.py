@@ -313,7 +313,7 @@ def aggregate_updates(
             fold,
             names,
             cost=lambda n: 0 if transforms.streamable(theta, n) else 3 * sizes[n],
-            budget=publish._window_bytes(theta, transforms),
+            budget=publish.window_bytes(theta, transforms),
         ):
             if new is None:
                 tensor_sq, tensor_mean_sq, new_norm, moment = fold_parts(name)

@@ -60,11 +60,14 @@ def gate_depth(config, blocks: int) -> int:
 
 def load_leading_blocks(model_dir: str | Path, config, depth: int):
     """θ's first `depth` blocks with its embedding, final norm and head, in fp32: a model that
-    runs like θ's first layers (the other blocks' weights are never read). `config` (θ's, as
-    loaded by AutoConfig) is changed in place."""
+    runs like θ's first layers (the other blocks' weights are never read). `config` is θ's, as
+    loaded by AutoConfig; a cut-down copy of it is used, the caller's is left as it was."""
+    import copy
+
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
+    config = copy.deepcopy(config)
     if depth < config.num_hidden_layers:
         config.num_hidden_layers = depth
         if getattr(config, "layer_types", None):
@@ -121,23 +124,21 @@ class GateResult:
         )
 
 
-def run_gate(theta, layout: Layout, cfg) -> GateResult:
+def run_gate(theta, layout: Layout, cfg, config) -> GateResult:
     """Load θ's first `cfg.gate_blocks` blocks (with embedding and head), draw a throwaway T in
     the publication's fp32 arithmetic, compare the logits on 2 × 32 tokens (a wrong adapter
     row changes them at the first token); raise when the error exceeds GATE_TOLERANCE.
 
     Why not the whole model: every block is mapped by the same adapter rows, so a wrong row
     shows in the first block as in the last, and the gate's cost stays a few blocks' worth
-    whatever the depth (an 8B model's full fp32 forward would need 32 GB)."""
+    whatever the depth (an 8B model's full fp32 forward would need 32 GB). `config` is θ's
+    transformers config, as the layout was classified against (it is not read again)."""
     import secrets
-
-    from transformers import AutoConfig
 
     from mpu.errors import CheckpointError
     from mpu.protocol.reparam import sample_block_transform
 
     total = layout.geometry.n_layers
-    config = AutoConfig.from_pretrained(str(theta.path))
     depth = gate_depth(config, cfg.gate_blocks)
     model = load_leading_blocks(theta.path, config, depth)
     gen = torch.Generator().manual_seed(secrets.randbits(62))

@@ -54,9 +54,10 @@ log = logging.getLogger("mpu.server")
 STAGING = "staging"  # workdir subfolder where copies are built before they move to the outbox
 
 
-def classify(ck: Checkpoint) -> Layout:
-    """The checkpoint's tensors classified by the architecture adapter (reads the config)."""
-    config = load_config(ck.path)
+def classify(ck: Checkpoint, config=None) -> Layout:
+    """The checkpoint's tensors classified by the architecture adapter (reads the config unless
+    the caller already has it)."""
+    config = config if config is not None else load_config(ck.path)
     return layout_of(config, {n: ck.spec(n).shape for n in ck.names()}, str(ck.path))
 
 
@@ -147,7 +148,8 @@ class Server:
     @classmethod
     def _create(cls, model: Path, base: Path, workdir: Path, cfg: JobConfig) -> ServerState:
         theta, base_ck = Checkpoint(model), Checkpoint(base)
-        layout = classify(theta)
+        config = load_config(theta.path)  # read once: the layout and the gate both need it
+        layout = classify(theta, config)
         base_type = base_ck.config.get("model_type")
         if base_type != theta.config.get("model_type"):
             raise CheckpointError(
@@ -168,7 +170,7 @@ class Server:
             )
         leaves: dict[str, dict] = {"theta": {}, "base": {}}  # the audit log's commitments
         sigmas, norms = scan(theta, base_ck, layout, cfg, leaves=leaves)  # refuses NaN/Inf
-        gate = cls._gate(theta, layout, cfg) if cfg.gate and cfg.reparameterize else None
+        gate = cls._gate(theta, layout, cfg, config) if cfg.gate and cfg.reparameterize else None
         # replaces an r001 left by an init that crashed before its state write
         with atomic_folder(round_dir(workdir, 1)) as stage:
             for p in theta.path.iterdir():
@@ -195,10 +197,10 @@ class Server:
         return state
 
     @staticmethod
-    def _gate(theta: Checkpoint, layout: Layout, cfg: JobConfig):
+    def _gate(theta: Checkpoint, layout: Layout, cfg: JobConfig, config):
         from mpu.server.gate import run_gate
 
-        result = run_gate(theta, layout, cfg)
+        result = run_gate(theta, layout, cfg, config)
         log.info("function-preservation gate passed: %s", result.describe())
         return result
 

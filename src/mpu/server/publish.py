@@ -175,7 +175,7 @@ def scan(
     sizes = {n: theta.spec(n).numel * 8 for n in theta.names()}
     norms, moments = {}, []
     for name, norm, moment in ordered_map(
-        one, theta.names(), cost=sizes.__getitem__, budget=_window_bytes(theta)
+        one, theta.names(), cost=sizes.__getitem__, budget=window_bytes(theta)
     ):
         norms[name] = norm
         if moment is not None:
@@ -375,7 +375,7 @@ def publish_copies(
             streamed = transforms.streamable(theta, name)
             return 0 if streamed else theta.spec(name).numel * 4 * (m + 1)
 
-        results = ordered_map(work, names, cost=cost, budget=_window_bytes(theta, transforms),
+        results = ordered_map(work, names, cost=cost, budget=window_bytes(theta, transforms),
                               workers=WORKERS)  # fmt: skip
         for name, outs, stats in results:
             if outs is None:  # a large elementwise tensor: made and written part by part
@@ -433,7 +433,7 @@ def _write_parts(writers: list[CheckpointWriter], name: str, parts) -> list[tupl
     return [(moved, total) for moved, total in totals]
 
 
-def _window_bytes(theta: Checkpoint, transforms: TransformCache | None = None) -> int:
+def window_bytes(theta: Checkpoint, transforms: TransformCache | None = None) -> int:
     """How many bytes of work may be in flight: 1/WINDOW_FRACTION of the model's fp32 bytes
     (flat memory), at least one tensor (one that is not made in parts)."""
     sizes = [theta.spec(n).numel * 4 for n in theta.names()]
