@@ -215,7 +215,8 @@ class SafetensorsReader:
 
 
 def tensor_digest(data) -> str:
-    """SHA-256 of one tensor's raw bytes (a commitment's leaf, `mpu.io.transcript`)."""
+    """SHA-256 of one tensor's raw bytes, as `_Hasher` records it part by part (the digest of a
+    commitment leaf, `mpu.io.transcript.PartsLeaf`); here only for a tensor with no bytes."""
     return hashlib.sha256(data).hexdigest()
 
 
