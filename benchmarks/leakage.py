@@ -31,6 +31,8 @@ CLIENT_DEFENCES = {
     "residual ρ=0.3": {"residual": 0.3},
     "residual ρ=1": {"residual": 1.0},
     "random α": {"alphas": "random"},
+    # the paper's MPU beside our defaults (line noise, extrapolation, quarter turns)
+    "paper's MPU": {"aggregation": "harmonic", "alphas": "linspace", "angles": "continuous"},
 }
 # (client defence, method, client settings): GradAscent trains on the forget set alone (the
 # worst case for token recovery); GradDiff mixes retain batches into the same update
@@ -154,13 +156,13 @@ def save(results: dict, out: str | None) -> None:
 def table(results: dict) -> str:
     lines = [
         "| model | κ | m | defence | task ‖θ−θ_base‖/‖θ‖ | one copy as published | one copy aligned to base "
-        "| all copies + base | all copies, no base | true-maps floor | weights found (harmonic) "
+        "| all copies + base | all copies, no base | true-maps floor | weights found (true) "
         "| logit gap, all + base |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results["client_view"]:
         w = ", ".join(f"{a:.3f}" for a in r["weights_found"])
-        h = ", ".join(f"{a:.3f}" for a in r["harmonic_weights"])
+        h = ", ".join(f"{a:.3f}" for a in r["true_weights"])
         lines.append(
             f"| {r['model']} | {r['kappa']:g} | {r['m']} | {r['defence']} | {r.get('task_ratio', float('nan')):.3f} "
             f"| {pct(r['one_copy_unaligned'])} | {pct(r['one_copy_aligned_to_base'])} "

@@ -34,7 +34,13 @@ PAPER_METHODS = ["GradAscent", "GradDiff", "NPO", "SimNPO", "DPO", "UNDIAL", "Sa
 EXTRAS = ["RMU", "CE-U"]
 # (metric, lower is better) — the "average degradation" is over these three
 DEGRADATION = [("forget_Q_A_Prob", True), ("forget_Q_A_ROUGE", True), ("model_utility", False)]
-ORDER = ["clean", "noised", "mpu", "mpu_uniform"]  # table order; "mpu ρ=…" rows follow mpu
+ORDER = [
+    "clean",
+    "noised",
+    "mpu",
+    "mpu_paper",
+    "mpu_uniform",
+]  # table order; "mpu ρ=…" rows follow mpu
 SHOWN = ["forget_Q_A_Prob", "forget_Q_A_ROUGE", "model_utility", "forget_quality"]
 
 
@@ -57,6 +63,10 @@ def cells(args) -> list[tuple[str, dict]]:
                     out.append((f"{split}/s{seed}/k{kappa:g}-m{m}",
                                 {"split": split, "seed": seed, "kappa": kappa, "copies": m,
                                  "variants": variants}))  # fmt: skip
+                if args.paper and "mpu" in args.only:  # the paper's MPU at its own m = 2
+                    out.append((f"{split}/s{seed}/k{kappa:g}-m2-paper",
+                                {"split": split, "seed": seed, "kappa": kappa, "copies": 2,
+                                 "variants": ["mpu_paper"]}))  # fmt: skip
             for rho in args.residuals:  # the residual-noise defence's utility cost
                 kappa, m = args.kappas[-1], args.copies[0]
                 out.append((f"{split}/s{seed}/k{kappa:g}-m{m}-r{rho:g}",
@@ -81,8 +91,8 @@ def run_cell(args, folder: str, cell: dict, inputs: dict) -> None:
         if set(methods) <= set(done):
             return  # finished: nothing to run, the report stays as it is
         methods = [*dict.fromkeys(done + methods)]
-    server = {"kappa": cell.get("kappa", 0.0), "copies": cell.get("copies", 2),
-              "residual": cell.get("residual", 0.0), "alphas": cell.get("alphas", "linspace"),
+    server = {"kappa": cell.get("kappa", 0.0), "copies": cell.get("copies", 3),
+              "residual": cell.get("residual", 0.0), "alphas": cell.get("alphas", "auto"),
               **key_values(args.server, "--server")}  # fmt: skip
     cfg = ExperimentConfig(
         out=str(args.out / folder), data=data, models=str(models), forget_split=cell["split"],
@@ -219,32 +229,115 @@ def tables(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+OFFSET_METHODS = ["GradAscent", "GradDiff", "NPO", "UNDIAL"]  # the methods that move the model most
+
+
+def _per_seed(rows: list[dict], method: str, test) -> dict[int, dict]:
+    """{seed: summary} of the rows of `method` that pass `test`."""
+    return {r["seed"]: r["summary"] for r in rows if r["method"] == method and test(r)}
+
+
+def _private(variant: str, kappa: float, m: int | None = None):
+    return lambda r: (r["variant"] == variant and r.get("kappa") == kappa
+                      and (m is None or r.get("m") == m))  # fmt: skip
+
+
+def _clean(r: dict) -> bool:
+    return r["variant"] == "clean"
+
+
+def _abs_degradations(rows, method, test) -> list[float]:
+    """|degradation vs Clean| per seed, each seed against its own Clean run."""
+    clean, mine = _per_seed(rows, method, _clean), _per_seed(rows, method, test)
+    return [abs(degradation(mine[s], clean[s])) for s in sorted(mine) if s in clean]
+
+
 def claims(rows: list[dict]) -> list[str]:
-    """Per method at κ = 0.1: is MPU within 1% of Clean, and does it beat Noised?"""
-    out = ["Per method at κ = 0.1 (degradation = mean relative worsening of forget Q_A prob, "
-           "ROUGE and model utility vs Clean):", ""]  # fmt: skip
-    for method in sorted({r["method"] for r in rows if r["method"]}):
-        mine = [r for r in rows if r["method"] == method]
-        clean_rows = [r for r in mine if r["variant"] == "clean"]
+    """Per κ and m: is MPU within 1% of Clean, and is it nearer Clean than Noised (mean
+    |degradation| over seeds, each seed against its own Clean run)?"""
+    out = []
+    methods = sorted({r["method"] for r in rows if r["method"]})
+    settings = sorted({(r.get("kappa"), r.get("m")) for r in rows if r["variant"] == "mpu"})
+    for kappa, m in settings:
+        lines, nearer, beyond, within = [], 0, 0, 0
+        for method in methods:
+            mpu = _abs_degradations(rows, method, _private("mpu", kappa, m))
+            noised = _abs_degradations(rows, method, _private("noised", kappa))
+            paper = _abs_degradations(rows, method, _private("mpu_paper", kappa))
+            if not mpu or not noised:
+                continue
+            (dm, sm), (dn, sn) = _stats(mpu), _stats(noised)
+            within += dm <= 1
+            nearer += dm < dn
+            beyond += dn - dm > sm + sn
+            extra = f"; paper's MPU {_stats(paper)[0]:.2f}%" if paper else ""
+            lines.append(f"- {method}: MPU {dm:.2f}%{_pm(sm, len(mpu), '.2f')}, Noised "
+                         f"{dn:.2f}%{_pm(sn, len(noised), '.2f')}{extra}")  # fmt: skip
+        if lines:
+            out += [f"κ = {kappa:g}, m = {m} (mean |degradation| vs Clean over seeds): MPU within "
+                    f"1 % for {within} of {len(lines)}; nearer Clean than Noised for {nearer} of "
+                    f"{len(lines)}, beyond the seed spread for {beyond}.", "", *lines, ""]  # fmt: skip
+    return out + offsets(rows) + reach(rows)
+
+
+def offsets(rows: list[dict]) -> list[str]:
+    """The systematic offset: forget Q_A prob of MPU − Clean (mean over seeds), ours vs the
+    paper's MPU, for the methods that move the model most."""
+    out = []
+    for kappa in sorted({r.get("kappa") for r in rows if r["variant"] == "mpu_paper"}):
+        cells_ = []
+        for method in OFFSET_METHODS:
+            clean = _per_seed(rows, method, _clean)
+            vals = {}
+            for variant in ("mpu", "mpu_paper", "noised"):
+                mine = _per_seed(rows, method, _private(variant, kappa))
+                diffs = [mine[s]["forget_Q_A_Prob"] - clean[s]["forget_Q_A_Prob"]
+                         for s in mine if s in clean]  # fmt: skip
+                vals[variant] = _stats(diffs)[0] if diffs else float("nan")
+            if vals["mpu"] == vals["mpu"]:
+                cells_.append(f"{method} {vals['mpu']:+.4f} (paper's {vals['mpu_paper']:+.4f}, "
+                              f"Noised {vals['noised']:+.4f})")  # fmt: skip
+        if cells_:
+            out += [f"Offset at κ = {kappa:g} (forget Q_A prob − Clean's, mean over seeds): "
+                    + "; ".join(cells_) + ".", ""]  # fmt: skip
+    return out
+
+
+def reach(rows: list[dict]) -> list[str]:
+    """κ reach: per method and variant, the largest κ at which |x − Clean| ≤ 0.1·|target −
+    Clean| in forget Q_A prob (means over seeds) with model utility within 1 % of Clean's."""
+    target = _stats([r["summary"]["forget_Q_A_Prob"] for r in rows if r["variant"] == "target"])[0]
+    out = []
+    for method in OFFSET_METHODS + [m for m in sorted({r["method"] for r in rows if r["method"]})
+                                    if m not in OFFSET_METHODS]:  # fmt: skip
+        clean_rows = [r["summary"] for r in rows if r["method"] == method and _clean(r)]
         if not clean_rows:
             continue
-        clean = {k: _stats([r["summary"].get(k) for r in clean_rows])[0] for k in SHOWN}
-        for m in sorted(
-            {r.get("m") for r in mine if r["variant"] == "mpu" and r.get("kappa") == 0.1}
-        ):
-            mpu = [degradation(r["summary"], clean) for r in mine
-                   if r["variant"] == "mpu" and r.get("kappa") == 0.1 and r.get("m") == m]  # fmt: skip
-            noised = [degradation(r["summary"], clean) for r in mine
-                      if r["variant"] == "noised" and r.get("kappa") == 0.1]  # fmt: skip
-            (dm, sm), (dn, sn) = _stats(mpu), _stats(noised)
-            within = "within 1% of Clean" if abs(dm) <= 1 else "NOT within 1% of Clean"
-            beats = "beats Noised" if dm < dn else "does NOT beat Noised"
-            if len(mpu) > 1 and len(noised) > 1 and abs(dm - dn) <= sm + sn:
-                beats += " (the gap is within the seed spread)"
-            out.append(f"- {method}, m = {m}: MPU {dm:+.2f}%{_pm(sm, len(mpu), '.2f')} ({within}); "
-                       f"Noised {dn:+.2f}%{_pm(sn, len(noised), '.2f')}: MPU {beats}"
-                       + (" (one seed: no spread to judge by)" if len(mpu) < 2 else "") + ".")  # fmt: skip
-    return [*out, ""] if len(out) > 2 else []  # no κ = 0.1 MPU cell: no claim to state
+        cp = _stats([c["forget_Q_A_Prob"] for c in clean_rows])[0]
+        cu = _stats([c["model_utility"] for c in clean_rows])[0]
+        bits = []
+        ms = sorted({r.get("m") for r in rows if r["variant"] == "mpu"})
+        for variant, m in [("noised", None), *[("mpu", m) for m in ms], ("mpu_paper", None)]:
+            ok = []
+            for kappa in sorted({r.get("kappa") for r in rows if r["variant"] == variant}):
+                mine = [r["summary"] for r in rows if r["method"] == method
+                        and _private(variant, kappa, m)(r)]  # fmt: skip
+                if not mine:
+                    continue
+                p = _stats([x["forget_Q_A_Prob"] for x in mine])[0]
+                u = _stats([x["model_utility"] for x in mine])[0]
+                share = abs(p - cp) / max(abs(target - cp), 1e-12)
+                ok.append((kappa, share <= 0.1 and abs(u - cu) <= 0.01 * cu, share))
+            if ok:
+                reached = [k for k, good, _ in ok if good]
+                shares = ", ".join(f"{k:g}: {sh:.2f}" for k, _, sh in ok)
+                name = variant if m is None else f"mpu m={m}"
+                bits.append(f"{name} {max(reached) if reached else '< ' + str(ok[0][0])} "
+                            f"(|x − Clean|/|target − Clean| by κ: {shares})")  # fmt: skip
+        if bits:
+            out.append(f"- κ reach, {method}: " + "; ".join(bits))
+    return ["κ reach (largest κ within 10 % of Clean's forgetting, utility within 1 %):", "",
+            *out, ""] if out else []  # fmt: skip
 
 
 def figure(rows: list[dict], path: Path) -> None:
@@ -294,13 +387,17 @@ def figure(rows: list[dict], path: Path) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true",
-                    help="forget01, κ = 0.1, m = 2, seed 0 (--seeds still adds seeds)")  # fmt: skip
+                    help="forget01, κ = 0.1, m = 3, seed 0, with the paper's MPU beside it "
+                    "(--seeds, --kappas, --copies still apply)")  # fmt: skip
     ap.add_argument("--out", type=Path, default=Path("runs/reproduce"))
     ap.add_argument("--methods", nargs="+")
     ap.add_argument("--extras", action="store_true", help="add RMU and CE-U")
     ap.add_argument("--forget-splits", nargs="+", default=["forget01", "forget10"])
-    ap.add_argument("--kappas", type=float, nargs="+", default=[0.01, 0.05, 0.1, 0.3])
-    ap.add_argument("--copies", type=int, nargs="+", default=[2, 3])
+    ap.add_argument("--kappas", type=float, nargs="+")
+    ap.add_argument("--copies", type=int, nargs="+")
+    ap.add_argument("--paper", action="store_true",
+                    help="add the paper's MPU (m = 2, zero-sum noise, α = 1..2, harmonic, "
+                    "continuous maps) at every κ: the baseline of the default")  # fmt: skip
     ap.add_argument("--seeds", type=int, nargs="+", help="default 0 1 2 (0 with --quick)")
     ap.add_argument("--no-ablation", dest="ablation", action="store_false")
     ap.add_argument("--equal-alphas", action="store_true",
@@ -329,7 +426,9 @@ def main() -> None:
     ap.add_argument("--table-only", action="store_true")
     args = ap.parse_args()
     if args.quick:
-        args.forget_splits, args.kappas, args.copies = ["forget01"], [0.1], [2]
+        args.forget_splits, args.paper = ["forget01"], True
+    args.kappas = args.kappas or ([0.1] if args.quick else [0.1, 0.3, 1.0])
+    args.copies = args.copies or ([3] if args.quick else [2, 3, 4])
     args.seeds = args.seeds or ([0] if args.quick else [0, 1, 2])
     args.methods = args.methods or PAPER_METHODS + (EXTRAS if args.extras else [])
     args.out.mkdir(parents=True, exist_ok=True)

@@ -56,7 +56,9 @@ VARIANTS = {
     "retain": "a model trained without the forget set: the goal of unlearning",
     "clean": "the client unlearns the exact model: no privacy, the reference result",
     "noised": "one perturbed copy, its update applied directly: the naive private baseline",
-    "mpu": "m perturbed, reparameterized copies; updates inverted and harmonically averaged",
+    "mpu": "m perturbed, reparameterized copies; updates inverted and combined so the noise "
+    "cancels (by default extrapolated to zero noise along the copies' noise line)",
+    "mpu_paper": "the paper's MPU: zero-sum noise, α from 1 to 2, harmonic weights",
     "mpu_uniform": "MPU with equal weights 1/m instead of the harmonic ones (ablation)",
     "dp": "MPU whose client clips and noises every update (differential privacy, ε from opacus)",
 }
@@ -104,9 +106,9 @@ def group_key(r: dict) -> tuple:
 def setting_label(r: dict) -> str:
     """e.g. "NPO MPU (κ=0.1, m=2)"; the extra setting when run dirs differ in more than κ/m."""
     name = {"mpu": "MPU", "clean": "Clean", "noised": "Noised", "dp": "DP",
-            "mpu_uniform": "MPU-uniform"}.get(r["variant"], r["variant"])  # fmt: skip
+            "mpu_uniform": "MPU-uniform", "mpu_paper": "MPU-paper"}.get(r["variant"], r["variant"])  # fmt: skip
     bits = []
-    private = ("noised", "mpu", "dp", "mpu_uniform")
+    private = ("noised", "mpu", "dp", "mpu_uniform", "mpu_paper")
     if r["variant"] in private and _num(r.get("kappa")) is not None:
         bits.append(f"κ={r['kappa']:g}")
     if r["variant"] in private[1:] and r.get("m"):
@@ -291,9 +293,10 @@ def privacy_findings(runs: Sequence[dict]) -> list[str]:
 
 def what_was_run(reports: Sequence[dict], runs: Sequence[dict]) -> list[str]:
     """The "what was run" bullets: the variants present, the data and the settings."""
-    present = [v for v in ("clean", "noised", "mpu", "mpu_uniform", "dp")
+    present = [v for v in ("clean", "noised", "mpu", "mpu_paper", "mpu_uniform", "dp")
                if any(r["variant"] == v for r in runs)]  # fmt: skip
-    names = {"mpu": "MPU", "dp": "DP", "mpu_uniform": "MPU (uniform weights)"}
+    names = {"mpu": "MPU", "dp": "DP", "mpu_uniform": "MPU (uniform weights)",
+             "mpu_paper": "MPU (the paper's)"}  # fmt: skip
     lines = [f"{names.get(v, v.capitalize())}: {VARIANTS[v]}." for v in present]
     methods = sorted({r["method"] for r in runs if r["method"]})
     if methods:

@@ -48,7 +48,7 @@ class ExperimentConfig:
     methods: list[str] = field(["NPO", "GradDiff"], help="unlearning methods to compare")
     variants: list[str] = field(
         ["clean", "noised", "mpu"],
-        help="any of clean, noised, mpu, mpu_uniform, dp (dp needs dp.clip)",
+        help="any of clean, noised, mpu, mpu_paper, mpu_uniform, dp (dp needs dp.clip)",
     )
     server: JobConfig = dataclasses.field(
         default_factory=JobConfig,
@@ -108,7 +108,9 @@ class ExperimentConfig:
             )
         if self.rounds_epochs not in ("paper", "single"):
             raise ConfigError(f"rounds_epochs={self.rounds_epochs!r}: expected 'paper' or 'single'")
-        if self.server.copies < 2 and {"mpu", "mpu_uniform", "dp"} & set(self.variants):
+        if self.server.copies < 2 and {"mpu", "mpu_paper", "mpu_uniform", "dp"} & set(
+            self.variants
+        ):
             raise ConfigError(
                 f"server.copies={self.server.copies}: the mpu variant needs >= 2 copies "
                 "(the noised variant is the m = 1 baseline)"

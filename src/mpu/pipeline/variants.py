@@ -5,8 +5,11 @@ whether its client releases differentially private updates.
   trusted server would do, the upper bound;
 - **noised**: one perturbed copy (m = 1, no centring, no harmonic denoising), its update mapped
   back and applied to θ: the single-noisy-copy baseline;
-- **mpu**: m perturbed copies, harmonic aggregation;
-- **mpu_uniform**: the same with equal weights (the harmonic weights' ablation);
+- **mpu**: m perturbed copies aggregated with the job's weights (by default copies on one noise
+  line, extrapolated to zero noise);
+- **mpu_paper**: the paper's MPU at the same m: zero-sum noise, α = linspace(1, 2), harmonic
+  weights, continuous rotations (the baseline the default is measured against);
+- **mpu_uniform**: the paper's noise with equal weights (the harmonic weights' ablation);
 - **dp**: MPU whose client clips and noises every update (`dp.*` settings; ε from opacus).
 
 All use the same client (method, hyperparameters, data order, schedule), so they differ only
@@ -37,12 +40,22 @@ VARIANTS: dict[str, Variant] = {
         "the client unlearns the exact model (no privacy; the reference result)",
     ),
     "noised": Variant(
-        lambda s: dataclasses.replace(s, copies=1, alphas="linspace"),
+        lambda s: dataclasses.replace(s, copies=1, alphas="auto"),
         "one perturbed copy, its update applied directly (the naive private baseline)",
     ),
-    "mpu": Variant(lambda s: s, "m perturbed copies, updates inverted and harmonically averaged"),
+    "mpu": Variant(
+        lambda s: s,
+        "m perturbed copies, updates inverted and combined with the job's weights "
+        "(default: extrapolated to zero noise)",
+    ),
+    "mpu_paper": Variant(
+        lambda s: dataclasses.replace(
+            s, aggregation="harmonic", alphas="linspace", angles="continuous"
+        ),
+        "the paper's MPU: zero-sum noise, α = linspace(1, 2), harmonic weights, continuous maps",
+    ),
     "mpu_uniform": Variant(
-        lambda s: dataclasses.replace(s, aggregation="uniform"),
+        lambda s: dataclasses.replace(s, aggregation="uniform", alphas="linspace"),
         "MPU with equal weights 1/m instead of the harmonic ones (the ablation)",
     ),
     # DP noise is meant to be large: the per-tensor size bound would refuse it

@@ -1,9 +1,13 @@
-"""Noise calibration and zero-sum noise with α scaling (docs/protocol.md §2–3).
+"""Noise calibration and the two noise designs (docs/protocol.md §2–3, §9).
 
-σ_l = κ · RMS(θ_r − θ_base) pooled over the tensors of block l; per tensor t of block l the
-m draws z_j ~ N(0, σ_l² I) are centred and rescaled, ε⁰_k = sqrt(m/(m−1))·(z_k − z̄), so that
-Σ_k ε⁰_k = 0 exactly and Cov(ε⁰_k) = σ_l² I; copy k gets ε_k = α_k·ε⁰_k. With harmonic weights
-the first-order effect of the noise then cancels (Proposition 1, docs/protocol.md §9).
+σ_l = κ · RMS(θ_r − θ_base) pooled over the tensors of block l. Copy k gets
+ε_k = α_k Σ_j B[k, j]·y_j with y_j ~ N(0, σ_l² I) i.i.d. and B the design's basis:
+
+- **zero_sum** (the paper's): B = the scaled Helmert contrasts, m − 1 draws, Σ_k ε_k/α_k = 0
+  exactly; harmonic weights cancel the first-order effect (Proposition 1);
+- **line** (ours, for extrapolation): B = alternating signs (+1, −1, +1, …), one draw: every
+  copy lies on one line through θ, at the signed node t_k = ±α_k along y. The update is then a
+  smooth function of one scalar t, and Lagrange weights at t = 0 cancel every order below m.
 """
 
 from __future__ import annotations
@@ -21,6 +25,35 @@ def default_alphas(m: int) -> list[float]:
     if m == 1:
         return [1.0]
     return [1.0 + k / (m - 1) for k in range(m)]
+
+
+def extrapolation_alphas(m: int) -> list[float]:
+    """The line design's default node sizes |t_k| = 1, 1, 2, 2, 3, …: nodes ±1, ±2, … (the
+    antithetic pairs cancel every odd order; m = 3 → t = (1, −1, 2), m = 4 → (1, −1, 2, −2))."""
+    if m < 1:
+        raise ValueError(f"need at least one copy, got m={m}")
+    return [float(1 + k // 2) for k in range(m)]
+
+
+def line_signs(m: int) -> list[float]:
+    """The line design's signs: +1, −1, +1, … (copy k sits at t_k = sign_k·α_k)."""
+    return [1.0 if k % 2 == 0 else -1.0 for k in range(m)]
+
+
+def line_nodes(alphas: Sequence[float]) -> list[float]:
+    """t_k = sign_k·α_k, the copies' signed positions along the line's noise direction."""
+    return [s * float(a) for s, a in zip(line_signs(len(alphas)), alphas, strict=True)]
+
+
+def noise_basis(m: int, design: str) -> torch.Tensor:
+    """B ∈ ℝ^{m×d} of the design (d draws per noised tensor); m = 1 is one uncentred draw."""
+    if m == 1:
+        return torch.ones(1, 1, dtype=torch.float64)
+    if design == "zero_sum":
+        return zero_sum_basis(m)
+    if design == "line":
+        return torch.tensor(line_signs(m), dtype=torch.float64).unsqueeze(1)
+    raise ValueError(f"unknown noise design {design!r}: expected zero_sum or line")
 
 
 def validate_alphas(alphas: Sequence[float], m: int) -> list[float]:

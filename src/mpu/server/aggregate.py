@@ -1,5 +1,5 @@
-"""Post-Process: validate every update, invert T_k, aggregate harmonically, step
-(docs/protocol.md §7).
+"""Post-Process: validate every update, invert T_k, aggregate with the job's weights
+(extrapolation, harmonic or uniform), step (docs/protocol.md §7).
 
 All m updates of the round are required (a subset does not cancel the noise:
 Σ_{k∈S} ε⁰_k ≠ 0). Each is checked before the new model is committed: the ticket first (job,
@@ -220,8 +220,18 @@ def aggregate_updates(
     bounds = theta_norms or {}
     leaves: dict[str, dict] = {rec.copy_id: {} for rec, _ in matched}  # the updates' commitments
 
-    def weight_alpha(rec: CopyRecord) -> float:
-        return alphas[rec.k] if cfg.aggregation == "harmonic" else 1.0
+    weights = cfg.weights(alphas)
+
+    def add(acc: HarmonicAccumulator, d: torch.Tensor, name: str, rec: CopyRecord) -> None:
+        """One copy's update, mapped back, into the sum. Harmonic and uniform add with 1/α
+        (1/1) as before, so jobs made before extrapolation replay bit for bit."""
+        d = transforms.apply(d, name, rec.k, inverse=True)
+        if cfg.aggregation == "harmonic":
+            acc.add(d, alphas[rec.k], owned=True)
+        elif cfg.aggregation == "uniform":
+            acc.add(d, 1.0, owned=True)
+        else:
+            acc.add_weighted(d, weights[rec.k], owned=True)
 
     def new_tensor_norm(new: torch.Tensor, name: str, squared: float | None = None) -> float:
         norm = float(torch.linalg.vector_norm(new)) if squared is None else math.sqrt(squared)
@@ -246,7 +256,7 @@ def aggregate_updates(
             norm = _finite_norm(d, name, delta.path)
             _check_tensor_bound(norm, bounds.get(name), d.numel(), name, delta.path, cfg)
             sq.append(norm**2)
-            acc.add(transforms.apply(d, name, rec.k, inverse=True), weight_alpha(rec), owned=True)
+            add(acc, d, name, rec)
             del d  # free before the next copy's tensor is read
         mean = acc.mean()
         mean_sq = float(torch.linalg.vector_norm(mean)) ** 2
@@ -281,9 +291,7 @@ def aggregate_updates(
                 hashers[i].update(d)
                 d = d.to(device)
                 sq[i] += _finite_norm(d, name, delta.path, span) ** 2
-                acc.add(
-                    transforms.apply(d, name, rec.k, inverse=True), weight_alpha(rec), owned=True
-                )
+                add(acc, d, name, rec)
                 del d
             mean = acc.mean()
             mean_sq += float(torch.linalg.vector_norm(mean)) ** 2

@@ -8,6 +8,13 @@ from dataclasses import dataclass
 from mpu.config import check_number, field
 from mpu.devices import check_device_name
 from mpu.errors import ConfigError
+from mpu.protocol.aggregate import (
+    AGGREGATIONS,
+    MAX_AMPLIFICATION,
+    aggregation_weights,
+    amplification,
+)
+from mpu.protocol.noise import line_nodes
 
 NOISE_SCOPES = ("blocks", "all")
 SIGMA_GRANULARITIES = ("block", "tensor")
@@ -20,12 +27,16 @@ class JobConfig:
     """Protocol settings of one server job (defaults: the paper's profile with our fixes)."""
 
     copies: int = field(
-        2, help="m, perturbed copies per round (m = 1 is the single-noisy-copy baseline)"
+        3,
+        help="m, perturbed copies per round (m = 1 is the single-noisy-copy baseline; "
+        "extrapolation cancels the noise's effect up to order m − 1, so 3 removes the "
+        "second-order bias)",
     )
     kappa: float = field(0.01, help="κ, relative noise level: σ_l = κ·RMS(θ_r − θ_base) per block")
     alphas: str = field(
-        "linspace",
-        help="noise scales α: 'linspace' (1..2, the paper's), 'random' (secret, per round) or 'a,b,..'",
+        "auto",
+        help="noise scales α: 'auto' (extrapolate: nodes ±1, ±2, …; harmonic/uniform: "
+        "linspace), 'linspace' (1..2, the paper's), 'random' (secret, per round) or 'a,b,..'",
     )
     alpha_min: float = field(1.0, help="lower bound of secret random α")
     alpha_max: float = field(2.0, help="upper bound of secret random α")
@@ -39,8 +50,10 @@ class JobConfig:
     )
     reparameterize: bool = field(True, help="apply the function-preserving reparameterization T")
     angles: str = field(
-        "continuous",
-        help="'continuous' RoPE-plane angles or 'quarter_turn' (Adam-equivariant signed permutations)",
+        "quarter_turn",
+        help="'quarter_turn' (signed permutations: AdamW and clipping commute with them, so "
+        "every copy's client follows the same path) or 'continuous' RoPE-plane angles (the "
+        "paper's; AdamW then drifts per copy)",
     )
     vo_map: str = field(
         "haar", help="V/O map: 'haar' (ours) or 'same_as_qk' (the reference's C_j = A_j)"
@@ -80,9 +93,10 @@ class JobConfig:
         "cpu", help="where noise, maps and inverses are computed: cpu | auto | cuda | cuda:N"
     )
     aggregation: str = field(
-        "harmonic",
-        help="harmonic (w_k ∝ 1/α_k: cancels the noise to first order) | uniform (w_k = 1/m: "
-        "the ablation, which leaves Σ α_k ε_k / m)",
+        "extrapolate",
+        help="extrapolate (copies on one noise line, Lagrange weights at zero noise: cancels "
+        "every order below m) | harmonic (the paper's, w_k ∝ 1/α_k on zero-sum noise: first "
+        "order only) | uniform (w_k = 1/m: the ablation, which leaves Σ α_k ε_k / m)",
     )
     residual: float = field(
         0.0,
@@ -125,20 +139,51 @@ class JobConfig:
         ):
             if value not in allowed:
                 raise ConfigError(f"{name} must be one of {allowed}, got {value!r}")
-        if self.aggregation not in ("harmonic", "uniform"):
-            raise ConfigError(f"aggregation={self.aggregation!r}: expected harmonic or uniform")
-        if self.alphas not in ("linspace", "random"):
+        if self.aggregation not in AGGREGATIONS:
+            raise ConfigError(
+                f"aggregation={self.aggregation!r}: expected one of {', '.join(AGGREGATIONS)}"
+            )
+        if self.alphas not in ("auto", "linspace", "random"):
             try:
                 values = [float(a) for a in self.alphas.split(",")]
             except ValueError:
                 raise ConfigError(
-                    f"alphas must be 'linspace', 'random' or numbers 'a,b,..', got {self.alphas!r}"
+                    "alphas must be 'auto', 'linspace', 'random' or numbers 'a,b,..', got "
+                    f"{self.alphas!r}"
                 ) from None
             if len(values) != self.copies or not all(math.isfinite(a) and a > 0 for a in values):
                 raise ConfigError(
                     f"alphas {self.alphas!r}: need {self.copies} positive values (one per copy)"
                 )
+            self.check_weights(values, f"alphas={self.alphas}")
         if not 0 < self.alpha_min <= self.alpha_max:
             raise ConfigError(
                 f"need 0 < alpha_min ≤ alpha_max, got {self.alpha_min}, {self.alpha_max}"
             )
+
+    @property
+    def noise_design(self) -> str:
+        """'line' for extrapolation (one noise direction, copies at ±α_k), else the paper's
+        'zero_sum' (docs/protocol.md §3)."""
+        return "line" if self.aggregation == "extrapolate" else "zero_sum"
+
+    def weights(self, alphas: list[float]) -> list[float]:
+        """The aggregation weight of each copy k given the round's α (Σ w_k = 1)."""
+        nodes = line_nodes(alphas) if self.aggregation == "extrapolate" else None
+        return aggregation_weights(self.aggregation, alphas, nodes)
+
+    def check_weights(self, alphas: list[float], what: str) -> list[float]:
+        """The weights of `alphas`, refused when extrapolation cannot use them: two copies at
+        the same node, or nodes so close that Σ|w_k| > MAX_AMPLIFICATION (the copies' own
+        errors would be multiplied by it)."""
+        try:
+            weights = self.weights(alphas)
+        except ValueError as exc:
+            raise ConfigError(f"{what}: {exc}") from None
+        if amplification(weights) > MAX_AMPLIFICATION:
+            raise ConfigError(
+                f"{what}: extrapolation weights {[round(w, 3) for w in weights]} sum to "
+                f"{amplification(weights):.3g} in absolute value (> {MAX_AMPLIFICATION:g}): the "
+                "copies' nodes ±α are too close; spread them apart"
+            )
+        return weights

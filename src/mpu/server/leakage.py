@@ -2,8 +2,8 @@
 measure them against the truth the server holds (θ, the base, the secret key).
 
 Client's view: how close θ̂ gets to θ from one copy and from all m, aligned to the public base
-or copy to copy without it; the weights it finds against the true harmonic ones; the logit gap
-between θ̂ and θ; θ̂'s benchmark numbers next to θ's; the alignment-free invariant distance; and,
+or copy to copy without it; the weights it finds against the true noise-cancelling ones; the
+logit gap between θ̂ and θ; θ̂'s benchmark numbers next to θ's; the alignment-free invariant distance; and,
 as a sanity check, that the true secrets undo a copy exactly. Server's view (with the round's
 deltas): which forget-set tokens the embedding updates reveal, and a membership test of
 forget against holdout items on the update. Results: `leakage.json` and `leakage.md`.
@@ -62,6 +62,19 @@ def logit_gap(
     return float((logits(weights) - ref).abs().max() / ref.abs().max())
 
 
+def combining_weights(cfg, alphas: list[float], ks: list[int]) -> list[float]:
+    """Weights with Σ w = 1 that remove the noise of the copies `ks` exactly, given the
+    secrets: the harmonic ones for the zero-sum design (all m copies), the two-or-more-point
+    Lagrange weights at zero noise for the line design (any two copies of a line suffice)."""
+    from mpu.protocol.aggregate import extrapolation_weights
+    from mpu.protocol.noise import line_nodes
+
+    if cfg.noise_design == "line" and len(ks) > 1:
+        nodes = line_nodes(alphas)
+        return extrapolation_weights([nodes[k] for k in ks])
+    return A.harmonic([alphas[k] for k in ks])
+
+
 def with_secrets(
     server: Server, round_: int, layout: Layout, copies: list[tuple[Checkpoint, int]], theta, task
 ) -> dict:
@@ -69,11 +82,11 @@ def with_secrets(
 
     - `exact_with_secrets`: copy 1 undone with its true map, noise and residual removed,
       ‖· − θ‖ / ‖θ‖ — the sanity check that the audit reads the copies right (≈ 1e-7 in fp32);
-    - `ideal_all_copies`: the true inverses combined with the true harmonic weights — the best
+    - `ideal_all_copies`: the true inverses combined with the weights that cancel the noise — the best
       any attacker can do with every copy of the round, relative to ‖θ − θ_base‖ (0 without a
       residual: the copies *determine* θ, only the maps hide it);
     - `residual_floor`: ‖ξ‖ / ‖θ − θ_base‖, the residual noise no combination can remove."""
-    from mpu.protocol.noise import zero_sum_basis
+    from mpu.protocol.noise import noise_basis
     from mpu.server.publish import TransformCache, noised, sigma_key
 
     cfg = server.cfg
@@ -82,8 +95,8 @@ def with_secrets(
     alphas = server.state.alphas[str(round_)]
     sigmas = server.state.sigmas[str(round_)]
     m = len(alphas)
-    basis = zero_sum_basis(m) if m > 1 else torch.ones(1, 1, dtype=torch.float64)
-    weights = A.harmonic([alphas[k] for _, k in copies])
+    basis = noise_basis(m, cfg.noise_design)
+    weights = combining_weights(cfg, alphas, [k for _, k in copies])
     exact = ideal = floor = 0.0
     for name in theta:
         target = theta[name].double()
@@ -97,7 +110,7 @@ def with_secrets(
             noise_name = layout.tied.get(name, name)
             sigma = sigmas[sigma_key(name, layout, cfg)]
             k = copies[0][1]
-            for j in range(max(1, m - 1)):
+            for j in range(basis.shape[1]):
                 z = torch.randn(tuple(y.shape), generator=streams.noise(round_, noise_name, j))
                 y = y - alphas[k] * float(basis[k, j]) * sigma * z.double()
             if cfg.residual > 0:
@@ -159,7 +172,9 @@ def client_view(
         "copies_combined_with_base": combos,
         "all_copies_with_base": combos[-1],
         "weights_found": with_base["weights"],
-        "harmonic_weights": A.harmonic(true_alpha),
+        "true_weights": combining_weights(
+            server.cfg, alphas, [records[c.name].k for c in copies]
+        ),
         "all_copies_without_base": _rel(no_base_aligned, theta, task),
         "blocks_error_all_with_base": _rel(with_base["all"], theta, A.distance(theta, base, blocks), blocks),
         "invariant_distance_copy": A.invariant_distance(layout, published[0], theta),
@@ -345,7 +360,7 @@ def markdown(result: dict) -> str:
         f"| all copies aligned copy to copy, no base (default α assumed) | {pct(c['all_copies_without_base'])} | {c['logit_gap_all_without_base']:.1e} |",
         "",
         f"Weights found without knowing α: {', '.join(f'{w:.3f}' for w in c['weights_found'])} "
-        f"(the harmonic weights: {', '.join(f'{w:.3f}' for w in c['harmonic_weights'])}).",
+        f"(the weights that cancel the noise: {', '.join(f'{w:.3f}' for w in c['true_weights'])}).",
         f"Alignment-free: the per-head invariants of one copy are {pct(c['invariant_distance_copy'])} from θ's "
         f"(the public base's: {pct(c['invariant_distance_base'])}).",
         f"Yardsticks from the secrets: the true maps and weights combine the copies to "

@@ -33,7 +33,7 @@ from mpu.io.checkpoint import Checkpoint, CheckpointWriter, retype_layout, set_m
 from mpu.io.delta import Ticket, write_ticket
 from mpu.io.pipeline import flat_spans, ordered_map
 from mpu.io.transcript import tensor_leaf
-from mpu.protocol.noise import copy_noise, sigma_from_moments, zero_sum_basis
+from mpu.protocol.noise import copy_noise, noise_basis, sigma_from_moments
 from mpu.protocol.reparam import (
     BlockTransform,
     identity_transform,
@@ -249,15 +249,16 @@ class _Tensors:
         self.transforms, self.round, self.alphas = transforms, round_, alphas
         self.sigmas, self.dtype, self.device = sigmas, dtype, torch.device(device)
         self.m = len(alphas)
-        self.basis = zero_sum_basis(self.m) if self.m > 1 else torch.ones(1, 1, dtype=torch.float64)
+        self.basis = noise_basis(self.m, cfg.noise_design)
         self.order = publication_order(streams, round_, self.m)
 
     def _generators(self, name: str) -> tuple[list[torch.Generator], torch.Generator | None]:
-        """The keyed streams of this tensor's m − 1 draws and of its residual ξ (None: none)."""
+        """The keyed streams of this tensor's draws (one per basis column) and of its residual ξ
+        (None: none)."""
         if not (noised(name, self.layout, self.cfg) and self.cfg.kappa > 0):
             return [], None
         noise_name = self.layout.tied.get(name, name)
-        draws = [self.streams.noise(self.round, noise_name, j) for j in range(max(1, self.m - 1))]
+        draws = [self.streams.noise(self.round, noise_name, j) for j in range(self.basis.shape[1])]
         residual = self.streams.residual(noise_name) if self.cfg.residual > 0 else None
         return draws, residual
 
