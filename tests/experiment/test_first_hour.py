@@ -112,7 +112,7 @@ def test_a_run_that_changes_nothing_is_flagged_in_the_report(tofu_world, tmp_pat
     ("argv", "keys"),
     [
         (["run"], ["server.kappa=0.01", "client.lr=None", "prompt.template='auto'", "methods="]),
-        (["demo"], ["server.copies=3", "client.precision=None", "eval_max_new_tokens="]),
+        (["demo"], ["server.copies=4", "client.precision=None", "eval_max_new_tokens="]),
         (["client", "unlearn"], ["lr=None", "hparams.beta=None", "prompt.system_prompt="]),
         (["server", "init"], ["kappa=0.01", "max_update_norm=", "vo_map='haar'"]),
         (["eval"], ["forget_split='forget10'", "flags.es_floor=True", "prompt.date_string="]),

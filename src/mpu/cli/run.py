@@ -14,7 +14,7 @@ DEMO_DEFAULTS = {
     "out": "runs/demo",
     "forget_split": "forget05",
     "methods": ["NPO", "GradDiff"],
-    "server": {"copies": 3, "kappa": 0.1},
+    "server": {"copies": 4, "kappa": 0.1},
     "eval_max_new_tokens": 64,
 }
 HIDDEN = ("client.method", "client.prompt")  # set by the experiment (methods=, prompt.*)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import secrets
 from dataclasses import dataclass
 
 from mpu.config import check_number, field
@@ -14,7 +15,12 @@ from mpu.protocol.aggregate import (
     aggregation_weights,
     amplification,
 )
-from mpu.protocol.noise import line_nodes
+from mpu.protocol.noise import (
+    default_alphas,
+    extrapolation_alphas,
+    line_nodes,
+    validate_alphas,
+)
 
 NOISE_SCOPES = ("blocks", "all")
 SIGMA_GRANULARITIES = ("block", "tensor")
@@ -27,10 +33,10 @@ class JobConfig:
     """Protocol settings of one server job (defaults: the paper's profile with our fixes)."""
 
     copies: int = field(
-        3,
+        4,
         help="m, perturbed copies per round (m = 1 is the single-noisy-copy baseline; "
-        "extrapolation cancels the noise's effect up to order m − 1, so 3 removes the "
-        "second-order bias)",
+        "extrapolation cancels the noise's effect up to order m − 1: 3 removes the "
+        "second-order bias, 4 (nodes ±1, ±2) also every odd order)",
     )
     kappa: float = field(0.01, help="κ, relative noise level: σ_l = κ·RMS(θ_r − θ_base) per block")
     alphas: str = field(
@@ -160,6 +166,8 @@ class JobConfig:
             raise ConfigError(
                 f"need 0 < alpha_min ≤ alpha_max, got {self.alpha_min}, {self.alpha_max}"
             )
+        if self.alphas == "random" and self.aggregation == "extrapolate":
+            draw_alphas(self)  # a range with no usable draw is refused now, not at publish
 
     @property
     def noise_design(self) -> str:
@@ -187,3 +195,25 @@ class JobConfig:
                 "copies' nodes ±α are too close; spread them apart"
             )
         return weights
+
+
+def draw_alphas(cfg: JobConfig) -> list[float]:
+    """One round's α from the settings. Secret random α under extrapolation are drawn again
+    (from the CSPRNG) until the nodes are far enough apart for the weights: the accepted draws
+    are uniform on the usable set."""
+    m, setting = cfg.copies, cfg.alphas
+    if setting == "auto":
+        return extrapolation_alphas(m) if cfg.aggregation == "extrapolate" else default_alphas(m)
+    if setting == "linspace":
+        return default_alphas(m)
+    if setting != "random":
+        return validate_alphas([float(a) for a in setting.split(",")], m)
+    rng = secrets.SystemRandom()
+    for _ in range(1000):
+        alphas = [rng.uniform(cfg.alpha_min, cfg.alpha_max) for _ in range(m)]
+        if amplification(cfg.weights(alphas)) <= MAX_AMPLIFICATION:
+            return alphas
+    raise ConfigError(
+        f"alphas=random: no draw in [{cfg.alpha_min:g}, {cfg.alpha_max:g}] gave {m} "
+        "extrapolation nodes far enough apart; widen alpha_min..alpha_max"
+    )

@@ -34,12 +34,10 @@ from mpu.io.checkpoint import (
 )
 from mpu.io.memory import pin_mmap_threshold
 from mpu.io.transcript import combine, commitment
-from mpu.protocol.aggregate import MAX_AMPLIFICATION, amplification
-from mpu.protocol.noise import default_alphas, extrapolation_alphas, validate_alphas
 from mpu.protocol.rng import PaperStreams, SecretStreams, new_master_key
 from mpu.server import audit_log
 from mpu.server.aggregate import aggregate_updates, match_deltas
-from mpu.server.config import JobConfig
+from mpu.server.config import JobConfig, draw_alphas
 from mpu.server.publish import DTYPES, check_sigmas, publish_copies, scan
 from mpu.server.state import (
     STATE_FILE,
@@ -216,35 +214,10 @@ class Server:
     def _round_alphas(self) -> list[float]:
         key = str(self.round)
         if key not in self.state.alphas:
-            alphas = self._draw_alphas()
+            alphas = draw_alphas(self.cfg)
             self.cfg.check_weights(alphas, f"round {self.round}'s α")
             self.state.alphas[key] = alphas
         return self.state.alphas[key]
-
-    def _draw_alphas(self) -> list[float]:
-        """The round's α from the settings. Secret random α under extrapolation are drawn
-        again until the nodes are far enough apart for the weights (a CSPRNG rejection step:
-        the accepted draws are uniform on the usable set)."""
-        m, setting = self.cfg.copies, self.cfg.alphas
-        if setting == "auto":
-            return (
-                extrapolation_alphas(m)
-                if self.cfg.aggregation == "extrapolate"
-                else default_alphas(m)
-            )
-        if setting == "linspace":
-            return default_alphas(m)
-        if setting != "random":
-            return validate_alphas([float(a) for a in setting.split(",")], m)
-        rng = secrets.SystemRandom()
-        for _ in range(1000):
-            alphas = [rng.uniform(self.cfg.alpha_min, self.cfg.alpha_max) for _ in range(m)]
-            if amplification(self.cfg.weights(alphas)) <= MAX_AMPLIFICATION:
-                return alphas
-        raise ConfigError(
-            f"alphas=random: no draw in [{self.cfg.alpha_min:g}, {self.cfg.alpha_max:g}] gave "
-            f"{m} extrapolation nodes far enough apart; widen alpha_min..alpha_max"
-        )
 
     def _new_records(self) -> list[CopyRecord]:
         """The round's copy ids and folder → k assignment, derived from the secret key.
