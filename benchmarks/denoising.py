@@ -15,7 +15,8 @@ Schemes:
 - noised: one copy (α = 1);
 - paper: the paper's MPU, m = 2, zero-sum noise, α = (1, 2), harmonic weights, continuous maps;
 - harmonic: the same with quarter-turn maps (separates the maps from the weights);
-- mpu2 / mpu3 / mpu4: our default design (line noise, extrapolation, quarter turns), m copies.
+- mpu2 / mpu3 / mpu4: our default design (line noise, extrapolation, quarter turns), m copies;
+- pairs4: four zero-sum copies all at α = 1 with equal weights (averaging, no extrapolation).
 
     python benchmarks/denoising.py --methods NPO GradDiff --kappas 0 0.05 0.1 0.3 1 \
         --seeds 0 1 2 --out runs/denoising
@@ -41,6 +42,9 @@ SCHEMES = {
     "mpu2": ("mpu", {"copies": 2}),
     "mpu3": ("mpu", {"copies": 3}),
     "mpu4": ("mpu", {"copies": 4}),
+    # four copies all at α = 1 in three zero-sum directions, equal weights: no extrapolation,
+    # the second-order bias of one α = 1 copy, the copies' independent errors averaged
+    "pairs4": ("mpu", {"copies": 4, "aggregation": "harmonic", "alphas": "1,1,1,1"}),
 }
 
 

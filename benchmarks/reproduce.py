@@ -269,7 +269,7 @@ def claims(rows: list[dict]) -> list[str]:
             (dm, sm), (dn, sn) = _stats(mpu), _stats(noised)
             within += dm <= 1
             nearer += dm < dn
-            beyond += dn - dm > sm + sn
+            beyond += len(mpu) > 1 and len(noised) > 1 and dn - dm > sm + sn  # one seed: no spread
             extra = f"; paper's MPU {_stats(paper)[0]:.2f}%" if paper else ""
             lines.append(f"- {method}: MPU {dm:.2f}%{_pm(sm, len(mpu), '.2f')}, Noised "
                          f"{dn:.2f}%{_pm(sn, len(noised), '.2f')}{extra}")  # fmt: skip
@@ -350,11 +350,13 @@ def figure(rows: list[dict], path: Path) -> None:
     split = sorted({r["split"] for r in rows})[0]
     sub = [r for r in rows if r["split"] == split and r["method"]]
     methods = sorted({r["method"] for r in sub})
-    mpu_m = min((r.get("m") for r in sub if r["variant"] == "mpu"), default=2)
+    mpu_m = max((r.get("m") for r in sub if r["variant"] == "mpu"), default=2)  # the default
     pick = {"Clean": lambda r: r["variant"] == "clean",
             "Noised (κ=0.1)": lambda r: r["variant"] == "noised" and r.get("kappa") == 0.1,
             f"MPU (κ=0.1, m={mpu_m})": lambda r: r["variant"] == "mpu" and r.get("kappa") == 0.1
-            and r.get("m") == mpu_m}  # fmt: skip
+            and r.get("m") == mpu_m,
+            "paper's MPU (κ=0.1, m=2)": lambda r: r["variant"] == "mpu_paper"
+            and r.get("kappa") == 0.1}  # fmt: skip
     metrics = [("forget_Q_A_Prob", "forget Q_A prob ↓"), ("forget_Q_A_ROUGE", "forget ROUGE ↓"),
                ("model_utility", "model utility ↑")]  # fmt: skip
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
