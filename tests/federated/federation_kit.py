@@ -52,7 +52,10 @@ def assert_bit_identical(a_dir, b_dir):
     rb, b = final_tensors(b_dir)
     assert ra == rb and a.keys() == b.keys()
     different = [k for k in a if not (a[k].dtype == b[k].dtype and a[k].equal(b[k]))]
-    assert not different, f"tensors differ between the two paths: {different[:5]}"
+    worst = max((float((a[k].double() - b[k].double()).abs().max()) for k in different), default=0)
+    assert not different, (
+        f"tensors differ between the two paths: {different[:5]} (max |Δ| {worst:.3g})"
+    )
 
 
 def summary(workdir):

@@ -95,7 +95,7 @@ def test_a_dp_run_is_its_own_variant_in_the_report(tofu_world, tmp_path):
     code = main(["run", f"data={data}", f"models={models}", f"out={out}", "methods=[GradDiff]",
                  "forget_split=forget01", "eval_limit=6", "eval_max_new_tokens=8",
                  "progress=false", "client.precision=fp32", "client.lr=1e-3", "workers=1",
-                 "variants=[mpu,dp]", "dp.clip=1.0", "dp.epsilon=8"])  # fmt: skip
+                 "variants=[mpu,dp]", "server.copies=2", "dp.clip=1.0", "dp.epsilon=8"])  # fmt: skip
     assert code == 0
     report = json.loads((out / "report.json").read_text())
     rows = {r["variant"]: r for r in report["runs"] if r["method"]}

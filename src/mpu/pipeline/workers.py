@@ -73,6 +73,18 @@ def run_jobs(
     return [results[i] for i in range(len(jobs))]
 
 
+def _quiet_resource_tracker() -> None:
+    """Workers stopped mid-job (Ctrl-C, SIGTERM) cannot release the named semaphores they
+    hold; multiprocessing's resource tracker unlinks them at exit and warns about each on
+    stderr, under the one-line stop message. The tracker takes its warning filters from this
+    process's -W options when it starts, so the cleanup stays and the warning goes."""
+    import sys
+
+    quiet = "ignore:resource_tracker:UserWarning"
+    if quiet not in sys.warnoptions:
+        sys.warnoptions.append(quiet)
+
+
 def _in_processes(fn, jobs, workers, threads, quiet, on_done, results, board, level) -> None:
     import logging.handlers
     import multiprocessing
@@ -80,6 +92,7 @@ def _in_processes(fn, jobs, workers, threads, quiet, on_done, results, board, le
 
     from mpu.logs import console_handler
 
+    _quiet_resource_tracker()
     ctx = multiprocessing.get_context("spawn")
     queue = ctx.Queue()
     handlers = [console_handler(level)] + ([board.handler] if board is not None else [])
@@ -104,8 +117,12 @@ def _in_processes(fn, jobs, workers, threads, quiet, on_done, results, board, le
     except BaseException:
         for proc in list(getattr(pool, "_processes", {}).values()):
             proc.terminate()  # no orphans: stop the training now, not after the running jobs
-        pool.shutdown(wait=False, cancel_futures=True)
+        # the workers are gone, so this returns at once; it also releases the pool's queues
+        # (named semaphores), which the interpreter would otherwise report as leaked at exit
+        pool.shutdown(wait=True, cancel_futures=True)
         raise
     finally:
         listener.stop()
+        queue.close()
+        queue.join_thread()
     pool.shutdown(wait=True)

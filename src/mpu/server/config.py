@@ -30,7 +30,9 @@ PUBLISH_DTYPES = ("checkpoint", "float32", "bfloat16", "float16")
 
 @dataclass
 class JobConfig:
-    """Protocol settings of one server job (defaults: the paper's profile with our fixes)."""
+    """Protocol settings of one server job. Defaults: four copies on one noise line,
+    extrapolated to zero noise, with Adam-equivariant maps (docs/protocol.md §9); the paper's
+    profile is `copies=2 aggregation=harmonic angles=continuous`."""
 
     copies: int = field(
         4,
