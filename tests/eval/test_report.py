@@ -221,6 +221,8 @@ def test_the_privacy_section_says_what_was_protected_and_what_was_not(tmp_path):
                               "all_copies_without_base": 0.02, "ideal_all_copies": 0.0,
                               "residual_floor": 0.0, "token_recall_at_k": 0.91,
                               "token_chance_at_k": 0.06, "membership_auc": 0.83,
+                              "membership_auc_calibrated": 0.61, "functional_one_copy": 0.97,
+                              "functional_all_with_base": 0.995,
                               "transcript": {"entries": 5, "rounds_replayed": 1, "head": "ab"}}  # fmt: skip
     report["runs"].append({**report["runs"][-1], "variant": "dp", "privacy": {
         **report["runs"][-1]["privacy"], "dp_epsilon": 7.97, "dp_delta": 1e-5}})  # fmt: skip
@@ -231,13 +233,14 @@ def test_the_privacy_section_says_what_was_protected_and_what_was_not(tmp_path):
     md = md_path.read_text()
     assert "## What the protocol protected" in md
     assert (
-        "| NPO | mpu | 4 | 0.01 | 5.2% | 1.3% | 0.0% | 0.91 (chance 0.06) | 0.83 | — | verified, 5 entries |"
-        in md
+        "| NPO | mpu | 4 | 0.01 | 5.2% | 1.3% | 0.0% | 0.97 | 0.99 | 0.91 (chance 0.06) | 0.83 (0.61) "
+        "| — | verified, 5 entries |" in md
     )
     assert "7.97 (δ=1e-05)" in md
     # the finding names the weakness in words, with the numbers
     assert "rebuilt the server's weights to within 5.2% (one copy) and 1.3% (all 4 copies)" in md
     assert "not information-theoretically" in md and "(7.97, 1e-05)-DP" in md
+    assert "its most telling copy computes 97% of what fine-tuning taught θ" in md
     # one copy (Noised): one figure, no "all 1 copies"
     assert "rebuilt the server's weights to within 6.1% of what fine-tuning changed" in md
     assert "all 1 copies" not in md

@@ -77,7 +77,7 @@ def test_the_report_matches_an_independent_computation(round1, tmp_path):
     from mpu.server.publish import TransformCache
 
     k = {r.folder: r.k for r in server.state.copy_records(1)}[copies[0].name]
-    maps = TransformCache(server._streams(), 1, layout, server.cfg)
+    maps = TransformCache(server.secret_streams(), 1, layout, server.cfg)
     ck = Checkpoint(copies[0])
     undone = {n: maps.apply(ck.read(n), n, k, inverse=True) for n in theta}
     own_noise = rel(undone, theta)  # θ + α_k ε_k − θ: the copy's noise, with the true map

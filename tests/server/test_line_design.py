@@ -50,7 +50,7 @@ def test_published_copies_lie_on_one_line_through_theta_at_their_nodes(tmp_path)
     folders = server.publish(tmp_path / "pub", progress=False)
     layout = server.layout()
     k_of = {r.folder: r.k for r in server.state.copy_records(1)}
-    maps = TransformCache(server._streams(), 1, layout, server.cfg)
+    maps = TransformCache(server.secret_streams(), 1, layout, server.cfg)
     theta = Checkpoint(model)
     nodes = [1.0, -1.0, 2.0, -2.0]
     checked = 0

@@ -17,6 +17,8 @@ def _audit(args: argparse.Namespace) -> int:
         data=args.data,
         forget_split=args.forget_split,
         limit=args.limit,
+        knowledge=args.knowledge,
+        knowledge_limit=args.knowledge_limit,
         out=args.out,
     )
     print(markdown(result))
@@ -105,6 +107,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", help="TOFU data folder: θ̂'s benchmark numbers, tokens, membership")
     p.add_argument("--forget-split", default="forget10", help="the client's forget split")
     p.add_argument("--limit", type=int, default=50, help="rows per split for the benchmark numbers")
+    p.add_argument(
+        "--knowledge",
+        help="θ's fine-tuning data for the functional leakage: a data "
+        "folder (its `full` split) or one split's folder (default: --data's full split)",
+    )
+    p.add_argument(
+        "--knowledge-limit",
+        type=int,
+        default=200,
+        help="items of the knowledge data to score, spread over it (0 = all)",
+    )
     p.add_argument("--out", required=True, help="folder for leakage.json and leakage.md")
     p.set_defaults(handler=_audit)
 

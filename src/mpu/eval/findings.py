@@ -280,6 +280,10 @@ def privacy_findings(runs: Sequence[dict]) -> list[str]:
         s += (f", and no attack can do better than {100 * floor:.1f}% (residual noise)"
               if floor else "; the copies hide θ only behind the secret maps, not information-"
               "theoretically (server.residual adds a floor)")  # fmt: skip
+        ell = _num(p.get("functional_one_copy"))
+        if ell is not None:
+            s += (f". Run as published, its most telling copy computes {100 * ell:.0f}% of what "
+                  "fine-tuning taught θ (functional leakage L; 100% is a clone)")  # fmt: skip
         recall, chance = _num(p.get("token_recall_at_k")), _num(p.get("token_chance_at_k"))
         if recall is not None:
             s += (f". The server's view: the update's embedding rows named the forget set's "

@@ -190,8 +190,9 @@ def _timings(reports: Sequence[dict]) -> list[tuple[str, float]]:
 
 
 PRIVACY_HEAD = ["method", "variant", "m", "κ", "one copy aligned to the base",
-                "all copies + base", "all copies, true maps", "forget tokens in the update",
-                "membership AUC of the update", "DP ε", "signed transcript"]  # fmt: skip
+                "all copies + base", "all copies, true maps", "L one copy", "L all copies + base",
+                "forget tokens in the update", "membership AUC of the update (calibrated)",
+                "DP ε", "signed transcript"]  # fmt: skip
 PRIVACY_NOTE = (
     "What a curious party recovers, measured on round 1 of each run (docs/threat-model.md). "
     "Client's view: the distance of its best reconstruction θ̂ to the server's weights θ, "
@@ -200,12 +201,20 @@ PRIVACY_NOTE = (
     "the maps undone the copies determine θ, so only residual noise (server.residual) keeps it "
     "above 0. Server's view: the share of the forget set's tokens among the most-moved "
     "embedding rows of the client's update (and the chance level), and how well the update's "
-    "loss changes separate forget from holdout items (0.5 = not at all)."
+    "loss changes separate forget from holdout items (0.5 = not at all; in brackets, after "
+    "taking out what a random update of the same size would do). Functional leakage L: how much "
+    "of θ's fine-tuned knowledge a model computes, (s(M) − s(base)) / (s(θ) − s(base)) with s "
+    "the answer probability on θ's fine-tuning data: 1 is a clone of θ, 0 nothing beyond the "
+    "public base; 'one copy' is the most telling copy as published, run as it is."
 )
 
 
 def _pct(x: Any) -> str:
     return "—" if _num(x) is None else f"{100 * x:.1f}%"
+
+
+def _fixed(x: Any) -> str:
+    return "—" if _num(x) is None else f"{x:.2f}"
 
 
 def _privacy_rows(runs: Sequence[dict]) -> list[list[str]]:
@@ -224,10 +233,15 @@ def _privacy_rows(runs: Sequence[dict]) -> list[list[str]]:
         )
         t = p.get("transcript")
         signed = f"verified, {t['entries']} entries" if t else "—"
+        mia = "—" if _num(p.get("membership_auc")) is None else f"{p['membership_auc']:.2f}"
+        if _num(p.get("membership_auc_calibrated")) is not None:
+            mia += f" ({p['membership_auc_calibrated']:.2f})"
         out.append([r["method"] or "—", r["variant"], "—" if r["m"] is None else str(r["m"]),
                     "—" if r["kappa"] is None else f"{r['kappa']:g}", _pct(p.get("one_copy_aligned")),
-                    _pct(p.get("all_copies_with_base")), _pct(p.get("ideal_all_copies")), tokens,
-                    "—" if _num(p.get("membership_auc")) is None else f"{p['membership_auc']:.2f}", eps, signed])  # fmt: skip
+                    _pct(p.get("all_copies_with_base")), _pct(p.get("ideal_all_copies")),
+                    _fixed(p.get("functional_one_copy")), _fixed(p.get("functional_all_with_base")),
+                    tokens, mia, eps,
+                    signed])  # fmt: skip
     return out
 
 

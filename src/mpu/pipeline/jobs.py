@@ -176,7 +176,7 @@ def audit_job(cfg: Any, work: Path, data: str, out: Path) -> dict:
     deltas = sorted((work / "round1").glob("client-*/delta.safetensors"))
     result = audit(work / "server", round_=1, copies_dir=outbox_of(work, 1), deltas=deltas,
                    data=data, forget_split=cfg.forget_split, limit=cfg.eval_limit or 50,
-                   benchmark=False)  # fmt: skip
+                   knowledge_limit=min(cfg.eval_limit or 200, 200), benchmark=False)  # fmt: skip
     checked = verify(work / "server")
     result["transcript"] = {k: checked[k] for k in ("entries", "rounds_replayed", "head")}
     write(result, out)

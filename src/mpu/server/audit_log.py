@@ -188,29 +188,11 @@ def _replay_publish(server, entry: dict, where: str) -> None:
 
 def _replay_aggregate(server, entry: dict, files: list[Path], where: str) -> None:
     """Post-Process again from θ_r, the logged updates and the key; θ_{r+1} must match bit for bit."""
-    from mpu.devices import resolve_device
-    from mpu.io.checkpoint import Checkpoint
-    from mpu.server.aggregate import aggregate_updates, match_deltas
-    from mpu.server.state import round_dir
-
-    r = entry["round"]
-    theta = Checkpoint(round_dir(server.workdir, r))
-    layout = server.layout(theta)
-    matched = match_deltas(files, job_id=server.state.job_id, round_=r,
-                           records=server.state.copy_records(r), key=server.state.key,
-                           max_tensors=len(theta.names()))  # fmt: skip
     quiet = logging.getLogger("mpu.server")
     level = quiet.level
     quiet.setLevel(logging.WARNING)  # the replay is not a new aggregation: say nothing of it
     try:
-        with tempfile.TemporaryDirectory(prefix=".verify-", dir=server.workdir) as tmp:
-            out = Path(tmp) / "theta"
-            stats, _, _ = aggregate_updates(theta, layout, matched, streams=server._streams(), round_=r,
-                              alphas=server.state.alphas[str(r)], cfg=server.cfg, out=out,
-                              progress=False, theta_norms=server.state.theta_norms.get(str(r)),
-                              device=resolve_device(server.cfg.device),
-                              base=Checkpoint(server.state.base_dir))  # fmt: skip
-            recomputed = stats["commitments"]["result"]
+        recomputed = server.replay(entry["round"], files)
     finally:
         quiet.setLevel(level)
     if recomputed != entry["result"]:

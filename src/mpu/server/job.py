@@ -208,7 +208,10 @@ class Server:
     def round(self) -> int:
         return self.state.round
 
-    def _streams(self):
+    def secret_streams(self):
+        """The job's random streams (noise, maps, residual), derived from the secret key — or the
+        paper's public seeds under `seeds=paper_public`. Server-side only: whoever holds them
+        can undo every copy. The audit and the transcript's replay read them from here."""
         return PaperStreams() if self.cfg.seeds == "paper_public" else SecretStreams(self.state.key)
 
     def _round_alphas(self) -> list[float]:
@@ -303,7 +306,7 @@ class Server:
         return publish_copies(
             theta,
             self.layout(theta),
-            streams=self._streams(),
+            streams=self.secret_streams(),
             round_=round_,
             alphas=alphas,
             records=records,
@@ -369,7 +372,6 @@ class Server:
             if not records or not all(r.weights_sha256 for r in records):
                 raise ConfigError(f"{self.workdir}: round {self.round} has not been published yet")
             theta = self.theta()
-            layout = self.layout(theta)
             matched = match_deltas(
                 [Path(p) for p in delta_paths],
                 job_id=self.state.job_id,
@@ -381,20 +383,7 @@ class Server:
             out = round_dir(self.workdir, self.round + 1)
             if out.exists():  # left by a crash after the commit but before the state write
                 shutil.rmtree(out)
-            stats, sigmas, norms = aggregate_updates(
-                theta,
-                layout,
-                matched,
-                streams=self._streams(),
-                round_=self.round,
-                alphas=self.state.alphas[str(self.round)],
-                cfg=self.cfg,
-                out=out,
-                progress=progress,
-                theta_norms=self.state.theta_norms.get(str(self.round)),
-                device=resolve_device(self.cfg.device),
-                base=Checkpoint(self.state.base_dir),
-            )
+            stats, sigmas, norms = self._post_process(self.round, matched, out, progress)
             commitments = stats.pop("commitments")
             audit_log.record(self.workdir, "aggregate", round=self.round,
                              theta=self._commitment(self.round),
@@ -408,6 +397,43 @@ class Server:
             self.state.round += 1
             save_state(self.workdir, self.state)
             return stats
+
+    def _post_process(self, round_: int, matched, out: Path, progress: bool):
+        """Fold the matched updates of `round_` into θ_{round_+1} at `out` (nothing else)."""
+        theta = Checkpoint(round_dir(self.workdir, round_))
+        return aggregate_updates(
+            theta,
+            self.layout(theta),
+            matched,
+            streams=self.secret_streams(),
+            round_=round_,
+            alphas=self.state.alphas[str(round_)],
+            cfg=self.cfg,
+            out=out,
+            progress=progress,
+            theta_norms=self.state.theta_norms.get(str(round_)),
+            device=resolve_device(self.cfg.device),
+            base=Checkpoint(self.state.base_dir),
+        )
+
+    def replay(self, round_: int, delta_paths: list[Path]) -> str:
+        """Post-Process of an aggregated round computed again from θ_r, the given updates and
+        the key, in a scratch folder inside the workdir; returns θ_{r+1}'s commitment (which
+        `mpu verify` compares with the logged one). The state and θ_{r+1} are not touched."""
+        import tempfile
+
+        theta = Checkpoint(round_dir(self.workdir, round_))
+        matched = match_deltas(
+            [Path(p) for p in delta_paths],
+            job_id=self.state.job_id,
+            round_=round_,
+            records=self.state.copy_records(round_),
+            key=self.state.key,
+            max_tensors=len(theta.names()),
+        )
+        with tempfile.TemporaryDirectory(prefix=".verify-", dir=self.workdir) as tmp:
+            stats, _, _ = self._post_process(round_, matched, Path(tmp) / "theta", False)
+        return stats["commitments"]["result"]
 
     # ---------------------------------------------------------------- export
     def export(self, out_dir: str | Path, *, dtype: str | None = None) -> Path:

@@ -1,0 +1,96 @@
+"""`mpu privacy audit`: run the attacks of `mpu.privacy` on a job's real copies and updates and
+measure them against the truth the server holds (θ, the base, the secret key).
+
+- `copies`: the client's view — how close θ̂ gets to θ from the copies;
+- `functional`: how much of θ's fine-tuned knowledge a copy, or θ̂, still computes;
+- `updates`: the server's view — what the updates reveal of the forget set;
+- `render`: leakage.json, leakage.md and the few numbers a report shows.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from mpu.server.job import Server
+from mpu.server.leakage.copies import (
+    RoundView,
+    client_view,
+    combining_weights,
+    invert,
+    load,
+    read_round,
+)
+from mpu.server.leakage.render import markdown, read, summary, write
+from mpu.server.leakage.updates import server_view
+
+__all__ = ["audit", "client_view", "combining_weights", "invert", "load", "markdown", "read",
+           "server_view", "summary", "write"]  # fmt: skip
+
+
+def audit(
+    workdir: str | Path,
+    *,
+    round_: int | None = None,
+    copies_dir: str | Path | None = None,
+    deltas: list[str | Path] | None = None,
+    data: str | None = None,
+    forget_split: str = "forget10",
+    limit: int = 50,
+    knowledge: str | Path | None = None,
+    knowledge_limit: int = 200,
+    out: str | Path | None = None,
+    benchmark: bool = True,
+) -> dict:
+    """Run both views on a published round (the latest by default); write leakage.json/md.
+
+    Functional leakage is scored on `knowledge` (θ's fine-tuning data; by default `data`'s
+    `full` split), `knowledge_limit` items spread over it. `benchmark=False` skips θ̂'s
+    benchmark scores (three evaluations; `mpu run` reports the reconstruction errors, logit
+    gaps and functional leakage instead)."""
+    server = Server(workdir)
+    round_ = _published_round(server, workdir, round_)
+    knowledge = knowledge if knowledge is not None else data
+    with tempfile.TemporaryDirectory() as tmp:
+        copies = (
+            sorted(p for p in Path(copies_dir).glob("copy-*") if p.is_dir())
+            if copies_dir
+            else server.regenerate(round_, Path(tmp) / "copies")
+        )
+        view = read_round(server, round_, copies)
+        result = {"client_view": client_view(server, round_, view, data=data if benchmark else None,
+                                             forget_split=forget_split, limit=limit)}  # fmt: skip
+        if knowledge is not None:
+            result["functional"] = functional_view(view, knowledge, knowledge_limit)
+    if deltas or data:
+        result["server_view"] = server_view(
+            server, round_, [Path(d) for d in deltas or []], data=data,
+            forget_split=forget_split, limit=limit,
+        )  # fmt: skip
+    if out is not None:
+        write(result, Path(out))
+    return result
+
+
+def _published_round(server: Server, workdir, round_: int | None) -> int:
+    """The round to audit: the one asked for, which must have been published, or the latest."""
+    from mpu.errors import ConfigError
+
+    published = sorted(int(r) for r in server.state.copies)
+    if not published:
+        raise ConfigError(f"{workdir}: no round has been published yet: nothing to audit")
+    if round_ is None:
+        return published[-1]
+    if round_ not in published:
+        raise ConfigError(f"{workdir}: round {round_} was not published (published: {published})")
+    return round_
+
+
+def functional_view(view: RoundView, knowledge: str | Path, limit: int) -> dict:
+    """L of each copy as published and of the client's reconstructions (leakage.functional)."""
+    from mpu.server.leakage import functional as F
+
+    items = F.knowledge(view.theta_dir, knowledge, limit)
+    recs = {"one_copy_aligned": view.with_base["one"], "all_copies_with_base": view.with_base["all"],
+            "all_copies_without_base": view.no_base["all"]}  # fmt: skip
+    return F.functional_view(view.theta_dir, view.theta, view.base, view.copies, recs, items)
