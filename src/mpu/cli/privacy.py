@@ -26,6 +26,24 @@ def _audit(args: argparse.Namespace) -> int:
     return 0
 
 
+def _plan(args: argparse.Namespace) -> int:
+    from mpu.io.checkpoint import atomic_write_json
+    from mpu.server.plan import describe, plan
+
+    knowledge = args.knowledge or args.data
+    if knowledge is None:
+        from mpu.errors import ConfigError
+
+        raise ConfigError("mpu privacy plan needs --data (its full split) or --knowledge")
+    result = plan(args.model, args.base, args.target_leakage, knowledge, copies=args.copies,
+                  residual=args.residual, limit=args.limit, verify=not args.no_check)  # fmt: skip
+    print(describe(result))
+    if args.out:
+        atomic_write_json(args.out, result)
+        print(f"written: {args.out}")
+    return 0 if result["recommendation"] is not None else 1
+
+
 def _verify(args: argparse.Namespace) -> int:
     from mpu.server.audit_log import verify
 
@@ -120,6 +138,26 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--out", required=True, help="folder for leakage.json and leakage.md")
     p.set_defaults(handler=_audit)
+
+    p = psub.add_parser(
+        "plan",
+        help="the smallest κ whose copies leak at most a target, measured on your model",
+        description="Publish round 1 of a job at a ladder of κ on your own model and base, score "
+        "the functional leakage of the copies (no client runs), and recommend the smallest κ "
+        "whose round leaks at most --target-leakage (docs/threat-model.md). Exit 1 when no κ "
+        "of the ladder reaches it.",
+    )
+    p.add_argument("--model", required=True, help="θ: the fine-tuned model folder")
+    p.add_argument("--base", required=True, help="the public base θ was fine-tuned from")
+    p.add_argument("--target-leakage", type=float, required=True, help="largest acceptable L")
+    p.add_argument("--data", help="TOFU data folder (its full split is θ's knowledge)")
+    p.add_argument("--knowledge", help="θ's fine-tuning data, if not --data's full split")
+    p.add_argument("--copies", type=int, default=4, help="m (default 4, the job default)")
+    p.add_argument("--residual", type=float, default=1.0, help="ρ (default 1)")
+    p.add_argument("--limit", type=int, default=100, help="knowledge items scored per copy")
+    p.add_argument("--no-check", action="store_true", help="skip publishing at the result")
+    p.add_argument("--out", help="write the plan and its evidence as JSON")
+    p.set_defaults(handler=_plan)
 
     p = sub.add_parser(
         "verify",

@@ -1,0 +1,35 @@
+"""`mpu privacy plan` on the tiny TOFU world: its recommendation, run again, lands where it
+predicted. Its target knows forget01 and 60 retain rows (tests/conftest.py): that is the
+knowledge whose leakage is planned."""
+
+from __future__ import annotations
+
+import pytest
+
+from mpu.server.plan import interpolate, measure, plan
+
+pytestmark = pytest.mark.slow
+
+
+def test_interpolation_is_linear_in_log_kappa_and_says_when_nothing_reaches_the_target():
+    pts = [{"kappa": 0.1, "L": 0.9}, {"kappa": 1.0, "L": 0.1}]
+    # L = 0.5 halfway between 0.9 and 0.1: halfway in log κ, √(0.1·1)
+    assert interpolate(pts, 0.5) == pytest.approx(0.1**0.5)
+    assert interpolate(pts, 0.95) == 0.1  # already under the target at the smallest κ
+    assert interpolate(pts, 0.05) is None
+
+
+def test_running_the_recommendation_lands_within_a_tenth_of_the_prediction(tofu_world, tmp_path):
+    data, models = tofu_world
+    knowledge = f"{data}/forget01"
+    result = plan(models / "target", models / "base", 0.5, knowledge, copies=2, limit=40)
+    rec = result["recommendation"]
+    assert rec is not None and rec["server.residual"] == 1.0
+    # an independent publication (a fresh secret key) at the recommended κ
+    again = measure(models / "target", models / "base", knowledge, kappa=rec["server.kappa"],
+                    copies=2, residual=1.0, limit=40, work=tmp_path)  # fmt: skip
+    assert again["L"] == pytest.approx(result["predicted_leakage"], abs=0.1)
+    # the ladder's evidence is what the recommendation was read from: L falls as κ grows
+    # until the target is crossed
+    ells = [p["L"] for p in result["evidence"]]
+    assert ells[0] > 0.5 >= min(ells)
