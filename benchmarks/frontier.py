@@ -179,8 +179,9 @@ def figure(summary: list[dict], path: Path) -> None:
 
 
 def extend(args, inputs: dict, kappas: list[float]) -> list[float]:
-    """κ × 3 while the most telling copy at the largest κ keeps L ≥ 0.5 (at most 4 steps)."""
-    for _ in range(4):
+    """κ × 3 while the most telling copy at the largest κ keeps L ≥ 0.5 (up to κ = 10, the
+    largest the server accepts)."""
+    while kappas[-1] * 3 <= 10:
         top = [s for s in summarise(collect(args.out)) if s["cell"].startswith(f"k{kappas[-1]:g}-")]
         if not top or _mean(s["L_one"] for s in top) < 0.5:
             break

@@ -73,6 +73,27 @@ def is_block_parameter(config, name: str) -> bool:
     return re.match(spec_for(config.model_type).block_pattern, name) is not None
 
 
+EMULATOR_CONFIG_KEY = "mpu_emulator"  # config.json of an emulator copy (mpu.server.emulator)
+
+
+def block_index(config, name: str) -> int | None:
+    """The decoder block a parameter belongs to (found anywhere in the name, so wrapped
+    models' prefixed names count too), or None."""
+    found = re.search(spec_for(config.model_type).block_pattern.lstrip("^"), name)
+    return None if found is None else int(found.group(1))
+
+
+def frozen_block(config, name: str) -> bool:
+    """Whether parameter `name` of a published copy must stay frozen: a block of an emulator
+    copy that the server does not apply (its config says which it does). Nothing outside the
+    blocks, and nothing of an ordinary copy, is frozen."""
+    emulator = getattr(config, EMULATOR_CONFIG_KEY, None)
+    if not emulator:
+        return False
+    layer = block_index(config, name)
+    return layer is not None and layer not in emulator["trainable_blocks"]
+
+
 def output_embedding_name(config) -> str:
     """The LM head weight's parameter name."""
     return spec_for(config.model_type).output_embedding

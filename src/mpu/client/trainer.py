@@ -126,8 +126,11 @@ def round_schedule(n_forget: int, cfg: ClientSettings, rounds: int) -> list[dict
 
 
 def select_trainable(model: torch.nn.Module, scope: str) -> list[tuple[str, torch.nn.Parameter]]:
-    """Named parameters in scope `all`, `decoder` (decoder blocks) or a regex (re.search)."""
-    named = list(model.named_parameters())
+    """Named parameters in scope `all`, `decoder` (decoder blocks) or a regex (re.search) — never
+    the emulator blocks of an emulator copy (`mpu.arch.frozen_block`)."""
+    from mpu.arch import frozen_block
+
+    named = [(n, p) for n, p in model.named_parameters() if not frozen_block(model.config, n)]
     if scope == "all":
         return named
     if scope == "lora":  # the adapters `attach_lora` added (PEFT names them lora_A / lora_B)

@@ -112,6 +112,14 @@ class JobConfig:
         "how close any combination of the copies gets to θ, at a first-order utility cost "
         "(docs/threat-model.md)",
     )
+    emulator: str = field(
+        "off",
+        help="'off' (every copy holds every block) or 'layer_drop': copies keep the first and "
+        "last emulator_outer blocks (the client trains these) and every emulator_stride-th "
+        "middle block (frozen); the blocks in between are never sent (docs/threat-model.md)",
+    )
+    emulator_outer: int = field(2, help="emulator: blocks kept and trained at each end")
+    emulator_stride: int = field(2, help="emulator: keep every n-th middle block (1 keeps all)")
 
     def __post_init__(self) -> None:
         check_number(self, "copies", self.copies, low=1, high=64, allow_none=False)
@@ -131,6 +139,10 @@ class JobConfig:
         ):
             raise ConfigError(f"gate_blocks must be an integer ≥ 0, got {self.gate_blocks!r}")
         check_device_name(self.device)
+        for name in ("emulator_outer", "emulator_stride"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{name} must be an integer ≥ 1, got {value!r}")
         check_number(
             self, "median_factor", self.median_factor, low=1, low_open=True, allow_none=False
         )
@@ -144,6 +156,7 @@ class JobConfig:
             ("publish_dtype", self.publish_dtype, PUBLISH_DTYPES),
             ("angles", self.angles, ("continuous", "quarter_turn")),
             ("vo_map", self.vo_map, ("haar", "same_as_qk")),
+            ("emulator", self.emulator, ("off", "layer_drop")),
         ):
             if value not in allowed:
                 raise ConfigError(f"{name} must be one of {allowed}, got {value!r}")

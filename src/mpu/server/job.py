@@ -38,6 +38,7 @@ from mpu.protocol.rng import PaperStreams, SecretStreams, new_master_key
 from mpu.server import audit_log
 from mpu.server.aggregate import aggregate_updates, match_deltas
 from mpu.server.config import JobConfig, draw_alphas
+from mpu.server.emulator import EmulatedDelta, emulator_of
 from mpu.server.publish import DTYPES, check_sigmas, publish_copies, scan
 from mpu.server.state import (
     STATE_FILE,
@@ -149,6 +150,7 @@ class Server:
         theta, base_ck = Checkpoint(model), Checkpoint(base)
         config = load_config(theta.path)  # read once: the layout and the gate both need it
         layout = classify(theta, config)
+        emulator_of(cfg, layout)  # an emulator the model cannot hold is refused now
         base_type = base_ck.config.get("model_type")
         if base_type != theta.config.get("model_type"):
             raise CheckpointError(
@@ -401,9 +403,15 @@ class Server:
     def _post_process(self, round_: int, matched, out: Path, progress: bool):
         """Fold the matched updates of `round_` into θ_{round_+1} at `out` (nothing else)."""
         theta = Checkpoint(round_dir(self.workdir, round_))
+        layout = self.layout(theta)
+        emulator = emulator_of(self.cfg, layout)
+        if emulator is not None:  # the adapter's updates, in θ's names; the rest is zero
+            matched = [(rec, EmulatedDelta(d, emulator, layout, theta)) for rec, d in matched]
+            log.info("emulator copies: only the %d outer blocks at each end (and the tensors "
+                     "outside the blocks) are updated", emulator.outer)  # fmt: skip
         return aggregate_updates(
             theta,
-            self.layout(theta),
+            layout,
             matched,
             streams=self.secret_streams(),
             round_=round_,

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from mpu.errors import ConfigError
 
-LADDER = (0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0)
+LADDER = (0.03, 0.1, 0.3, 1.0, 3.0, 10.0)  # JobConfig allows κ ≤ 10
 
 
 def measure(theta: Path, base: Path, knowledge, *, kappa: float, copies: int, residual: float,

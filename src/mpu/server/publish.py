@@ -29,7 +29,7 @@ import torch
 
 from mpu.arch.base import Layout
 from mpu.errors import CheckpointError, ConfigError
-from mpu.io.checkpoint import Checkpoint, CheckpointWriter, retype_layout, set_mtimes
+from mpu.io.checkpoint import Checkpoint, CheckpointWriter, TensorSpec, set_mtimes
 from mpu.io.delta import Ticket, write_ticket
 from mpu.io.pipeline import flat_spans, ordered_map
 from mpu.io.transcript import tensor_leaf
@@ -341,15 +341,17 @@ def publish_copies(
     m = len(alphas)
     transforms = TransformCache(streams, round_, layout, cfg, device)
     transforms.warm(range(m))
-    out_layout = retype_layout(theta.layout(), {n: publish_dtype for n in theta.names()})
+    rename, config_updates = copy_names(theta, layout, cfg)
+    out_layout = [(f, [TensorSpec(rename[s.name], publish_dtype, s.shape) for s in specs
+                       if rename[s.name] is not None]) for f, specs in theta.layout()]  # fmt: skip
     by_k = sorted(records, key=lambda r: r.k)
     dtype_name = str(publish_dtype).removeprefix("torch.")
     writers = [
         CheckpointWriter(
             out_dir / r.folder,
-            out_layout,
+            [(f, specs) for f, specs in out_layout if specs],
             aux_from=theta,
-            config_updates={"dtype": dtype_name},
+            config_updates={"dtype": dtype_name, **config_updates},
             stage_in=stage_in,
             hash_contents=True,
             hash_tensors=True,
@@ -362,7 +364,7 @@ def publish_copies(
     )
     changed = [[0, 0] for _ in range(m)]
     worst = [1.0] * m
-    names = theta.names()
+    names = [n for n in theta.names() if rename[n] is not None]
     bar = tqdm(
         total=len(names),
         desc=f"publish round {round_} ({m} copies)",
@@ -380,10 +382,10 @@ def publish_copies(
                               workers=WORKERS)  # fmt: skip
         for name, outs, stats in results:
             if outs is None:  # a large elementwise tensor: made and written part by part
-                stats = _write_parts(writers, name, work.parts(name))
+                stats = _write_parts(writers, rename[name], work.parts(name))
             else:
                 for k in range(m):
-                    writers[k].add(name, outs[k])
+                    writers[k].add(rename[name], outs[k])
             for k in range(m):
                 moved, total = stats[k]
                 if total:
@@ -417,6 +419,18 @@ def publish_copies(
         pool.shutdown(wait=True)
         bar.close()
     return _report(by_k, changed, worst, cfg, publish_dtype)
+
+
+def copy_names(theta: Checkpoint, layout: Layout, cfg: JobConfig) -> tuple[dict, dict]:
+    """θ's tensor name → the copy's (None: not published), and the copy's config.json updates:
+    the identity and nothing for ordinary copies, the emulator's renumbering otherwise."""
+    from mpu.server.emulator import emulator_of
+
+    emulator = emulator_of(cfg, layout)
+    if emulator is None:
+        return {n: n for n in theta.names()}, {}
+    rename = {n: emulator.copy_name(layout, n) for n in theta.names()}
+    return rename, emulator.config(theta.config)
 
 
 def _write_parts(writers: list[CheckpointWriter], name: str, parts) -> list[tuple[int, int]]:

@@ -83,7 +83,7 @@ def with_secrets(
       residual: the copies *determine* θ, only the maps hide it);
     - `residual_floor`: ‖ξ‖ / ‖θ − θ_base‖, the residual noise no combination can remove."""
     from mpu.protocol.noise import noise_basis
-    from mpu.server.publish import TransformCache, noised, sigma_key
+    from mpu.server.publish import TransformCache, copy_names, noised, sigma_key
 
     cfg = server.cfg
     streams = server.secret_streams()
@@ -94,10 +94,14 @@ def with_secrets(
     basis = noise_basis(m, cfg.noise_design)
     weights = combining_weights(cfg, alphas, [k for _, k in copies])
     exact = ideal = floor = 0.0
+    rename, _ = copy_names(Checkpoint(round_dir(server.workdir, round_)), layout, cfg)
     for name in theta:
+        if rename[name] is None:  # an emulator copy lacks this block: nothing to undo
+            continue
         target = theta[name].double()
         inverted = [
-            transforms.apply(ck.read(name), name, k, inverse=True).double() for ck, k in copies
+            transforms.apply(ck.read(rename[name]), name, k, inverse=True).double()
+            for ck, k in copies
         ]
         combined = sum(w * y for w, y in zip(weights, inverted, strict=True))
         ideal += float((combined - target).square().sum())
@@ -137,6 +141,14 @@ class RoundView:
     no_base: dict
 
 
+def read_copy(ck: Checkpoint, rename: dict[str, str | None], base: dict) -> dict:
+    """A copy's tensors in θ's names (fp32; `rename`: θ's name → the copy's). An emulator copy
+    lacks some blocks: the client's best stand-in for them is the public base's, so every
+    reconstruction uses those."""
+    return {n: base[n].clone() if c is None else ck.read(c).to(torch.float32)
+            for n, c in rename.items()}  # fmt: skip
+
+
 def read_round(server: Server, round_: int, copies: list[Path]) -> RoundView:
     """Load the round and run the client's reconstructions once (both views share them)."""
     theta_ck = Checkpoint(round_dir(server.workdir, round_))
@@ -145,7 +157,10 @@ def read_round(server: Server, round_: int, copies: list[Path]) -> RoundView:
     base = load(Checkpoint(server.state.base_dir), [n for n in names if n not in layout.tied])
     for alias, canonical in layout.tied.items():
         base[alias] = base[canonical]
-    published = [load(Checkpoint(c), names) for c in copies]
+    from mpu.server.publish import copy_names
+
+    rename, _ = copy_names(theta_ck, layout, server.cfg)
+    published = [read_copy(Checkpoint(c), rename, base) for c in copies]
     return RoundView(
         theta_ck.path, layout, load(theta_ck, names), base, list(copies), published,
         with_base=A.reconstruct(layout, published, invert, base=base),

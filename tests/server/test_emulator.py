@@ -1,0 +1,158 @@
+"""Emulator mode (`server.emulator=layer_drop`): copies with the first and last blocks as MPU
+copies and every n-th middle block, the client training the outer blocks only, the server
+applying them to θ's outer blocks. Stride 1 keeps every block and must be ordinary MPU, bit
+for bit; both are compared under the public paper seeds so that two jobs draw the same noise."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from mpu.errors import ConfigError, UpdateRejectedError
+from mpu.io.checkpoint import Checkpoint
+from mpu.server.config import JobConfig
+from mpu.server.job import Server
+from mpu.server.state import round_dir
+from toolkit import finetune, tiny_llama, tiny_tokenizer, unlearn_copies
+
+pytestmark = pytest.mark.slow
+LAYERS = 6
+
+
+@pytest.fixture(scope="module")
+def six_blocks(tofu_world, tmp_path_factory):
+    """Base and target of a 6-block tiny Llama (the target memorises forget01)."""
+    from mpu.data import load_split
+
+    data, _ = tofu_world
+    root = tmp_path_factory.mktemp("six-blocks")
+    rows = [dict(r) for r in load_split(data, "forget01")]
+    tok = tiny_tokenizer(vocab_size=400, corpus=[f"{r['question']} {r['answer']}" for r in rows])
+    base = tiny_llama(tok, seed=0, layers=LAYERS, hidden=32)
+    base.save_pretrained(root / "base")
+    finetune(base, tok, rows, steps=30, lr=3e-3)
+    base.save_pretrained(root / "target")
+    for name in ("base", "target"):
+        tok.save_pretrained(root / name)
+    return data, root
+
+
+def _job(six_blocks, root, **settings):
+    _, models = six_blocks
+    cfg = JobConfig(kappa=0.1, copies=2, gate=False, seeds="paper_public", **settings)
+    server = Server.init(models / "target", models / "base", root / "server", cfg)
+    return server, server.publish(root / "outbox", progress=False)
+
+
+def _tensors(folder) -> dict[str, torch.Tensor]:
+    ck = Checkpoint(folder)
+    return {n: ck.read(n) for n in ck.names()}
+
+
+def test_an_emulator_that_keeps_every_block_is_ordinary_mpu_bit_for_bit(six_blocks, tmp_path):
+    data, _ = six_blocks
+    world = (data, None)
+    results = {}
+    for name, settings in (
+        ("plain", {}),
+        ("stride1", {"emulator": "layer_drop", "emulator_stride": 1}),
+    ):
+        server, copies = _job(six_blocks, tmp_path / name, **settings)
+        for c in copies:  # the same copy folders: weights and config, byte for byte
+            results.setdefault(c.name, []).append(
+                ((c / "model.safetensors").read_bytes(), (c / "config.json").read_bytes())
+            )
+        deltas = unlearn_copies(world, copies, tmp_path / name)
+        stats = server.aggregate(deltas, progress=False)
+        results.setdefault("result", []).append(stats["commitments"]["result"])
+    for key, (a, b) in results.items():
+        assert a == b, f"{key} differs between ordinary MPU and a stride-1 emulator"
+
+
+def test_layer_drop_publishes_a_shorter_copy_and_updates_only_the_outer_blocks(
+    six_blocks, tmp_path
+):
+    data, _ = six_blocks
+    server, copies = _job(six_blocks, tmp_path / "emu", emulator="layer_drop", emulator_outer=1,
+                          emulator_stride=2)  # fmt: skip
+    _, plain = _job(six_blocks, tmp_path / "plain")
+    config = json.loads((copies[0] / "config.json").read_text())
+    # middle blocks 1..4, every second kept: θ's blocks 0, 1, 3, 5 become the copy's 0..3
+    assert config["num_hidden_layers"] == 4
+    assert config["mpu_emulator"] == {"theta_blocks": 6, "kept_blocks": [0, 1, 3, 5],
+                                      "trainable_blocks": [0, 3]}  # fmt: skip
+    # the kept blocks are ordinary MPU blocks: the same bytes as the full copy's (same seeds)
+    emu, full = _tensors(copies[0]), _tensors(plain[0])
+    for theta_block, copy_block in ((0, 0), (1, 1), (3, 2), (5, 3)):
+        for name, t in full.items():
+            if name.startswith(f"model.layers.{theta_block}."):
+                moved = name.replace(f"layers.{theta_block}.", f"layers.{copy_block}.", 1)
+                assert torch.equal(emu[moved], t), moved
+    assert not any(n.startswith(("model.layers.4.", "model.layers.5.")) for n in emu)
+    # the client trains the outer blocks only; the server moves only θ's outer blocks
+    deltas = unlearn_copies((data, None), copies, tmp_path / "emu")
+    for d in deltas:
+        from mpu.io.delta import DeltaFile
+
+        delta = DeltaFile(d)
+        for name in delta.specs:
+            if name.startswith(("model.layers.1.", "model.layers.2.")):
+                assert not delta.read(name).any(), f"emulator block {name} was trained"
+    server.aggregate(deltas, progress=False)
+    before, after = _tensors(round_dir(server.workdir, 1)), _tensors(round_dir(server.workdir, 2))
+    for name in before:
+        moved = not torch.equal(before[name], after[name])
+        block = int(name.split(".")[2]) if name.startswith("model.layers.") else None
+        if block in (1, 2, 3, 4):
+            assert not moved, f"{name} is in the middle: it must not change"
+    assert any(
+        not torch.equal(before[n], after[n]) for n in before if n.startswith("model.layers.0.")
+    )
+    assert any(
+        not torch.equal(before[n], after[n]) for n in before if n.startswith("model.layers.5.")
+    )
+
+
+def test_an_update_that_does_not_fit_the_emulator_copy_is_refused(six_blocks, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    data, _ = six_blocks
+    server, copies = _job(six_blocks, tmp_path, emulator="layer_drop", emulator_outer=1)
+    deltas = unlearn_copies((data, None), copies, tmp_path)
+    path = deltas[0]
+    tensors = load_file(str(path))
+    metadata = __import__("safetensors").safe_open(str(path), "pt").metadata()
+    tensors["model.layers.5.mlp.up_proj.weight"] = tensors[
+        "model.layers.0.mlp.up_proj.weight"
+    ].clone()
+    save_file(tensors, str(path), metadata=metadata)
+    with pytest.raises(UpdateRejectedError, match=r"unknown tensor 'model\.layers\.5\."):
+        server.aggregate(deltas, progress=False)
+
+
+def test_init_refuses_an_emulator_the_model_cannot_hold(six_blocks, tmp_path):
+    with pytest.raises(ConfigError, match="6 blocks, fewer than the 8 outer blocks"):
+        _job(six_blocks, tmp_path, emulator="layer_drop", emulator_outer=4)
+    with pytest.raises(ConfigError, match="emulator must be one of"):
+        JobConfig(emulator="distill")
+
+
+def test_the_audit_measures_an_emulator_copy_like_any_other(six_blocks, tmp_path):
+    """The client runs the emulator copy as published; the blocks it lacks are the base's in
+    every reconstruction, so even all copies together stay short of θ's knowledge."""
+    from mpu.server.leakage import audit
+
+    data, _ = six_blocks
+    knowledge = f"{data}/forget01"
+    found = {}
+    for name, settings in (("plain", {}), ("emu", {"emulator": "layer_drop", "emulator_outer": 1})):
+        server, copies = _job(six_blocks, tmp_path / name, **settings)
+        found[name] = audit(server.workdir, copies_dir=copies[0].parent, knowledge=knowledge)
+    plain, emu = found["plain"]["functional"], found["emu"]["functional"]
+    assert emu["theta"]["answer_prob"] == 1.0 and emu["base"]["answer_prob"] == 0.0
+    assert emu["one_copy"]["answer_prob"] < plain["one_copy"]["answer_prob"]
+    assert emu["all_copies_with_base"]["answer_prob"] < plain["all_copies_with_base"]["answer_prob"]
+    # the weight-space audit still reads the copies right where they hold θ's blocks
+    assert found["emu"]["client_view"]["exact_with_secrets"] < 1e-6
