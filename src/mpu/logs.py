@@ -49,6 +49,67 @@ class _TqdmHandler(logging.StreamHandler):
             self.handleError(record)
 
 
+PLAIN_EVERY_S = 10.0  # a progress line at most this often when stderr is a file or a pipe
+PLAIN_FORMAT = "{desc}: {n_fmt}/{total_fmt} ({percentage:.0f}%) [{elapsed}<{remaining}{postfix}]"
+
+
+def progress_bar(iterable=None, **kwargs):
+    """A tqdm bar on a terminal; written to a file or a pipe (CI, `nohup`, `> log 2>&1`), a
+    plain line at most every PLAIN_EVERY_S seconds and one when it ends, instead of a
+    carriage-return redraw per update that fills the log with frames."""
+    import sys
+
+    from tqdm.auto import tqdm
+
+    stream = kwargs.get("file") or sys.stderr
+    if kwargs.get("disable") or _is_terminal(stream):
+        return tqdm(iterable, **kwargs)
+    return _plain_bar_class()(iterable, **kwargs)
+
+
+def _is_terminal(stream) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):
+        return False
+
+
+def _plain_bar_class():
+    from tqdm import tqdm as std_tqdm
+
+    class PlainBar(std_tqdm):
+        """tqdm that prints whole plain lines, throttled: none at the start, one at the end."""
+
+        def __init__(self, *args, **kwargs):
+            kwargs.setdefault("mininterval", PLAIN_EVERY_S)
+            kwargs["bar_format"] = PLAIN_FORMAT
+            self._last_line = float("-inf")
+            self._ending = False
+            super().__init__(*args, **kwargs)
+
+        def display(self, msg=None, pos=None):
+            import time
+
+            now = time.monotonic()
+            if not self._ending and (not self.n or now - self._last_line < PLAIN_EVERY_S):
+                return True
+            self._last_line = now
+            self.fp.write((msg or self.__str__()).strip() + "\n")
+            self.fp.flush()
+            return True
+
+        def close(self):
+            if self.disable:
+                return
+            self._ending = True
+            if self.n or self.leave:
+                self.display()
+            self.disable = True
+            self._decr_instances(self)
+
+    return PlainBar
+
+
 def console_handler(level: int) -> logging.Handler:
     handler = _TqdmHandler()
     handler.setLevel(level)

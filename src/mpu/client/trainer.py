@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
 from mpu.arch import is_block_parameter
 from mpu.client.adapters import (
@@ -36,6 +35,7 @@ from mpu.client.distributed import current_processes
 from mpu.client.train_config import ClientSettings, ClientTrainConfig
 from mpu.devices import resolve_device
 from mpu.errors import ConfigError, DataError
+from mpu.logs import progress_bar
 from mpu.text import PromptFormat, resolve_prompt
 
 log = logging.getLogger("mpu.client")
@@ -359,7 +359,7 @@ def train_unlearning(
     n_mb = step = in_window = 0
     last_epoch = 0
     train_model.train()
-    bar = tqdm(total=total_local, desc=f"{spec.name} unlearning", disable=not progress)
+    bar = progress_bar(total=total_local, desc=f"{spec.name} unlearning", disable=not progress)
     try:
         opt.zero_grad(set_to_none=True)
         while step < total_local:

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
+from mpu.logs import progress_bar
 from mpu.text import IGNORE_INDEX, Encoded, collate
 
 
@@ -98,7 +98,9 @@ def score_items(
     model.eval()
     device = model_device(model)
     out: list[ItemStats] = []
-    bar = tqdm(total=len(encoded), desc=desc, leave=False, unit="item", disable=not progress)
+    bar = progress_bar(
+        total=len(encoded), desc=desc, leave=False, unit="item", disable=not progress
+    )
     for idx in chunks(len(encoded), batch_size):
         items = [encoded[i] for i in idx]
         batch = collate(
@@ -177,7 +179,9 @@ def greedy_generate(
     if getattr(model.generation_config, "eos_token_id", None) is None and eos is not None:
         extra["eos_token_id"] = eos
     texts: list[str] = []
-    bar = tqdm(total=len(prompts), desc=desc, leave=False, unit="item", disable=not progress)
+    bar = progress_bar(
+        total=len(prompts), desc=desc, leave=False, unit="item", disable=not progress
+    )
     for idx in chunks(len(prompts), batch_size):
         batch = collate([prompts[i] for i in idx], pad_id=pad_id, side="left", mask_mode=mask_mode)
         ids = batch["input_ids"].to(device)
@@ -240,7 +244,7 @@ def gradnorm_scores(
     model.train()
     scores: list[float] = []
     try:
-        for e in tqdm(encoded, desc=desc, leave=False, unit="item", disable=not progress):
+        for e in progress_bar(encoded, desc=desc, leave=False, unit="item", disable=not progress):
             batch = collate([e.input_ids], pad_id=pad_id, mask_mode=mask_mode)
             ids = batch["input_ids"].to(device)
             labels = torch.tensor(e.labels, device=device)

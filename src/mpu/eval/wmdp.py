@@ -8,11 +8,11 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
 from mpu.errors import ConfigError, DataError
 from mpu.eval.io import DataSource, get_rows, require
 from mpu.eval.primitives import chunks, model_device
+from mpu.logs import progress_bar
 
 SUBJECTS = {"bio": "biology", "chem": "chemistry", "cyber": "cybersecurity"}
 LETTERS = ("A", "B", "C", "D")
@@ -90,7 +90,7 @@ def evaluate_wmdp(
         require(rows, ("question", "choices", "answer"), f"{config}/{split}")
         task = config.replace("-", "_")
         vbi: dict[Any, dict] = {}
-        for idx in tqdm(
+        for idx in progress_bar(
             list(chunks(len(rows), batch_size)), desc=task, leave=False, disable=not progress
         ):
             pairs, owners = [], []

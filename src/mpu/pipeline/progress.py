@@ -18,13 +18,15 @@ class JobBoard:
     """A tqdm bar over jobs, its postfix naming each running job's current phase."""
 
     def __init__(self, names: Sequence[str], *, enabled: bool, desc: str = "jobs"):
-        from tqdm.auto import tqdm
+        from mpu.logs import progress_bar
 
         self.total = len(names)
         self.queued = list(names)
         self.running: dict[str, str] = {}
         self.done = 0
-        self.bar = tqdm(total=self.total, desc=desc, unit="job", disable=not enabled, leave=True)
+        self.bar = progress_bar(
+            total=self.total, desc=desc, unit="job", disable=not enabled, leave=True
+        )
         self.handler = _BoardHandler(self)
 
     def update(self, job: str, phase: str, done: int | None, total: int | None) -> None:

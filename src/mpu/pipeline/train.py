@@ -70,7 +70,7 @@ def train_lm(
     on_epoch_end: Callable[[int, float], None] | None = None,
 ) -> TrainStats:
     """Train `model` in place on encoded items (answer-only labels); returns TrainStats."""
-    from tqdm.auto import tqdm
+    from mpu.logs import progress_bar
 
     if not items:
         raise ValueError(f"{desc}: nothing to train on")
@@ -92,7 +92,7 @@ def train_lm(
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
     tokens, step, t0 = 0, 0, time.perf_counter()
     epoch_loss = float("nan")
-    bar = tqdm(
+    bar = progress_bar(
         total=total, desc=desc, unit="step", disable=not progress, leave=False, position=position
     )
     for epoch in range(epochs):

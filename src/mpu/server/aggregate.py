@@ -202,7 +202,7 @@ def aggregate_updates(
     """Write θ_{r+1} (fp32) to `out`. Returns (update statistics, the next round's σ, ‖θ_{r+1,t}‖)
     — the next publication needs both, and the new tensors are in hand here. Raises before
     `out` exists if any check fails."""
-    from tqdm.auto import tqdm
+    from mpu.logs import progress_bar
 
     for _, delta in matched:
         check_layout(theta, layout, delta)
@@ -313,7 +313,7 @@ def aggregate_updates(
     mean_sq = 0.0
     new_norms: dict[str, float] = {}
     moments = []
-    bar = tqdm(
+    bar = progress_bar(
         total=len(names), desc=f"aggregate round {round_}", disable=not progress, unit="tensor"
     )
     try:

@@ -336,7 +336,7 @@ def publish_copies(
     device: str = "cpu",
 ) -> dict[str, dict]:
     """Write every copy folder of the round under `out_dir`; returns per-folder noise statistics."""
-    from tqdm.auto import tqdm
+    from mpu.logs import progress_bar
 
     m = len(alphas)
     transforms = TransformCache(streams, round_, layout, cfg, device)
@@ -365,7 +365,7 @@ def publish_copies(
     changed = [[0, 0] for _ in range(m)]
     worst = [1.0] * m
     names = [n for n in theta.names() if rename[n] is not None]
-    bar = tqdm(
+    bar = progress_bar(
         total=len(names),
         desc=f"publish round {round_} ({m} copies)",
         disable=not progress,
