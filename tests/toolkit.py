@@ -323,7 +323,9 @@ def unlearn_copies(tofu_world, copies, root, **client):
     from mpu.client.unlearn import load_client_data, unlearn_copy
 
     data, _ = tofu_world
-    cfg = ClientTrainConfig(method="GradAscent", epochs=1, batch_size=4, lr=1e-3, **client)
+    cfg = ClientTrainConfig(
+        **{"method": "GradAscent", "epochs": 1, "batch_size": 4, "lr": 1e-3, **client}
+    )
     client_data = load_client_data(data, "forget01", cfg)
     return [  # resolved per copy with the model's size: fp32 for this tiny model
         unlearn_copy(c, client_data, cfg, root / f"client-{c.name}", progress=False)[1]

@@ -117,6 +117,11 @@ class ClientTrainConfig:
         help="trainable scope: all | decoder (decoder blocks) | lora (adapters, merged before "
         "the delta) | a regex on parameter names",
     )
+    report_to: str = field(
+        "none",
+        help="where the per-step curves go besides curves.jsonl: none | tensorboard (event "
+        "files in OUT/tensorboard; needs the tensorboard extra)",
+    )
     lora: LoRAConfig = dataclasses.field(
         default_factory=LoRAConfig,
         metadata={
@@ -195,6 +200,9 @@ class ClientTrainConfig:
                 raise ConfigError(
                     f"ClientTrainConfig.trainable={self.trainable!r}: {exc}"
                 ) from None
+        from mpu.client.curves import check_report_to
+
+        check_report_to(self.report_to)
         if isinstance(self.prompt, dict):
             self.prompt = PromptConfig(**self.prompt)
         if isinstance(self.dp, dict):
@@ -316,6 +324,7 @@ class ClientSettings:
     reference_device: str = "same"
     reference_precision: str = "same"
     defaults_rule: str = ""  # which unset values the small-model rule filled in
+    report_to: str = "none"
 
     def replace(self, **changes: Any) -> ClientSettings:
         return dataclasses.replace(self, **changes)

@@ -375,7 +375,7 @@ def train_unlearning(
                         f"{spec.name}: non-finite loss {float(loss)} at step {step}"
                     )
                 (loss / g).backward()
-                window.append(logs)
+                window.append({**logs, "tokens": _tokens(batch)})
             in_window += 1
             if eff.accumulation == "epoch_flush":
                 do_step = (k + 1) % g == 0 or k + 1 == per_epoch
@@ -404,7 +404,8 @@ def train_unlearning(
             step += 1
             # this process's micro-batches (process 0 always has the window's first one)
             rec = {k2: sum(w.get(k2, 0.0) for w in window) / len(window) for k2 in window[0]}
-            rec.update(step=offset + step, epoch=epoch, lr=lr, grad_norm=float(gn))
+            rec.update(step=offset + step, epoch=epoch, lr=lr, grad_norm=float(gn),
+                       tokens=int(sum(w["tokens"] for w in window)))  # fmt: skip
             steps.append(rec)
             window = []
             bar.update(1)
@@ -447,6 +448,17 @@ def train_unlearning(
     logs["prompt_format"] = fmt.to_dict()
     logs["forget_loss"] = {"before": loss_before, "after": loss_after}
     return TrainResult(model, logs, step, eff.to_log())
+
+
+def _tokens(batch) -> int:
+    """Non-padding tokens of a batch (every `attention_mask` in it, however nested)."""
+    if isinstance(batch, dict):
+        if "attention_mask" in batch and isinstance(batch["attention_mask"], torch.Tensor):
+            return int(batch["attention_mask"].sum())
+        return sum(_tokens(v) for v in batch.values())
+    if isinstance(batch, list | tuple):
+        return sum(_tokens(v) for v in batch)
+    return 0
 
 
 @torch.no_grad()

@@ -128,6 +128,10 @@ def unlearn_copy(
     if not procs.is_main:  # identical weights on every process; process 0 writes them
         procs.wait()
         return model_dir, delta, {"steps": result.step_count, "process": procs.index}
+    from mpu.client.curves import write_curves
+
+    out.mkdir(parents=True, exist_ok=True)
+    write_curves(out, result.logs["steps"], eff.report_to)
     result.model.to("cpu").save_pretrained(model_dir, safe_serialization=True)
     tokenizer.save_pretrained(model_dir)
     stats: dict = {}

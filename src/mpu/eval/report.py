@@ -164,6 +164,12 @@ def _plots(runs: Sequence[dict]) -> list[tuple[str, str, bytes, bytes]]:
         ("sweep_kappa", "Sweep over κ", plots.sweep(runs, "kappa")),
         ("sweep_m", "Sweep over m", plots.sweep(runs, "m")),
     ]  # fmt: skip
+    from mpu.eval.curves_plot import curves
+
+    for method in sorted({r["method"] for r in runs if r.get("method")}):
+        candidates.append((f"curves_{method}", f"Training curves of {method}: forget and retain "
+                           "loss per optimizer step of every client run (Clean, Noised, each MPU "
+                           "copy)", curves(runs, method)))  # fmt: skip
     return [
         (stem, cap, plots.encode(fig, "png"), plots.encode(fig, "svg"))
         for stem, cap, fig in candidates

@@ -30,6 +30,17 @@ from mpu.text import PromptConfig
 
 
 @dataclasses.dataclass
+def keep_curves(work: Path, dest: Path) -> None:
+    """Every client run's curves.jsonl of a job (round r, copy folder) into `dest`, as
+    `round{r}-{copy}.jsonl`: the work folder goes, the curves stay for the report."""
+    from mpu.client.curves import CURVES_FILE
+
+    for path in sorted(work.glob(f"round*/client-*/{CURVES_FILE}")):
+        dest.mkdir(parents=True, exist_ok=True)
+        name = f"{path.parent.parent.name}-{path.parent.name.removeprefix('client-')}.jsonl"
+        shutil.copyfile(path, dest / name)
+
+
 class ExperimentConfig:
     """An experiment recipe (YAML keys = these fields; `key=value` overrides on the command line)."""
 
@@ -181,6 +192,7 @@ class Experiment:
             t = time.perf_counter()
             audit_job(self.cfg, work, data, self.out / "eval" / name)
             self.timings[f"audit/{name}"] = time.perf_counter() - t
+        keep_curves(work, self.out / "curves" / name)
         if not self.cfg.keep_models:
             shutil.rmtree(work, ignore_errors=True)
         return self.timings
