@@ -82,6 +82,18 @@ def test_mpu_run_writes_a_report_from_real_evaluation(tofu_world, tmp_path, caps
     assert retain["forget_quality"] == pytest.approx(1.0)  # the retain model scored against itself
     assert (out / "report.html").is_file() and (out / "report.md").is_file()
     assert "report:" in capsys.readouterr().out
+    # every client run's curves are kept (Clean and Noised: one copy; MPU: each of its m) and
+    # the report draws them
+    from mpu.client.curves import read_jsonl
+
+    m = report["runs"][-1]["m"]
+    for variant, copies in (("clean", 1), ("noised", 1), ("mpu", m)):
+        kept = sorted((out / "curves" / f"NPO-{variant}").glob("round*-copy-*.jsonl"))
+        assert len({p.name.split("-", 1)[1] for p in kept}) == copies, (variant, kept)
+        assert all("forget_loss" in rec for p in kept for rec in read_jsonl(p))
+    assert (out / "curves_NPO.png").is_file() and "Training curves of NPO" in (
+        out / "report.md"
+    ).read_text()
     # a second run reuses every evaluation: no log is rewritten, the numbers are the same
     logs = {run["eval_file"]: (out / run["eval_file"]).stat().st_mtime_ns for run in report["runs"]}
     assert _mpu_run(data, models, out) == 0

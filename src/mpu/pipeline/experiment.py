@@ -30,17 +30,6 @@ from mpu.text import PromptConfig
 
 
 @dataclasses.dataclass
-def keep_curves(work: Path, dest: Path) -> None:
-    """Every client run's curves.jsonl of a job (round r, copy folder) into `dest`, as
-    `round{r}-{copy}.jsonl`: the work folder goes, the curves stay for the report."""
-    from mpu.client.curves import CURVES_FILE
-
-    for path in sorted(work.glob(f"round*/client-*/{CURVES_FILE}")):
-        dest.mkdir(parents=True, exist_ok=True)
-        name = f"{path.parent.parent.name}-{path.parent.name.removeprefix('client-')}.jsonl"
-        shutil.copyfile(path, dest / name)
-
-
 class ExperimentConfig:
     """An experiment recipe (YAML keys = these fields; `key=value` overrides on the command line)."""
 
@@ -138,6 +127,17 @@ class ExperimentConfig:
 
 def _say(msg: str) -> None:
     print(msg, flush=True)  # the terminal narrative of a run (logs go to stderr)
+
+
+def keep_curves(work: Path, dest: Path) -> None:
+    """Every client run's curves.jsonl of a job (round r, copy folder) into `dest`, as
+    `round{r}-{copy}.jsonl`: the work folder goes, the curves stay for the report."""
+    from mpu.client.curves import CURVES_FILE
+
+    for path in sorted(work.glob(f"round*/client-*/{CURVES_FILE}")):
+        dest.mkdir(parents=True, exist_ok=True)
+        name = f"{path.parent.parent.name}-{path.parent.name.removeprefix('client-')}.jsonl"
+        shutil.copyfile(path, dest / name)
 
 
 class Experiment:
