@@ -197,7 +197,9 @@ def client_view(
         "copies": len(copies),
         "kappa": server.cfg.kappa,
         "residual": server.cfg.residual,
-        "alphas_by_copy": [alphas[records[c.name].k] for c in copies],
+        # the server's secret, kept apart and named as such: leakage.json is a server-side
+        # report; share leakage.md (which never prints α) or strip this key
+        "server_secret": {"alphas_by_copy": [alphas[records[c.name].k] for c in copies]},
         "task_vector_norm": task,
         "task_ratio": task / A.norm(theta),
         "one_copy_unaligned": _rel(published[0], theta, task),
