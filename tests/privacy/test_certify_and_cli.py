@@ -84,7 +84,8 @@ def test_privacy_audit_cli_reports_both_views_and_theta_hat_scores(
     # the certificate can carry the audit's figures and the transcript head
     out = tmp_path / "certificate.json"
     (tmp_path / "e.json").write_text(json.dumps(_log(0.4, 0.5, 0.6)))
-    main(["certify", "--eval", str(tmp_path / "e.json"), "--original", str(tmp_path / "e.json"),
+    (tmp_path / "o.json").write_text(json.dumps(_log(1e-20, 1.0, 0.62)))
+    main(["certify", "--eval", str(tmp_path / "e.json"), "--original", str(tmp_path / "o.json"),
           "--leakage", str(tmp_path / "audit"), "--workdir", str(server.workdir), "--out", str(out)])  # fmt: skip
     cert = json.loads(out.read_text())
     assert cert["leakage"]["all_copies_with_base"] == result["client_view"]["all_copies_with_base"]
@@ -93,6 +94,15 @@ def test_privacy_audit_cli_reports_both_views_and_theta_hat_scores(
         .sha256((server.workdir / "audit.log").read_bytes().split(b"\n")[-2])
         .hexdigest()
     )
+    # an audit of another job is not certified beside this workdir
+    other = json.loads((tmp_path / "audit" / "leakage.json").read_text())
+    other["job_id"] = "0123456789abcdef"
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "leakage.json").write_text(json.dumps(other))
+    assert main(["certify", "--eval", str(tmp_path / "e.json"), "--original", str(tmp_path / "o.json"),
+                 "--leakage", str(tmp_path / "other"), "--workdir", str(server.workdir),
+                 "--out", str(tmp_path / "c2.json")]) == 2  # fmt: skip
+    assert "the audit is of job '0123456789abcdef'" in capsys.readouterr().err
 
 
 def test_audit_refuses_a_round_never_published(tofu_world, tmp_path, capsys):
@@ -102,3 +112,43 @@ def test_audit_refuses_a_round_never_published(tofu_world, tmp_path, capsys):
     code = main(["privacy", "audit", "--workdir", str(server.workdir), "--round", "3",
                  "--out", str(tmp_path / "a")])  # fmt: skip
     assert code == 2 and "round 3 was not published" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("unlearned", "extra", "message"),
+    [
+        (_log(5.0, 0.5, 0.6), [], r"forget_quality = 5\.0 is outside \[0, 1\]"),
+        (_log(True, 0.5, 0.6), [], "forget_quality is bool"),
+        (_log(0.4, 0.5, "0.6"), [], "model_utility is str"),
+        (_log(0.4, 0.5, [0.6]), [], "model_utility is list"),
+        (_log(0.4, 0.5, -0.1), [], r"model_utility = -0\.1 is outside"),
+        (_log(0.4, 0.5, 0.6), ["--epsilon", "nan", "--delta", "1e-5"], "--epsilon nan"),
+        (_log(0.4, 0.5, 0.6), ["--delta", "1e-5"], "--epsilon and --delta go together"),
+        (_log(0.4, 0.5, 0.6), ["--epsilon", "8", "--delta", "2"], "--delta 2.0"),
+        (_log(1e-20, 1.0, 0.62), [], "the same as the original's"),
+    ],
+)
+def test_certify_refuses_impossible_or_mistyped_values(tmp_path, capsys, unlearned, extra, message):
+    u, o = tmp_path / "u.json", tmp_path / "o.json"
+    u.write_text(json.dumps(unlearned))
+    o.write_text(json.dumps(_log(1e-20, 1.0, 0.62)))
+    out = tmp_path / "certificate.json"
+    assert main(["certify", "--eval", str(u), "--original", str(o), *extra, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and __import__("re").search(message, err), err
+    assert not out.exists()
+
+
+def test_certify_refuses_infinity_and_one_file_as_both(tmp_path, capsys):
+    u = tmp_path / "u.json"
+    u.write_text('{"forget_quality": {"agg_value": 0.4}, "model_utility": {"agg_value": Infinity}}')
+    o = tmp_path / "o.json"
+    o.write_text(json.dumps(_log(1e-20, 1.0, 0.62)))
+    assert (
+        main(["certify", "--eval", str(u), "--original", str(o), "--out", str(tmp_path / "c")]) == 2
+    )
+    assert "model_utility = inf is outside" in capsys.readouterr().err
+    assert (
+        main(["certify", "--eval", str(o), "--original", str(o), "--out", str(tmp_path / "c")]) == 2
+    )
+    assert "the same as the original's" in capsys.readouterr().err

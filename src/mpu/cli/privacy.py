@@ -82,7 +82,10 @@ def _certify(args: argparse.Namespace) -> int:
     if args.leakage:
         from mpu.server.leakage import read, summary
 
-        leakage = summary(read(Path(args.leakage)))
+        audited = read(Path(args.leakage))
+        if args.workdir:
+            _same_job(audited, Path(args.workdir), args.leakage)
+        leakage = summary(audited)
     transcript = None
     if args.workdir:
         from mpu.server.audit_log import transcript as log_of_job
@@ -95,6 +98,9 @@ def _certify(args: argparse.Namespace) -> int:
     cert = certify(log_of(args.eval), log_of(args.original), thresholds=thresholds,
                    leakage=leakage, dp_epsilon=args.epsilon, dp_delta=args.delta,
                    transcript=transcript)  # fmt: skip
+    import json
+
+    json.dumps(cert, allow_nan=False)  # strict JSON: every number the checks let through is finite
     atomic_write_json(args.out, cert)
     print(f"{cert['statement']} -> {args.out}")
     for c in cert["checks"]:
@@ -102,6 +108,17 @@ def _certify(args: argparse.Namespace) -> int:
         value = "—" if c["value"] is None else f"{c['value']:.4g}"
         print(f"  [{mark}] {c['check']} = {value} (needs {c['threshold']})")
     return 0 if cert["safely_unlearned"] else 1
+
+
+def _same_job(audited: dict, workdir: Path, where: str) -> None:
+    """A leakage audit certified beside a workdir must be of that workdir's job."""
+    from mpu.errors import DataError
+    from mpu.server.state import load_state
+
+    job = load_state(workdir).job_id
+    if audited.get("job_id") != job:
+        raise DataError(f"{where}: the audit is of job {audited.get('job_id')!r}, the workdir's "
+                        f"job is {job!r}")  # fmt: skip
 
 
 def register(sub: argparse._SubParsersAction) -> None:

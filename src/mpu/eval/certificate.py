@@ -37,10 +37,43 @@ class Thresholds:
         check_number(self, "utility_ratio", self.utility_ratio, low=0, allow_none=False)
 
 
+RANGES = {"forget_quality": (0.0, 1.0), "model_utility": (0.0, 1.0)}  # MIA AUCs: (0, 1) too
+
+
 def _value(log: dict, key: str) -> float | None:
+    """A metric's aggregate from an evaluation log: absent is None (the check says so); present,
+    it must be a finite number in the metric's range, or the log is refused, naming it."""
+    from mpu.errors import DataError
+
     v = log.get(key)
     v = v.get("agg_value") if isinstance(v, dict) else v
-    return None if v is None else float(v)
+    if v is None:
+        return None
+    where = f"{log.get('_source', 'evaluation log')}: {key}"
+    if isinstance(v, bool) or not isinstance(v, int | float):
+        raise DataError(f"{where} is {type(v).__name__} {str(v)[:40]!r}, not a number")
+    lo, hi = RANGES.get(key, (0.0, 1.0))
+    if not (lo <= v <= hi):  # also refuses NaN and ±Infinity
+        raise DataError(f"{where} = {v!r} is outside [{lo:g}, {hi:g}]")
+    return float(v)
+
+
+def check_inputs(unlearned: dict, original: dict, dp_epsilon, dp_delta) -> None:
+    """What a certificate may be made from: two different evaluations and a whole DP claim."""
+    from mpu.errors import ConfigError, DataError
+
+    metrics = lambda log: {k: v for k, v in log.items() if not k.startswith("_")}  # noqa: E731
+    source = unlearned.get("_source")
+    same_file = source is not None and source == original.get("_source")
+    if same_file or metrics(unlearned) == metrics(original):
+        raise DataError(f"{unlearned.get('_source')}: the unlearned model's evaluation is the same "
+                        f"as the original's ({original.get('_source')}): nothing to certify")  # fmt: skip
+    if (dp_epsilon is None) != (dp_delta is None):
+        raise ConfigError("--epsilon and --delta go together: a DP claim needs both")
+    if dp_epsilon is not None and not (0 < dp_epsilon < float("inf")):
+        raise ConfigError(f"--epsilon {dp_epsilon}: expected a finite number > 0")
+    if dp_delta is not None and not (0 < dp_delta < 1):
+        raise ConfigError(f"--delta {dp_delta}: expected a number in (0, 1)")
 
 
 def _check(name: str, value, threshold: str, ok: bool | None, why: str) -> dict:
@@ -59,6 +92,7 @@ def certify(
 ) -> dict:
     """The certificate (a JSON-ready dict) from two TOFU evaluation logs and the run's figures."""
     t = thresholds or Thresholds()
+    check_inputs(unlearned, original, dp_epsilon, dp_delta)
     fq = _value(unlearned, "forget_quality")
     auc = _value(unlearned, t.mia_metric)
     mu, mu0 = _value(unlearned, "model_utility"), _value(original, "model_utility")

@@ -181,6 +181,13 @@ class JobConfig:
             raise ConfigError(
                 f"need 0 < alpha_min ≤ alpha_max, got {self.alpha_min}, {self.alpha_max}"
             )
+        top = alpha_range(self)[1]
+        if top * self.kappa > MAX_NOISE:
+            raise ConfigError(
+                f"alphas={self.alphas} with kappa={self.kappa:g}: the largest α·κ is "
+                f"{top * self.kappa:.3g} (> {MAX_NOISE:g}): that copy's noise would be more than "
+                f"{MAX_NOISE:g}× what fine-tuning changed, and no unlearning on it could transfer"
+            )
         if self.alphas == "random" and self.aggregation == "extrapolate":
             draw_alphas(self)  # a range with no usable draw is refused now, not at publish
 
@@ -210,6 +217,21 @@ class JobConfig:
                 "copies' nodes ±α are too close; spread them apart"
             )
         return weights
+
+
+MAX_NOISE = 100.0  # largest α·κ: a copy's noise 100× what fine-tuning changed
+
+
+def alpha_range(cfg: JobConfig) -> tuple[float, float]:
+    """The smallest and largest α any round of this job can use."""
+    if cfg.alphas == "random":
+        return cfg.alpha_min, cfg.alpha_max
+    if cfg.alphas in ("auto", "linspace"):
+        auto = cfg.alphas == "auto" and cfg.aggregation == "extrapolate"
+        values = extrapolation_alphas(cfg.copies) if auto else default_alphas(cfg.copies)
+    else:
+        values = [float(a) for a in cfg.alphas.split(",")]
+    return min(values), max(values)
 
 
 def draw_alphas(cfg: JobConfig) -> list[float]:

@@ -37,9 +37,16 @@ from mpu.io.transcript import combine, commitment
 from mpu.protocol.rng import PaperStreams, SecretStreams, new_master_key
 from mpu.server import audit_log
 from mpu.server.aggregate import aggregate_updates, match_deltas
-from mpu.server.config import JobConfig, draw_alphas
+from mpu.server.config import JobConfig, alpha_range, draw_alphas
 from mpu.server.emulator import EmulatedDelta, emulator_of
-from mpu.server.publish import DTYPES, check_sigmas, publish_copies, scan
+from mpu.server.publish import (
+    DTYPES,
+    check_noise_floor,
+    check_sigmas,
+    publication_dtype,
+    publish_copies,
+    scan,
+)
 from mpu.server.state import (
     STATE_FILE,
     CopyRecord,
@@ -171,6 +178,9 @@ class Server:
             )
         leaves: dict[str, dict] = {"theta": {}, "base": {}}  # the audit log's commitments
         sigmas, norms = scan(theta, base_ck, layout, cfg, leaves=leaves)  # refuses NaN/Inf
+        if publication_dtype(cfg, theta) in DTYPES:  # else publish refuses the dtype itself
+            check_noise_floor(theta, layout, cfg, sigmas, norms, alpha_range(cfg)[0],
+                              DTYPES[publication_dtype(cfg, theta)])  # fmt: skip
         gate = cls._gate(theta, layout, cfg, config) if cfg.gate and cfg.reparameterize else None
         # replaces an r001 left by an init that crashed before its state write
         with atomic_folder(round_dir(workdir, 1)) as stage:
@@ -278,6 +288,9 @@ class Server:
                 sigmas, norms = scan(theta, Checkpoint(self.state.base_dir), layout, self.cfg)
             check_sigmas(sigmas, self.cfg, Path(self.state.base_dir))
             alphas = self._round_alphas()
+            if self._publication_dtype() in DTYPES:
+                check_noise_floor(theta, layout, self.cfg, sigmas, norms, min(alphas),
+                                  DTYPES[self._publication_dtype()])  # fmt: skip
             records = self.state.copy_records(self.round) or self._new_records()
             self._clear_interrupted(out_dir, records)
             stats = self._write_copies(self.round, alphas, records, sigmas, out_dir, progress)
@@ -295,11 +308,7 @@ class Server:
 
     def _write_copies(self, round_, alphas, records, sigmas, out_dir: Path, progress: bool) -> dict:
         theta = Checkpoint(round_dir(self.workdir, round_))
-        dtype_name = (
-            self.state.checkpoint_dtype
-            if self.cfg.publish_dtype == "checkpoint"
-            else self.cfg.publish_dtype
-        )
+        dtype_name = self._publication_dtype()
         if dtype_name not in DTYPES:
             raise ConfigError(f"cannot publish in dtype {dtype_name!r}")
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -321,6 +330,13 @@ class Server:
             progress=progress,
             stage_in=self.workdir / STAGING,
             device=resolve_device(self.cfg.device),
+        )
+
+    def _publication_dtype(self) -> str:
+        return (
+            self.state.checkpoint_dtype
+            if self.cfg.publish_dtype == "checkpoint"
+            else self.cfg.publish_dtype
         )
 
     def regenerate(self, round_: int, out_dir: str | Path) -> list[Path]:

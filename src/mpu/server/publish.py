@@ -142,6 +142,42 @@ def check_sigmas(sigmas: dict[str, float], cfg: JobConfig, where: Path) -> dict[
     return sigmas
 
 
+def publication_dtype(cfg: JobConfig, theta: Checkpoint) -> str:
+    """The dtype copies are published in: the setting, or θ's own for 'checkpoint'."""
+    if cfg.publish_dtype != "checkpoint":
+        return cfg.publish_dtype
+    return str(theta.spec(theta.names()[0]).dtype).removeprefix("torch.")
+
+
+NOISE_FLOOR = 0.01  # of the rounding step of θ's entries in the publication dtype
+
+
+def check_noise_floor(
+    theta: Checkpoint, layout: Layout, cfg: JobConfig, sigmas: dict[str, float],
+    norms: dict[str, float], smallest_alpha: float, dtype: torch.dtype,
+) -> None:  # fmt: skip
+    """Refuse a setting whose least-noised copy would publish some noised tensor unchanged:
+    noise α·σ under NOISE_FLOOR × RMS(θ_t)·eps(dtype) rounds away on all but the smallest
+    entries, so that copy would hold θ's tensor (T(θ)'s with the maps) as it is. κ = 0 is the
+    explicit noise-free control and is not checked."""
+    if cfg.kappa == 0:
+        return
+    eps = torch.finfo(dtype).eps
+    for name in theta.names():
+        key = sigma_key(name, layout, cfg)
+        if not noised(name, layout, cfg) or name in layout.tied or key not in sigmas:
+            continue
+        rms = norms[name] / math.sqrt(max(theta.spec(name).numel, 1))
+        noise, floor = smallest_alpha * sigmas[key], NOISE_FLOOR * rms * eps
+        if noise < floor:
+            raise ConfigError(
+                f"{theta.path}: the least-noised copy (α = {smallest_alpha:g}) would add noise of "
+                f"RMS {noise:.3g} to {name!r}, under the floor {floor:.3g} ({NOISE_FLOOR:g} of "
+                f"the rounding step of its entries in {str(dtype).removeprefix('torch.')}): that "
+                "copy would publish the tensor unchanged; raise kappa or the smallest alpha"
+            )
+
+
 def scan(
     theta: Checkpoint,
     base: Checkpoint,

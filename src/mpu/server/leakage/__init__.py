@@ -58,7 +58,7 @@ def audit(
             else server.regenerate(round_, Path(tmp) / "copies")
         )
         view = read_round(server, round_, copies)
-        result = {"client_view": client_view(server, round_, view, data=data if benchmark else None,
+        result = {"job_id": server.state.job_id, "client_view": client_view(server, round_, view, data=data if benchmark else None,
                                              forget_split=forget_split, limit=limit)}  # fmt: skip
         if knowledge is not None:
             result["functional"] = functional_view(view, knowledge, knowledge_limit)
