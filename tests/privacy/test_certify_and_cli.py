@@ -112,6 +112,9 @@ def test_audit_refuses_a_round_never_published(tofu_world, tmp_path, capsys):
     code = main(["privacy", "audit", "--workdir", str(server.workdir), "--round", "3",
                  "--out", str(tmp_path / "a")])  # fmt: skip
     assert code == 2 and "round 3 was not published" in capsys.readouterr().err
+    code = main(["privacy", "audit", "--workdir", str(server.workdir), "--round", "0",
+                 "--out", str(tmp_path / "a")])  # fmt: skip
+    assert code == 2 and "round 0 was not published" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
