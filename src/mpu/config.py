@@ -133,21 +133,42 @@ def load_config(
         OmegaConf.set_struct(merged, True)
         _open_free_dicts(merged, cls)
         if yaml_path is not None:
-            path = Path(yaml_path)
-            if not path.is_file():
-                raise ConfigError(f"{path}: recipe file not found")
-            merged = OmegaConf.merge(merged, OmegaConf.load(path))
+            merged = OmegaConf.merge(merged, _read_recipe(Path(yaml_path)))
         if mapping:
             merged = OmegaConf.merge(merged, OmegaConf.create(dict(mapping)))
         overrides = list(overrides)
+        seen: dict[str, str] = {}
         for item in overrides:
             if "=" not in item:
                 raise ConfigError(f"{item!r} is not a setting: write key=value (e.g. {item}=...)")
+            key = item.split("=", 1)[0].strip()
+            if key in seen and seen[key] != item:
+                raise ConfigError(f"{key} is given twice ({seen[key]!r} and {item!r}): say it once")
+            seen[key] = item
         if overrides:
             merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(overrides))
         return OmegaConf.to_object(merged)  # runs __post_init__ validation
     except OmegaConfBaseException as exc:
         raise ConfigError(f"{cls.__name__}{where}: {explain(cls, exc)}") from None
+
+
+def _read_recipe(path: Path):
+    """A YAML recipe as a config node: a mapping of settings, or a one-line error naming it."""
+    import yaml
+
+    if not path.is_file():
+        raise ConfigError(f"{path}: recipe file not found")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ConfigError(f"{path}: not a readable YAML recipe ({reason})") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a recipe is a mapping of settings (key: value), not a "
+                          f"{type(data).__name__}")  # fmt: skip
+    return OmegaConf.create(data)
 
 
 def _open_free_dicts(node: DictConfig, cls: type) -> None:

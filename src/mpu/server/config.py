@@ -126,7 +126,9 @@ class JobConfig:
         # κ ≥ 10 makes the noise ten times the whole fine-tuning delta: not a privacy setting
         # anyone means, and 1e300 overflows the noise to Inf
         check_number(self, "kappa", self.kappa, low=0, high=10, allow_none=False)
-        check_number(self, "server_lr", self.server_lr, low=0, low_open=True, allow_none=False)
+        # η > 10 overshoots the aggregated update tenfold: a typo, not a step size
+        check_number(self, "server_lr", self.server_lr, low=0, high=10, low_open=True,
+                     allow_none=False)  # fmt: skip
         check_number(self, "alpha_min", self.alpha_min, low=0, low_open=True, allow_none=False)
         check_number(self, "alpha_max", self.alpha_max, low=0, low_open=True, allow_none=False)
         check_number(self, "max_update_norm", self.max_update_norm, low=0, allow_none=False)

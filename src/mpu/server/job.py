@@ -282,6 +282,7 @@ class Server:
             layout = self.layout(theta)
             if out_dir.exists() and not out_dir.is_dir():
                 raise ConfigError(f"{out_dir}: exists and is not a folder")
+            self._check_outbox(out_dir)
             key = str(self.round)
             sigmas, norms = self.state.sigmas.get(key), self.state.theta_norms.get(key)
             if sigmas is None or norms is None:  # computed at init / by the previous aggregation
@@ -331,6 +332,17 @@ class Server:
             stage_in=self.workdir / STAGING,
             device=resolve_device(self.cfg.device),
         )
+
+    def _check_outbox(self, out_dir: Path) -> None:
+        """Copies never go where the server keeps its own files: the workdir itself, its rounds
+        (θ_r; the next aggregation replaces folders there) or its staging area."""
+        out, work = out_dir.resolve(), self.workdir.resolve()
+        managed = [work / "rounds", work / STAGING]
+        if out == work or any(out == m or m in out.parents for m in managed):
+            raise ConfigError(
+                f"{out_dir}: inside the server's own files ({work}); publish the copies to a "
+                "folder outside the workdir's rounds/ and staging/"
+            )
 
     def _publication_dtype(self) -> str:
         return (
