@@ -254,3 +254,16 @@ def test_the_privacy_section_says_what_was_protected_and_what_was_not(tmp_path):
     assert "rebuilt the server's weights to within 6.1% of what fine-tuning changed" in md
     assert "all 1 copies" not in md
     assert 'id="privacy"' in html_path.read_text()
+    # the privacy–forgetting figure: the audited MPU run at L = max(0.97, 0.995)
+    from mpu.eval.frontier_plot import points
+
+    runs = json.loads((d / "report.json").read_text())["runs"]
+    clean = [r["summary"]["forget_Q_A_Prob"] for r in runs
+             if r["variant"] == "clean" and r["method"] == "NPO"]  # fmt: skip
+    mpu = next(r for r in runs if r["variant"] == "mpu" and r["method"] == "NPO")
+    leak, gap, _ = next(p for p in points(runs) if p[2].startswith("NPO MPU"))
+    assert leak == 0.995
+    assert gap == pytest.approx(
+        100 * abs(mpu["summary"]["forget_Q_A_Prob"] - sum(clean) / len(clean))
+    )
+    assert (d / "frontier.png").is_file() and "Privacy against forgetting" in md

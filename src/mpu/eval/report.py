@@ -165,6 +165,11 @@ def _plots(runs: Sequence[dict]) -> list[tuple[str, str, bytes, bytes]]:
         ("sweep_m", "Sweep over m", plots.sweep(runs, "m")),
     ]  # fmt: skip
     from mpu.eval.curves_plot import curves
+    from mpu.eval.frontier_plot import frontier
+
+    candidates.append(("frontier", "Privacy against forgetting: each audited run's functional "
+                       "leakage (1 = a clone of θ) against its forget probability's distance to "
+                       "Clean's", frontier(runs)))  # fmt: skip
 
     for method in sorted({r["method"] for r in runs if r.get("method")}):
         candidates.append((f"curves_{method}", f"Training curves of {method}: forget and retain "
