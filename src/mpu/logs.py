@@ -91,7 +91,8 @@ def _plain_bar_class():
             import time
 
             now = time.monotonic()
-            if not self._ending and (not self.n or now - self._last_line < PLAIN_EVERY_S):
+            idle = not self.n and not getattr(self, "postfix", None)  # nothing to report yet
+            if not self._ending and (idle or now - self._last_line < PLAIN_EVERY_S):
                 return True
             self._last_line = now
             self.fp.write((msg or self.__str__()).strip() + "\n")
