@@ -85,6 +85,7 @@ TAMPERS = {
     "lines_swapped": lambda root, w: _write_lines(w, [_lines(w)[i] for i in (0, 2, 1, 3, 4)]),
     "line_removed": lambda root, w: _write_lines(w, _lines(w)[:2] + _lines(w)[3:]),
     "last_line_removed": lambda root, w: _write_lines(w, _lines(w)[:2]),
+    "export_line_removed": lambda root, w: _write_lines(w, _lines(w)[:4]),
     "truncated": lambda root, w: (w / LOG_FILE).write_bytes((w / LOG_FILE).read_bytes()[:-20]),
     "secret_alpha_changed": lambda root, w: _edit_state(w),
 }
@@ -95,7 +96,8 @@ EXPECTED = {
     "line_edited": "line 1 (init): bad signature",
     "lines_swapped": "line 2: sequence number 3, expected 2",
     "line_removed": "line 3: sequence number 4, expected 3",
-    "last_line_removed": "round 2 was published but the transcript does not say so",
+    "last_line_removed": "2 entries, but the job recorded entry 5 (lines removed from the end",
+    "export_line_removed": "4 entries, but the job recorded entry 5 (lines removed from the end",
     "truncated": "line 5: truncated",
     "secret_alpha_changed": "line 2 (publish round 1): copy",
 }
@@ -152,6 +154,10 @@ def test_receipts_bind_what_the_client_got_and_gave(clone, capsys):
     receipt.write_text(json.dumps(forged))
     code, (_, err) = _verify(workdir, deltas, [str(receipt)], capsys=capsys)
     assert code == 2 and "not the one the client returned" in err
+    # receipts asked for where there are none: not "0 receipts checked"
+    (root / "empty").mkdir()
+    code, (_, err) = _verify(workdir, deltas, [str(root / "empty")], capsys=capsys)
+    assert code == 2 and "no receipt.json in this folder" in err
 
 
 def test_a_command_repeated_after_a_crash_logs_once(tmp_path, tofu_world):

@@ -66,10 +66,13 @@ def _key(workdir: Path) -> SigningKey | None:
     return SigningKey(path) if path.is_file() else None
 
 
-def record(workdir: Path, event: str, **fields) -> None:
+def record(workdir: Path, event: str, **fields) -> int:
+    """Sign and append one entry; returns its sequence number (0 for a job without a log),
+    which the state keeps so that `verify` notices entries removed from the log's end."""
     key = _key(workdir)
-    if key is not None:
-        transcript(workdir).append(key, event, **fields)
+    if key is None:
+        return 0
+    return int(transcript(workdir).append(key, event, **fields)["seq"])
 
 
 def copy_entries(records) -> list[dict]:
@@ -119,6 +122,11 @@ def verify(
     pinned = public_key or _pinned(workdir)
     entries = log.check(pinned)
     server = Server(workdir)
+    if server.state.log_seq > len(entries):
+        raise TranscriptError(
+            f"{log.path}: {len(entries)} entries, but the job recorded entry "
+            f"{server.state.log_seq} (lines removed from the end of the transcript)"
+        )
     search = [Path(d) for d in deltas]
     replayed = 0
     for n, e in enumerate(entries, start=1):
@@ -229,11 +237,12 @@ def _check_receipts(entries: list[dict], receipts: Sequence[str | Path], path: P
         if e["event"] == "aggregate"
         for d in e["deltas"]
     }
-    files = [
-        p
-        for r in receipts
-        for p in (sorted(Path(r).rglob("receipt.json")) if Path(r).is_dir() else [Path(r)])
-    ]
+    files = []
+    for r in receipts:
+        found = sorted(Path(r).rglob("receipt.json")) if Path(r).is_dir() else [Path(r)]
+        if not found:  # a receipt asked for and not there is not a receipt that checked out
+            raise TranscriptError(f"{r}: no receipt.json in this folder")
+        files += found
     for f in files:
         try:
             obj = json.loads(f.read_text())

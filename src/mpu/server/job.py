@@ -202,6 +202,7 @@ class Server:
         if gate is not None:  # what init checked, for `mpu server init` to say
             state.history.append({"round": 0, "event": "gate", **asdict(gate)})
         state.commitments["1"] = combine(leaves["theta"])
+        state.log_seq = 1
         audit_log.start(workdir, job_id=state.job_id, theta=state.commitments["1"],
                         base=combine(leaves["base"]), config=asdict(cfg))  # fmt: skip
         save_state(workdir, state)
@@ -296,7 +297,7 @@ class Server:
             self._clear_interrupted(out_dir, records)
             stats = self._write_copies(self.round, alphas, records, sigmas, out_dir, progress)
             folders = [out_dir / r.folder for r in sorted(records, key=lambda r: r.folder)]
-            audit_log.record(self.workdir, "publish", round=self.round,
+            self.state.log_seq = audit_log.record(self.workdir, "publish", round=self.round,
                              theta=self._commitment(self.round),
                              copies=audit_log.copy_entries(records))  # fmt: skip
             self.state.copies[key] = [asdict(r) for r in records]
@@ -415,7 +416,7 @@ class Server:
                 shutil.rmtree(out)
             stats, sigmas, norms = self._post_process(self.round, matched, out, progress)
             commitments = stats.pop("commitments")
-            audit_log.record(self.workdir, "aggregate", round=self.round,
+            self.state.log_seq = audit_log.record(self.workdir, "aggregate", round=self.round,
                              theta=self._commitment(self.round),
                              deltas=audit_log.delta_entries(matched, commitments["deltas"]),
                              result=commitments["result"])  # fmt: skip
@@ -495,6 +496,8 @@ class Server:
                 writer.abort()
                 raise
             folder = writer.commit()
-            audit_log.record(self.workdir, "export", round=self.round, dtype=name,
-                             path=str(folder.resolve()), commitment=writer.commitment)  # fmt: skip
+            self.state.log_seq = audit_log.record(
+                self.workdir, "export", round=self.round, dtype=name,
+                path=str(folder.resolve()), commitment=writer.commitment)  # fmt: skip
+            save_state(self.workdir, self.state)
             return folder

@@ -56,6 +56,7 @@ class ServerState:
     layout: dict | None = None  # the model's classified layout (mpu.arch.Layout.to_json)
     theta_norms: dict[str, dict[str, float]] = field(default_factory=dict)  # round -> ‖θ_t‖
     commitments: dict[str, str] = field(default_factory=dict)  # round -> commitment of θ_r
+    log_seq: int = 0  # the last audit-log entry this state knows was written
 
     @property
     def key(self) -> bytes:
