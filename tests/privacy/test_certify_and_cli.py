@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 
@@ -155,3 +156,41 @@ def test_certify_refuses_infinity_and_one_file_as_both(tmp_path, capsys):
         main(["certify", "--eval", str(o), "--original", str(o), "--out", str(tmp_path / "c")]) == 2
     )
     assert "the same as the original's" in capsys.readouterr().err
+
+
+def test_the_audit_refuses_inputs_that_do_not_belong_together(round1, tofu_world, tmp_path, capsys):
+    """Another job's copies, one update of two, an empty or partial copies folder, a missing
+    update file, a negative limit: one line each, exit 2, and the workdir untouched."""
+    from toolkit import publish_job, snapshot
+
+    server, copies, deltas = round1
+    _, other_copies = publish_job(tofu_world, tmp_path / "other")
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "partial").mkdir()
+    shutil.copytree(copies[0], tmp_path / "partial" / copies[0].name)
+    base = ["privacy", "audit", "--workdir", str(server.workdir), "--round", "1",
+            "--out", str(tmp_path / "a")]  # fmt: skip
+    cases = [
+        (["--copies", str(other_copies[0].parent)], "a copy of job"),
+        (["--copies", str(tmp_path / "empty")], "no copy-* folders to audit"),
+        (["--copies", str(tmp_path / "partial")], "1 of the round's 2 copies"),
+        (["--copies", str(copies[0].parent), "--deltas", str(deltas[0])], "missing update for"),
+        (
+            [
+                "--copies",
+                str(copies[0].parent),
+                "--deltas",
+                str(tmp_path / "nope.safetensors"),
+                str(deltas[1]),
+            ],
+            "nope.safetensors",
+        ),
+        (["--copies", str(copies[0].parent), "--limit", "-5"], "limit=-5"),
+    ]
+    before = snapshot(server.workdir)
+    for extra, message in cases:
+        assert main([*base, *extra]) == 2, extra
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, (extra, err)
+    assert snapshot(server.workdir) == before
+    assert not (tmp_path / "a").exists()

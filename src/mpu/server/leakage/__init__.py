@@ -51,9 +51,18 @@ def audit(
     server = Server(workdir)
     round_ = _published_round(server, workdir, round_)
     knowledge = knowledge if knowledge is not None else data
+    if limit < 1 or knowledge_limit < 0:
+        from mpu.errors import ConfigError
+
+        raise ConfigError(f"limit={limit}, knowledge_limit={knowledge_limit}: need ≥ 1 and ≥ 0")
+    if deltas:  # the round's own updates, every copy's, as Post-Process would take them
+        from mpu.server.aggregate import match_deltas
+
+        match_deltas([Path(d) for d in deltas], job_id=server.state.job_id, round_=round_,
+                     records=server.state.copy_records(round_), key=server.state.key)  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
         copies = (
-            sorted(p for p in Path(copies_dir).glob("copy-*") if p.is_dir())
+            round_copies(server, round_, Path(copies_dir))
             if copies_dir
             else server.regenerate(round_, Path(tmp) / "copies")
         )
@@ -70,6 +79,30 @@ def audit(
     if out is not None:
         write(result, Path(out))
     return result
+
+
+def round_copies(server: Server, round_: int, folder: Path) -> list[Path]:
+    """The round's copy folders in `folder`, each checked against what was published: this
+    job, this round, a copy id of it, the published weights; all of them, once."""
+    from mpu.errors import ConfigError, UpdateRejectedError
+    from mpu.io.delta import read_ticket
+
+    records = {r.copy_id: r for r in server.state.copy_records(round_)}
+    found = sorted(p for p in folder.glob("copy-*") if p.is_dir())
+    if not found:
+        raise ConfigError(f"{folder}: no copy-* folders to audit")
+    for path in found:
+        t = read_ticket(path)
+        rec = records.get(t.copy_id)
+        if t.job_id != server.state.job_id or t.round != round_ or rec is None:
+            raise UpdateRejectedError(f"{path}: a copy of job {t.job_id}, round {t.round}; the "
+                                      f"audit is of job {server.state.job_id}, round {round_}")  # fmt: skip
+        if rec.folder != path.name or t.weights_sha256 != rec.weights_sha256:
+            raise UpdateRejectedError(f"{path}: not the {rec.folder} published in round {round_}")
+    if len(found) != len(records):
+        raise ConfigError(f"{folder}: {len(found)} of the round's {len(records)} copies; the "
+                          "audit needs all of them")  # fmt: skip
+    return found
 
 
 def _published_round(server: Server, workdir, round_: int | None) -> int:
