@@ -10,14 +10,13 @@ import pytest
 import torch
 
 from mpu.client.batches import encode_rows
+from mpu.client.optim import build_optimizer, select_trainable
 from mpu.client.train_config import ClientTrainConfig
 from mpu.client.trainer import (
     ThreatModelWarning,
-    build_optimizer,
     no_effect,
     plan_steps,
     round_schedule,
-    select_trainable,
     train_unlearning,
     usable_items,
 )

@@ -14,7 +14,6 @@ import contextlib
 import copy
 import logging
 import math
-import re
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -22,7 +21,6 @@ from typing import Any
 
 import torch
 
-from mpu.arch import is_block_parameter
 from mpu.client.adapters import (
     AdapterOffReference,
     attach_lora,
@@ -32,6 +30,7 @@ from mpu.client.adapters import (
 )
 from mpu.client.batches import BatchBuilder, check_rows, encode_rows, iterate
 from mpu.client.distributed import current_processes
+from mpu.client.optim import MasterWeights, build_optimizer, lr_factor, select_trainable
 from mpu.client.train_config import ClientSettings, ClientTrainConfig
 from mpu.devices import resolve_device
 from mpu.errors import ConfigError, DataError
@@ -55,28 +54,6 @@ class TrainResult:
     logs: dict[str, Any]
     step_count: int
     effective_config: dict[str, Any] = field(default_factory=dict)
-
-
-class _MasterWeights:
-    """fp32 copies the optimizer steps, rounded back into bf16 weights after every step.
-
-    Emulates HF Trainer + `paged_adamw_32bit` on a model loaded in bf16 (stock OpenUnlearning):
-    fp32 optimizer state, bf16 weights, so updates below half a bf16 ulp vanish as upstream.
-    """
-
-    def __init__(self, named: list[tuple[str, torch.nn.Parameter]]) -> None:
-        self.pairs = [(p, p.detach().float().clone()) for _, p in named]
-        self.named = [(n, m) for (n, _), (_, m) in zip(named, self.pairs, strict=True)]
-
-    def load_grads(self) -> None:
-        for p, m in self.pairs:
-            m.grad = None if p.grad is None else p.grad.float()
-
-    @torch.no_grad()
-    def write_back(self) -> None:
-        for p, m in self.pairs:
-            p.copy_(m)
-            m.copy_(p)
 
 
 def settings_of(
@@ -123,80 +100,6 @@ def round_schedule(n_forget: int, cfg: ClientSettings, rounds: int) -> list[dict
         raise ConfigError(f"rounds={rounds}: must be >= 1")
     per = plan_steps(n_forget, cfg)
     return [{"schedule_offset_steps": r * per, "total_steps": rounds * per} for r in range(rounds)]
-
-
-def select_trainable(model: torch.nn.Module, scope: str) -> list[tuple[str, torch.nn.Parameter]]:
-    """Named parameters in scope `all`, `decoder` (decoder blocks) or a regex (re.search) — never
-    the emulator blocks of an emulator copy (`mpu.arch.frozen_block`)."""
-    from mpu.arch import frozen_block
-
-    named = [(n, p) for n, p in model.named_parameters() if not frozen_block(model.config, n)]
-    if scope == "all":
-        return named
-    if scope == "lora":  # the adapters `attach_lora` added (PEFT names them lora_A / lora_B)
-        chosen = [(n, p) for n, p in named if ".lora_" in n]
-        if not chosen:
-            raise ConfigError("trainable=lora: the model has no LoRA adapters attached")
-        return chosen
-    if scope == "decoder":
-        chosen = [(n, p) for n, p in named if is_block_parameter(model.config, n)]
-    else:
-        pattern = re.compile(scope)
-        chosen = [(n, p) for n, p in named if pattern.search(n)]
-    if not chosen:
-        raise ConfigError(f"trainable={scope!r} matches no parameter of the model")
-    return chosen
-
-
-def _norm_param_names(model: torch.nn.Module) -> set[str]:
-    out = set()
-    for mname, mod in model.named_modules():
-        if isinstance(mod, torch.nn.LayerNorm) or "Norm" in type(mod).__name__:
-            out.update(
-                f"{mname}.{p}" if mname else p for p, _ in mod.named_parameters(recurse=False)
-            )
-    return out
-
-
-def build_optimizer(
-    model: torch.nn.Module, named: list[tuple[str, torch.nn.Parameter]], eff: ClientSettings
-) -> torch.optim.Optimizer:
-    """AdamW or SGD over `named`; HF-style no-decay group for biases/norms unless told otherwise."""
-    if eff.decay_norms_and_biases or eff.weight_decay == 0:
-        groups = [{"params": [p for _, p in named], "weight_decay": eff.weight_decay}]
-    else:
-        norms = _norm_param_names(model)
-        nd = [p for n, p in named if n.endswith("bias") or n in norms]
-        dec = [p for n, p in named if not (n.endswith("bias") or n in norms)]
-        groups = [
-            g
-            for g in (
-                {"params": dec, "weight_decay": eff.weight_decay},
-                {"params": nd, "weight_decay": 0.0},
-            )
-            if g["params"]
-        ]
-    if eff.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=eff.lr, momentum=eff.momentum, foreach=True)
-    # fused: one kernel per parameter for the whole AdamW update (CPU and CUDA, fp32/bf16/fp16)
-    # instead of torch's default on CPU — and HF Trainer's there — a Python loop of five ops
-    # per parameter; the same update up to float rounding. foreach elsewhere.
-    fusable = all(
-        p.device.type in ("cpu", "cuda")
-        and p.dtype in (torch.float32, torch.bfloat16, torch.float16)
-        for _, p in named
-    )
-    kernel = {"fused": True} if fusable else {"foreach": True}
-    return torch.optim.AdamW(groups, lr=eff.lr, betas=tuple(eff.betas), eps=eff.eps, **kernel)
-
-
-def lr_factor(step: int, *, warmup: int, total: int, schedule: str) -> float:
-    """HF `get_{constant,linear}_schedule_with_warmup` factor at global step `step`."""
-    if step < warmup:
-        return step / max(1, warmup)
-    if schedule == "constant":
-        return 1.0
-    return max(0.0, (total - step) / max(1, total - warmup))
 
 
 def _validate(model, tokenizer, forget_rows, retain_rows, idk_answers, eff, reference_model):
@@ -265,7 +168,61 @@ def train_unlearning(
     clean model and a ThreatModelWarning is issued. The model is converted in place to the
     training dtype (bf16 for pure_bf16 / bf16_weights, else fp32); requires_grad flags are
     restored at the end. Raises ConfigError / DataError before any forward pass on bad input.
+
+    The steps, each its own function: plan the run (`_plan`), prepare the model and its
+    reference (`_prepare`), build the optimizer (`_optimizer`), run the loop (`_loop`, one
+    optimizer step in `_step`), restore the model and report (`_finish`, `_logs`).
     """
+    plan = _plan(model, tokenizer, forget_rows, retain_rows, idk_answers, cfg, reference_model)
+    run = _prepare(model, plan, reference_model)
+    loss_before = forget_loss(run.train_model, plan.forget, tokenizer)
+    torch.manual_seed(plan.eff.seed)
+    det = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+    )
+    # On CUDA, atomics make some kernels (index_add, embedding backward, …) run-to-run
+    # different, and the m copies of a round must be trained alike. On CPU those kernels are
+    # already deterministic (same bits with the switch on or off, tests/client), while the
+    # switch routes the embedding backward through a sort-based path that costs a small
+    # model a tenth of its step: so it is set for CUDA only.
+    torch.use_deterministic_algorithms(str(run.device).startswith("cuda"), warn_only=True)
+    was_training = model.training
+    opt = _optimizer(run, plan)
+    try:
+        loop = _loop(run, opt, plan, tokenizer, order_seed, progress, on_step)
+    finally:
+        _finish(model, run, plan, det, was_training)
+    logs = _logs(plan, run, opt, loop)
+    logs["forget_loss"] = {
+        "before": loss_before,
+        "after": forget_loss(model, plan.forget, tokenizer),
+    }
+    return TrainResult(model, logs, loop.step, plan.eff.to_log())
+
+
+@dataclass
+class _Plan:
+    """What a run will do, settled before the model is touched."""
+
+    eff: ClientSettings
+    spec: Any
+    hp: Any
+    procs: Any
+    per_process_accum: int
+    fmt: PromptFormat
+    forget: list
+    f_rows: list
+    f_drop: int
+    retain: list
+    idk: list
+    total_local: int
+    warmup: int
+    total: int
+
+
+def _plan(model, tokenizer, forget_rows, retain_rows, idk_answers, cfg, reference_model) -> _Plan:
+    """Settings resolved for this model, every input validated and encoded, the schedule."""
     eff = settings_of(cfg, model.num_parameters() if hasattr(model, "num_parameters") else None)
     if eff.defaults_rule:
         log.info("%s: %s", eff.method.name, eff.defaults_rule)
@@ -278,10 +235,8 @@ def train_unlearning(
         eff = eff.replace(grad_accum=eff.grad_accum * procs.count)
     fmt = prompt_format(getattr(model.config, "model_type", None), tokenizer, eff)
     forget, f_rows, f_drop = encode_rows(tokenizer, forget_rows, fmt=fmt, max_length=eff.max_length)
-    retain = list(retain_rows) if use_retain else []
     if not forget:
         raise DataError("forget set: every item has zero answer tokens after tokenization")
-    idk = [a for a in (idk_answers or ())] if spec.needs_idk else []
     total_local = plan_steps(len(forget), eff)
     warmup = eff.warmup_steps
     if warmup is None:
@@ -292,15 +247,35 @@ def train_unlearning(
             f"schedule_offset_steps={eff.schedule_offset_steps} + {total_local} steps exceeds "
             f"total_steps={total}"
         )
+    return _Plan(eff, spec, hp, procs, per_process_accum, fmt, forget, f_rows, f_drop,
+                 list(retain_rows) if use_retain else [],
+                 list(idk_answers or ()) if spec.needs_idk else [],
+                 total_local, warmup, total)  # fmt: skip
 
-    device = procs.device(resolve_device(eff.device, "client training"))
+
+@dataclass
+class _Run:
+    """The model as it trains: its device, its reference, its LoRA wrapper if any."""
+
+    device: str
+    flags: dict[str, bool]
+    ref: Any
+    peft_model: Any
+    train_model: torch.nn.Module
+
+
+def _prepare(model, plan: _Plan, reference_model) -> _Run:
+    """Move and cast the model, make the reference (before LoRA: it is the starting copy),
+    attach adapters, turn on checkpointing."""
+    eff = plan.eff
+    device = plan.procs.device(resolve_device(eff.device, "client training"))
     model.to(device)
     dtype = torch.bfloat16 if eff.precision in ("pure_bf16", "bf16_weights") else torch.float32
     for p in model.parameters():  # parameters only: fp32 buffers (RoPE inv_freq) stay fp32
         if p.is_floating_point() and p.dtype != dtype:
             p.data = p.data.to(dtype)
     flags = {n: p.requires_grad for n, p in model.named_parameters()}
-    ref = _reference(model, reference_model, eff) if spec.uses_reference(hp) else None
+    ref = _reference(model, reference_model, eff) if plan.spec.uses_reference(plan.hp) else None
     peft_model = None
     if eff.trainable == "lora":
         gpus = [torch.device(device).index or 0] if device.startswith("cuda") else []
@@ -309,145 +284,176 @@ def train_unlearning(
             peft_model = attach_lora(model, eff.lora)
     if ref == "adapters_off":
         ref = AdapterOffReference(peft_model)
-    train_model = peft_model if peft_model is not None else model
     if eff.gradient_checkpointing:
         enable_checkpointing(model)
+    return _Run(device, flags, ref, peft_model, peft_model if peft_model is not None else model)
 
-    loss_before = forget_loss(train_model, forget, tokenizer)
-    torch.manual_seed(eff.seed)
-    det = (
-        torch.are_deterministic_algorithms_enabled(),
-        torch.is_deterministic_algorithms_warn_only_enabled(),
-    )
-    # On CUDA, atomics make some kernels (index_add, embedding backward, …) run-to-run
-    # different, and the m copies of a round must be trained alike. On CPU those kernels are
-    # already deterministic (same bits with the switch on or off, tests/client), while the
-    # switch routes the embedding backward through a sort-based path that costs a small
-    # model a tenth of its step: so it is set for CUDA only.
-    torch.use_deterministic_algorithms(str(device).startswith("cuda"), warn_only=True)
-    was_training = model.training
-    named = select_trainable(train_model, eff.trainable)
+
+@dataclass
+class _Optim:
+    named: list
+    masters: Any
+    params: list
+    opt: torch.optim.Optimizer
+    sched: Any
+
+
+def _optimizer(run: _Run, plan: _Plan) -> _Optim:
+    """Only the trainable scope requires grad; the optimizer (on fp32 masters for
+    bf16_weights) and the warm-up/decay schedule continued from `schedule_offset_steps`."""
+    eff = plan.eff
+    named = select_trainable(run.train_model, eff.trainable)
     in_scope = {n for n, _ in named}
-    for n, p in train_model.named_parameters():
+    for n, p in run.train_model.named_parameters():
         p.requires_grad_(n in in_scope)
-    masters = _MasterWeights(named) if eff.precision == "bf16_weights" else None
+    masters = MasterWeights(named) if eff.precision == "bf16_weights" else None
     opt_named = masters.named if masters else named
-    params = [p for _, p in opt_named]
-    opt = build_optimizer(train_model, opt_named, eff)
-    offset = eff.schedule_offset_steps
+    opt = build_optimizer(run.train_model, opt_named, eff)
+    offset, warmup, total = eff.schedule_offset_steps, plan.warmup, plan.total
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda i: lr_factor(offset + i, warmup=warmup, total=total, schedule=eff.schedule)
     )
+    return _Optim(named, masters, [p for _, p in opt_named], opt, sched)
+
+
+@dataclass
+class _Loop:
+    steps: list[dict[str, float]]
+    step: int
+    micro_batches: int
+    last_epoch: int
+    builder: BatchBuilder
+
+
+def _loop(run: _Run, opt: _Optim, plan: _Plan, tokenizer, order_seed, progress, on_step) -> _Loop:
+    """Micro-batches in the seeded order; an optimizer step at each window's end (the
+    profile's accumulation rule); this process computes the micro-batches it owns."""
+    eff, procs = plan.eff, plan.procs
     autocast = (
-        torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16)
+        torch.autocast(device_type=torch.device(run.device).type, dtype=torch.bfloat16)
         if eff.precision == "bf16-mixed"
         else contextlib.nullcontext()
     )
     builder = BatchBuilder(
-        tokenizer, forget, f_rows, retain, idk, fmt=fmt, max_length=eff.max_length
-    )
-    stream = iterate(
-        len(forget),
-        len(retain),
-        len(idk),
-        eff.batch_size,
-        seed=(eff.seed if order_seed is None else order_seed),
-    )
-    g = eff.grad_accum
-    steps: list[dict[str, float]] = []
+        tokenizer, plan.forget, plan.f_rows, plan.retain, plan.idk, fmt=plan.fmt,
+        max_length=eff.max_length,
+    )  # fmt: skip
+    stream = iterate(len(plan.forget), len(plan.retain), len(plan.idk), eff.batch_size,
+                     seed=(eff.seed if order_seed is None else order_seed))  # fmt: skip
+    out = _Loop([], 0, 0, 0, builder)
     window: list[dict[str, float]] = []
-    n_mb = step = in_window = 0
-    last_epoch = 0
-    train_model.train()
-    bar = progress_bar(total=total_local, desc=f"{spec.name} unlearning", disable=not progress)
+    in_window = 0
+    run.train_model.train()
+    bar = progress_bar(total=plan.total_local, desc=f"{plan.spec.name} unlearning",
+                       disable=not progress)  # fmt: skip
     try:
-        opt.zero_grad(set_to_none=True)
-        while step < total_local:
+        opt.opt.zero_grad(set_to_none=True)
+        while out.step < plan.total_local:
             epoch, k, mb, per_epoch = next(stream)
-            last_epoch = epoch
-            n_mb += 1
+            out.last_epoch = epoch
+            out.micro_batches += 1
             batch = builder.build(mb)  # every process builds: the order digest stays shared
             if procs.owns(in_window):
-                with autocast:
-                    loss, logs = spec.loss(train_model, batch, ref, hp)
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(
-                        f"{spec.name}: non-finite loss {float(loss)} at step {step}"
-                    )
-                (loss / g).backward()
-                window.append({**logs, "tokens": _tokens(batch)})
+                window.append(_backward(run, plan, batch, autocast, out.step))
             in_window += 1
             if eff.accumulation == "epoch_flush":
-                do_step = (k + 1) % g == 0 or k + 1 == per_epoch
+                do_step = (k + 1) % eff.grad_accum == 0 or k + 1 == per_epoch
             else:
-                do_step = n_mb % g == 0 or (per_epoch <= g and k + 1 == per_epoch)
+                do_step = out.micro_batches % eff.grad_accum == 0 or (
+                    per_epoch <= eff.grad_accum and k + 1 == per_epoch
+                )
             if not do_step:
                 continue
             in_window = 0
-            procs.sum_gradients([p for _, p in named])
-            if masters:
-                masters.load_grads()
-            gn = (
-                torch.nn.utils.clip_grad_norm_(params, eff.max_grad_norm)
-                if eff.max_grad_norm
-                else torch.linalg.vector_norm(
-                    torch.stack([p.grad.float().norm() for p in params if p.grad is not None])
-                )
-            )
-            lr = opt.param_groups[0]["lr"]
-            opt.step()
-            if masters:
-                masters.write_back()
-            sched.step()
-            opt.zero_grad(set_to_none=True)
-            train_model.zero_grad(set_to_none=True)
-            step += 1
-            # this process's micro-batches (process 0 always has the window's first one)
-            rec = {k2: sum(w.get(k2, 0.0) for w in window) / len(window) for k2 in window[0]}
-            rec.update(step=offset + step, epoch=epoch, lr=lr, grad_norm=float(gn),
-                       tokens=int(sum(w["tokens"] for w in window)))  # fmt: skip
-            steps.append(rec)
+            out.step += 1
+            out.steps.append(_step(run, opt, plan, window, epoch, out.step))
             window = []
             bar.update(1)
-            bar.set_postfix(loss=f"{rec['loss']:.4f}")
+            bar.set_postfix(loss=f"{out.steps[-1]['loss']:.4f}")
             if on_step is not None:
-                on_step(step, total_local)
+                on_step(out.step, plan.total_local)
     finally:
         bar.close()
-        torch.use_deterministic_algorithms(det[0], warn_only=det[1])
-        if eff.gradient_checkpointing:
-            disable_checkpointing(model)
-        if peft_model is not None:
-            merge_lora(peft_model)  # `model` is now the merged dense copy
-        for n, p in model.named_parameters():
-            p.requires_grad_(flags[n])
-        model.train(was_training)
-    loss_after = forget_loss(model, forget, tokenizer)
+    return out
+
+
+def _backward(run: _Run, plan: _Plan, batch, autocast, step: int) -> dict[str, float]:
+    """One micro-batch's loss, backpropagated with 1/g of its weight; its logs."""
+    with autocast:
+        loss, logs = plan.spec.loss(run.train_model, batch, run.ref, plan.hp)
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"{plan.spec.name}: non-finite loss {float(loss)} at step {step}")
+    (loss / plan.eff.grad_accum).backward()
+    return {**logs, "tokens": _tokens(batch)}
+
+
+def _step(run: _Run, opt: _Optim, plan: _Plan, window: list[dict], epoch: int, step: int) -> dict:
+    """Sum the processes' gradients, clip, step, schedule; the step's record."""
+    eff = plan.eff
+    plan.procs.sum_gradients([p for _, p in opt.named])
+    if opt.masters:
+        opt.masters.load_grads()
+    gn = (
+        torch.nn.utils.clip_grad_norm_(opt.params, eff.max_grad_norm)
+        if eff.max_grad_norm
+        else torch.linalg.vector_norm(
+            torch.stack([p.grad.float().norm() for p in opt.params if p.grad is not None])
+        )
+    )
+    lr = opt.opt.param_groups[0]["lr"]
+    opt.opt.step()
+    if opt.masters:
+        opt.masters.write_back()
+    opt.sched.step()
+    opt.opt.zero_grad(set_to_none=True)
+    run.train_model.zero_grad(set_to_none=True)
+    # this process's micro-batches (process 0 always has the window's first one)
+    rec = {k: sum(w.get(k, 0.0) for w in window) / len(window) for k in window[0]}
+    rec.update(step=eff.schedule_offset_steps + step, epoch=epoch, lr=lr, grad_norm=float(gn),
+               tokens=int(sum(w["tokens"] for w in window)))  # fmt: skip
+    return rec
+
+
+def _finish(model, run: _Run, plan: _Plan, det: tuple, was_training: bool) -> None:
+    """Whatever happened: determinism switch back, checkpointing off, LoRA merged into the
+    dense copy, the caller's requires_grad flags and train/eval mode restored."""
+    torch.use_deterministic_algorithms(det[0], warn_only=det[1])
+    if plan.eff.gradient_checkpointing:
+        disable_checkpointing(model)
+    if run.peft_model is not None:
+        merge_lora(run.peft_model)  # `model` is now the merged dense copy
+    for n, p in model.named_parameters():
+        p.requires_grad_(run.flags[n])
+    model.train(was_training)
+
+
+def _logs(plan: _Plan, run: _Run, opt: _Optim, loop: _Loop) -> dict[str, Any]:
+    """The run's record: per-step logs, counts, the order digest, what was trained where."""
+    eff = plan.eff
     logs = {
-        "steps": steps,
-        "micro_batches": n_mb,
-        "epochs_touched": last_epoch + 1,
-        "n_forget": len(forget),
-        "n_retain": len(retain),
-        "dropped_empty": {"forget": f_drop},
-        "retain_answerless_used": builder.retain_answerless,
-        "order_digest": builder.order_digest,
-        "warmup_steps": warmup,
-        "schedule_total_steps": total,
-        "reference": (eff.reference if ref is not None else None),
-        "trainable_tensors": len(named),
-        "trainable_parameters": sum(p.numel() for _, p in named),
-        "device": str(device),
-        "num_processes": procs.count,
-        "grad_accum_per_process": per_process_accum,
+        "steps": loop.steps,
+        "micro_batches": loop.micro_batches,
+        "epochs_touched": loop.last_epoch + 1,
+        "n_forget": len(plan.forget),
+        "n_retain": len(plan.retain),
+        "dropped_empty": {"forget": plan.f_drop},
+        "retain_answerless_used": loop.builder.retain_answerless,
+        "order_digest": loop.builder.order_digest,
+        "warmup_steps": plan.warmup,
+        "schedule_total_steps": plan.total,
+        "reference": (eff.reference if run.ref is not None else None),
+        "trainable_tensors": len(opt.named),
+        "trainable_parameters": sum(p.numel() for _, p in opt.named),
+        "device": str(run.device),
+        "num_processes": plan.procs.count,
+        "grad_accum_per_process": plan.per_process_accum,
     }
-    if spec.name == "RMU":
-        logs["rmu_steering_seed"] = hp.steering_seed
-    if peft_model is not None:
-        logs["lora_targets"] = sorted(peft_model.peft_config["default"].target_modules)
-    logs["prompt_format"] = fmt.to_dict()
-    logs["forget_loss"] = {"before": loss_before, "after": loss_after}
-    return TrainResult(model, logs, step, eff.to_log())
+    if plan.spec.name == "RMU":
+        logs["rmu_steering_seed"] = plan.hp.steering_seed
+    if run.peft_model is not None:
+        logs["lora_targets"] = sorted(run.peft_model.peft_config["default"].target_modules)
+    logs["prompt_format"] = plan.fmt.to_dict()
+    return logs
 
 
 def _tokens(batch) -> int:
