@@ -92,7 +92,8 @@ def build_optimizer(
     # instead of torch's default on CPU — and HF Trainer's there — a Python loop of five ops
     # per parameter; the same update up to float rounding. foreach elsewhere.
     fusable = all(
-        p.device.type in ("cpu", "cuda")
+        not hasattr(p, "to_local")  # sharded parameters (DTensor): foreach
+        and p.device.type in ("cpu", "cuda")
         and p.dtype in (torch.float32, torch.bfloat16, torch.float16)
         for _, p in named
     )

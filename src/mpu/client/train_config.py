@@ -117,6 +117,11 @@ class ClientTrainConfig:
         help="trainable scope: all | decoder (decoder blocks) | lora (adapters, merged before "
         "the delta) | a regex on parameter names",
     )
+    sharding: str = field(
+        "none",
+        help="none | fsdp: full-parameter training sharded over the --num-processes processes "
+        "(each holds 1/N of the parameters, gradients and optimizer state; docs/methods.md)",
+    )
     report_to: str = field(
         "none",
         help="where the per-step curves go besides curves.jsonl: none | tensorboard (event "
@@ -201,8 +206,10 @@ class ClientTrainConfig:
                     f"ClientTrainConfig.trainable={self.trainable!r}: {exc}"
                 ) from None
         from mpu.client.curves import check_report_to
+        from mpu.client.sharding import check_sharding
 
         check_report_to(self.report_to)
+        check_sharding(self.sharding, self.trainable)
         if isinstance(self.prompt, dict):
             self.prompt = PromptConfig(**self.prompt)
         if isinstance(self.dp, dict):
@@ -325,6 +332,7 @@ class ClientSettings:
     reference_precision: str = "same"
     defaults_rule: str = ""  # which unset values the small-model rule filled in
     report_to: str = "none"
+    sharding: str = "none"
 
     def replace(self, **changes: Any) -> ClientSettings:
         return dataclasses.replace(self, **changes)

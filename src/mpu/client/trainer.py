@@ -31,6 +31,7 @@ from mpu.client.adapters import (
 from mpu.client.batches import BatchBuilder, check_rows, encode_rows, iterate
 from mpu.client.distributed import current_processes
 from mpu.client.optim import MasterWeights, build_optimizer, lr_factor, select_trainable
+from mpu.client.sharding import local_parameters
 from mpu.client.train_config import ClientSettings, ClientTrainConfig
 from mpu.devices import resolve_device
 from mpu.errors import ConfigError, DataError
@@ -176,6 +177,8 @@ def train_unlearning(
     plan = _plan(model, tokenizer, forget_rows, retain_rows, idk_answers, cfg, reference_model)
     run = _prepare(model, plan, reference_model)
     loss_before = forget_loss(run.train_model, plan.forget, tokenizer)
+    if run.sharded:  # the root keeps its parameters gathered after a forward: the optimizer
+        run.train_model.reshard()  # must hold the sharded ones
     torch.manual_seed(plan.eff.seed)
     det = (
         torch.are_deterministic_algorithms_enabled(),
@@ -198,6 +201,10 @@ def train_unlearning(
         "before": loss_before,
         "after": forget_loss(model, plan.forget, tokenizer),
     }
+    if run.sharded:  # the caller gets a whole model back (every process gathers once)
+        from mpu.client.sharding import gather
+
+        model = gather(model)
     return TrainResult(model, logs, loop.step, plan.eff.to_log())
 
 
@@ -262,6 +269,7 @@ class _Run:
     ref: Any
     peft_model: Any
     train_model: torch.nn.Module
+    sharded: bool = False
 
 
 def _prepare(model, plan: _Plan, reference_model) -> _Run:
@@ -286,7 +294,15 @@ def _prepare(model, plan: _Plan, reference_model) -> _Run:
         ref = AdapterOffReference(peft_model)
     if eff.gradient_checkpointing:
         enable_checkpointing(model)
-    return _Run(device, flags, ref, peft_model, peft_model if peft_model is not None else model)
+    sharded = eff.sharding == "fsdp" and plan.procs.count > 1
+    if sharded:  # after the reference is copied: it stays whole (on reference_device)
+        from mpu.client.sharding import shard
+
+        shard(model)
+    elif eff.sharding == "fsdp":
+        log.warning("sharding=fsdp with one process shards nothing (--num-processes N)")
+    train_model = peft_model if peft_model is not None else model
+    return _Run(device, flags, ref, peft_model, train_model, sharded)
 
 
 @dataclass
@@ -364,6 +380,9 @@ def _loop(run: _Run, opt: _Optim, plan: _Plan, tokenizer, order_seed, progress, 
                 )
             if not do_step:
                 continue
+            if run.sharded:  # every process runs as many passes as the busiest (sharding.py)
+                for _ in range(_passes_short(plan.procs, in_window)):
+                    _backward(run, plan, batch, autocast, out.step, weight=0.0)
             in_window = 0
             out.step += 1
             out.steps.append(_step(run, opt, plan, window, epoch, out.step))
@@ -377,29 +396,40 @@ def _loop(run: _Run, opt: _Optim, plan: _Plan, tokenizer, order_seed, progress, 
     return out
 
 
-def _backward(run: _Run, plan: _Plan, batch, autocast, step: int) -> dict[str, float]:
-    """One micro-batch's loss, backpropagated with 1/g of its weight; its logs."""
+def _passes_short(procs, window: int) -> int:
+    """How many fewer micro-batches of a `window` this process owns than the busiest one."""
+    return -(-window // procs.count) - len(range(procs.index, window, procs.count))
+
+
+def _backward(
+    run: _Run, plan: _Plan, batch, autocast, step: int, weight: float = 1.0
+) -> dict[str, float]:
+    """One micro-batch's loss, backpropagated with weight/g; its logs. Weight 0 is a sharded
+    process's filler pass: the collectives run, nothing is added."""
     with autocast:
         loss, logs = plan.spec.loss(run.train_model, batch, run.ref, plan.hp)
     if not torch.isfinite(loss):
         raise FloatingPointError(f"{plan.spec.name}: non-finite loss {float(loss)} at step {step}")
-    (loss / plan.eff.grad_accum).backward()
+    (loss * (weight / plan.eff.grad_accum)).backward()
     return {**logs, "tokens": _tokens(batch)}
 
 
 def _step(run: _Run, opt: _Optim, plan: _Plan, window: list[dict], epoch: int, step: int) -> dict:
     """Sum the processes' gradients, clip, step, schedule; the step's record."""
     eff = plan.eff
-    plan.procs.sum_gradients([p for _, p in opt.named])
+    if not run.sharded:  # sharded: the backward passes already summed them (reduce-scatter)
+        plan.procs.sum_gradients([p for _, p in opt.named])
     if opt.masters:
         opt.masters.load_grads()
-    gn = (
-        torch.nn.utils.clip_grad_norm_(opt.params, eff.max_grad_norm)
-        if eff.max_grad_norm
-        else torch.linalg.vector_norm(
+    if eff.max_grad_norm:
+        gn = torch.nn.utils.clip_grad_norm_(opt.params, eff.max_grad_norm)
+    elif run.sharded:  # the global norm over every process's shards
+        gn = torch.nn.utils.get_total_norm([p.grad for p in opt.params if p.grad is not None])
+    else:
+        gn = torch.linalg.vector_norm(
             torch.stack([p.grad.float().norm() for p in opt.params if p.grad is not None])
         )
-    )
+    gn = gn.full_tensor() if hasattr(gn, "full_tensor") else gn
     lr = opt.opt.param_groups[0]["lr"]
     opt.opt.step()
     if opt.masters:
@@ -446,6 +476,8 @@ def _logs(plan: _Plan, run: _Run, opt: _Optim, loop: _Loop) -> dict[str, Any]:
         "trainable_parameters": sum(p.numel() for _, p in opt.named),
         "device": str(run.device),
         "num_processes": plan.procs.count,
+        "sharding": "fsdp" if run.sharded else "none",
+        "parameters_per_process": local_parameters(run.train_model),
         "grad_accum_per_process": plan.per_process_accum,
     }
     if plan.spec.name == "RMU":

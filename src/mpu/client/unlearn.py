@@ -132,6 +132,12 @@ def unlearn_copy(
 
     out.mkdir(parents=True, exist_ok=True)
     write_curves(out, result.logs["steps"], eff.report_to)
+    from mpu.io.checkpoint import atomic_write_json
+
+    record = {k: v for k, v in result.logs.items() if k != "steps"}  # the steps: curves.jsonl
+    atomic_write_json(
+        out / "train_log.json", {**record, "effective_config": result.effective_config}
+    )
     result.model.to("cpu").save_pretrained(model_dir, safe_serialization=True)
     tokenizer.save_pretrained(model_dir)
     stats: dict = {}
