@@ -101,7 +101,14 @@ def test_wrong_type_and_ragged_lists(tmp_path):
 def test_malformed_file_is_a_data_error(tmp_path):
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "train.jsonl").write_text("{not json\n")
-    with pytest.raises(DataError, match=r"full/train\.jsonl: cannot be read"):
+    with pytest.raises(DataError, match=r"full/train\.jsonl: line 1: not JSON"):
+        load_split(tmp_path, "full")
+    # a row that is JSON but not an object (`null` crashes the Arrow reader: checked first)
+    (tmp_path / "full" / "train.jsonl").write_text('{"question": "q", "answer": "a"}\nnull\n')
+    with pytest.raises(DataError, match=r"line 2: a row must be a JSON object, not NoneType"):
+        load_split(tmp_path, "full")
+    (tmp_path / "full" / "train.jsonl").write_bytes(b'{"question": "q\xff", "answer": "a"}\n')
+    with pytest.raises(DataError, match=r"line 1 is not UTF-8 text"):
         load_split(tmp_path, "full")
 
 

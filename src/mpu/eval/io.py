@@ -94,7 +94,9 @@ def read_eval_log(path: str | Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise DataError(f"{path}: not a JSON evaluation log ({exc})") from exc
+        raise DataError(f"{path}: not a JSON evaluation log ({exc})") from None
+    except RecursionError:
+        raise DataError(f"{path}: nested too deeply to be an evaluation log") from None
     if not isinstance(data, dict):
         raise DataError(f"{path}: evaluation log must be a JSON object of metric -> result")
     data["_source"] = str(path)

@@ -165,6 +165,55 @@ def _load_corpus_lines(files: list[Path]):
     return datasets.Dataset.from_dict({"text": texts})
 
 
+def _utf8_text(path: Path) -> str:
+    """A text file's contents; bytes that are not UTF-8 are an error naming the file and the
+    place (the Arrow reader would accept them and fail on the first row read)."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise DataError(f"{path}: line {line} is not UTF-8 text ({exc.reason} at byte "
+                        f"{exc.start})") from None  # fmt: skip
+
+
+def _check_json_rows(path: Path) -> None:
+    """Every row of a JSON Lines file (or the list of a JSON file) is a JSON object: checked
+    here, line by line, because the Arrow reader crashes the process on some other values
+    (a JSON Lines file holding `null` segfaults it)."""
+    text = _utf8_text(path)
+    whole = None
+    if path.suffix != ".jsonl":  # a .json file is one JSON value or, as TOFU's own, JSON Lines
+        try:
+            whole = json.loads(text)
+        except (json.JSONDecodeError, RecursionError):
+            whole = None
+    if whole is None:
+        for n, line in enumerate(text.splitlines(), start=1):
+            if line.strip():
+                _json_object(line, f"{path}: line {n}")
+        return
+    rows = whole if isinstance(whole, list) else [whole]
+    if not rows or not all(isinstance(r, dict) for r in rows):
+        raise DataError(f"{path}: expected a JSON object or a list of objects (one per row)")
+
+
+def _json_value(text: str, where: str):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{where}: not JSON ({exc.msg})") from None
+    except RecursionError:
+        raise DataError(f"{where}: nested too deeply") from None
+
+
+def _json_object(text: str, where: str) -> dict:
+    value = _json_value(text, where)
+    if not isinstance(value, dict):
+        raise DataError(f"{where}: a row must be a JSON object, not {type(value).__name__}")
+    return value
+
+
 def _load_files(files: list[Path], config: str = ""):
     import datasets
 
@@ -173,10 +222,10 @@ def _load_files(files: list[Path], config: str = ""):
 
     builder = "parquet" if files[0].suffix == ".parquet" else "json"
     for f in files:
-        if f.stat().st_size == 0 or (
-            builder == "json" and not f.read_text(encoding="utf-8", errors="replace").strip()
-        ):
+        if f.stat().st_size == 0 or (builder == "json" and not _utf8_text(f).strip()):
             raise DataError(f"{f}: the file is empty (no rows)")
+        if builder == "json":
+            _check_json_rows(f)
     try:
         return datasets.load_dataset(
             builder, data_files=[str(f) for f in files], split="train", cache_dir=datasets_cache()
@@ -247,7 +296,7 @@ def load_idk(source: str | Path) -> list[str]:
     if not path.is_file():
         raise DataError(f"{path}: IDK answers file not found")
     answers = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for line in _utf8_text(path).splitlines():
         line = line.strip()
         if not line:
             continue

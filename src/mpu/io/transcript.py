@@ -29,6 +29,8 @@ from mpu.errors import MPUError
 
 GENESIS = "0" * 64
 RECEIPT_KIND = "mpu-client-receipt"
+RECEIPT_FIELDS = {"job_id": str, "round": int, "copy_id": str, "copy": str, "delta": str,
+                  "client_public_key": str, "sig": str}  # fmt: skip
 
 
 class TranscriptError(MPUError):
@@ -286,6 +288,11 @@ def check_receipt(obj: Any, where: str) -> dict:
     """A receipt whose signature holds under the key it names (pin that key to trust it)."""
     if not isinstance(obj, dict) or obj.get("kind") != RECEIPT_KIND:
         raise TranscriptError(f"{where}: not an MPU client receipt")
+    for name, kind in RECEIPT_FIELDS.items():
+        value = obj.get(name)
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise TranscriptError(f"{where}: field {name!r} must be {kind.__name__}, got "
+                                  f"{type(value).__name__}")  # fmt: skip
     body = {k: v for k, v in obj.items() if k != "sig"}
     if not signature_ok(str(obj.get("client_public_key")), canonical(body), str(obj.get("sig"))):
         raise TranscriptError(f"{where}: bad signature (the receipt was edited)")

@@ -245,8 +245,8 @@ def _check_receipts(entries: list[dict], receipts: Sequence[str | Path], path: P
         files += found
     for f in files:
         try:
-            obj = json.loads(f.read_text())
-        except (OSError, json.JSONDecodeError):
+            obj = json.loads(f.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError, RecursionError):
             raise TranscriptError(f"{f}: not a readable receipt") from None
         rc = check_receipt(obj, str(f))
         key = (rc["round"], rc["copy_id"])

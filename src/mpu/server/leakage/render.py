@@ -145,8 +145,9 @@ def read(path: Path) -> dict:
     path = path / "leakage.json" if path.is_dir() else path
     try:
         result = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise DataError(f"{path}: not a readable leakage.json ({exc})") from None
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+        reason = "nested too deeply" if isinstance(exc, RecursionError) else exc
+        raise DataError(f"{path}: not a readable leakage.json ({reason})") from None
     if not isinstance(result, dict) or "client_view" not in result:
         raise DataError(f"{path}: not a leakage audit (no client_view)")
     return result
