@@ -31,6 +31,7 @@ from typing import NoReturn
 from mpu.errors import ConfigError, MPUError
 from mpu.federated.certs import CertFiles
 from mpu.federated.client_app import ClientSide, load_side
+from mpu.federated.diagnose import split_address
 from mpu.federated.server_app import FEDERATION, FederationConfig
 from mpu.io.checkpoint import atomic_write_bytes
 
@@ -75,15 +76,8 @@ def _start(cmd: list[str], env: dict, logfile: Path) -> subprocess.Popen:
                             preexec_fn=_die_with_parent)  # fmt: skip
 
 
-def _split_address(address: str) -> tuple[str, int]:
-    host, _, port = address.rpartition(":")
-    if not host or not port.isdigit():
-        raise ConfigError(f"address {address!r}: expected HOST:PORT")
-    return host.strip("[]"), int(port)
-
-
 def _wait_for_port(address: str, proc: subprocess.Popen, logfile: Path) -> None:
-    host, port = _split_address(address)
+    host, port = split_address(address)
     deadline = time.monotonic() + START_TIMEOUT
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -188,7 +182,7 @@ def serve(cfg: FederationConfig, *, address: str, security: Security,
     env = _flower_env(home)
     _write_cli_config(home, address, files.ca_cert if files else None)
     app = _write_app(fed / "app", cfg)
-    host, port = _split_address(address)
+    host, port = split_address(address)
     # the SuperLink's state in memory: with its SQLite file, model-sized messages hit
     # "database is locked"; what must survive a restart lives in the workdir, and the keys are
     # registered again at every start
@@ -274,15 +268,19 @@ def join(side: ClientSide, *, server: str, security: Security, ca: Path | None =
         cmd += ["--root-certificates", str(ca), "--auth-supernode-private-key", str(key)]
     env = _flower_env(home)
     home.mkdir(parents=True, exist_ok=True)
+    from mpu.federated.diagnose import why_no_connection
+
+    probe = lambda: why_no_connection(server, insecure=security.insecure, ca=ca)  # noqa: E731
     deadline = time.monotonic() + max_wait
     while True:
         started = time.monotonic()
-        code, refused = _run_node(cmd, env)
+        code, refused = _run_node(cmd, env, deadline, probe)
         now = time.monotonic()
         if not refused and now - started > NODE_UP:  # it was connected: a server that went
             deadline = now + max_wait  # away (restarted, its state lost) gets max_wait to return
         elif now + REJOIN_PAUSE > deadline:
-            raise MPUError(REFUSED_HINT if refused else
+            cause = probe()
+            raise MPUError(f"could not join: {cause}" if cause else REFUSED_HINT if refused else
                            f"the SuperNode keeps stopping (exit code {code}); see its output above")  # fmt: skip
         log.warning("the SuperNode %s; starting it again in %.0f s (for at most %.0f s more)",
                     "was refused" if refused else f"stopped (exit code {code})", REJOIN_PAUSE,
@@ -290,8 +288,10 @@ def join(side: ClientSide, *, server: str, security: Security, ca: Path | None =
         time.sleep(REJOIN_PAUSE)
 
 
-def _run_node(cmd: list[str], env: dict) -> tuple[int, bool]:
-    """Run one SuperNode to its end: (exit code, whether the SuperLink refused it)."""
+def _run_node(cmd: list[str], env: dict, deadline: float, probe) -> tuple[int, bool]:
+    """Run one SuperNode to its end: (exit code, whether the SuperLink refused it). Past
+    `deadline` the server is probed (and again every PROBE_EVERY seconds); a cause the probe
+    finds stops the node and is raised: the SuperNode itself would retry forever."""
     node = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             preexec_fn=_die_with_parent, start_new_session=True)  # fmt: skip
     seen = {"refused": False}
@@ -305,11 +305,28 @@ def _run_node(cmd: list[str], env: dict) -> tuple[int, bool]:
     reader = threading.Thread(target=pump, daemon=True)
     reader.start()
     try:
-        code = node.wait()
+        code = _wait_or_diagnose(node, deadline, probe)
     finally:
         _stop_group(node)
     reader.join(timeout=5)
     return code, seen["refused"]
+
+
+PROBE_EVERY = 60.0  # seconds between probes of a server the first probe found no fault with
+
+
+def _wait_or_diagnose(node: subprocess.Popen, deadline: float, probe) -> int:
+    """The node's exit code; past the deadline, MPUError with the cause the probe names."""
+    while True:
+        try:
+            return node.wait(timeout=max(0.1, min(1.0, deadline - time.monotonic())))
+        except subprocess.TimeoutExpired:
+            if time.monotonic() < deadline:
+                continue
+        cause = probe()
+        if cause:
+            raise MPUError(f"could not join: {cause}")
+        deadline = time.monotonic() + PROBE_EVERY
 
 
 def _stop_group(proc: subprocess.Popen) -> None:
