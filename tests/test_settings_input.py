@@ -65,3 +65,17 @@ def test_copies_are_never_published_into_the_server_s_own_files(tmp_path):
         with pytest.raises(ConfigError, match="inside the server's own files"):
             server.publish(tmp_path / out, progress=False)
     assert snapshot(server.workdir) == before
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "message"),
+    [("--rounds", "0", "--rounds 0: must be an integer ≥ 1"),
+     ("--retries", "-1", "--retries -1: must be an integer ≥ 0"),
+     ("--round-timeout", "-5", "--round-timeout"),
+     ("--join-timeout", "nan", "--join-timeout")],
+)  # fmt: skip
+def test_serve_refuses_bad_flags_before_anything_starts(tmp_path, capsys, flag, value, message):
+    code = main(["serve", "--workdir", str(tmp_path / "w"), "--insecure", flag, value])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "w").exists()

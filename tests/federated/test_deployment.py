@@ -103,3 +103,59 @@ def test_a_server_killed_mid_round_resumes_to_the_same_parameters(deployment, tm
     assert summary(workdir)["rounds"] == 2
     file_path_rounds(twin, tmp_path / "files", data=data, split="forget01", method=METHOD, rounds=2)
     assert_bit_identical(workdir, twin)
+
+
+def _descendants(pid: int) -> set[int]:
+    """Every process below `pid` now (from /proc: parent links)."""
+    from pathlib import Path
+
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(stat.parent.name))
+    out, todo = set(), [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in out:
+                out.add(child)
+                todo.append(child)
+    return out
+
+
+def _running(pids: set[int]) -> dict[int, str]:
+    """The processes of `pids` still alive (not zombies), with their command lines."""
+    from pathlib import Path
+
+    out = {}
+    for pid in pids:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if state != "Z":
+            out[pid] = cmd
+    return out
+
+
+def test_kill_9_of_join_or_serve_leaves_no_flower_process_behind(deployment, tmp_path):
+    """kill -9 of `mpu join` (or `mpu serve`) alone, mid-request: within 2 s nothing it
+    started — SuperNode, SuperExec, ClientApp; SuperLink, `flwr run`, ServerApp — runs on."""
+    serve, join, _, _, _ = deployment
+    server = serve(tmp_path / "serve.log")
+    client = join(tmp_path / "alice.log", key_index=1)
+    deadline = time.monotonic() + 300
+    while "flwr-clientapp" not in " ".join(_running(_descendants(client.pid)).values()):
+        assert client.poll() is None and server.poll() is None, (tmp_path / "alice.log").read_text()
+        assert time.monotonic() < deadline, "no ClientApp process ever started"
+        time.sleep(0.2)
+    for proc in (client, server):
+        tree = _descendants(proc.pid)
+        assert tree
+        os.kill(proc.pid, signal.SIGKILL)  # the command alone, not its process group
+        proc.wait()
+        time.sleep(2)
+        assert _running(tree) == {}, _running(tree)

@@ -32,6 +32,7 @@ def _serve(args: argparse.Namespace) -> int:
         retries=args.retries,
         on_failure=args.on_failure,
     )
+    cfg.check()  # before a SuperLink or a ServerApp starts
     keys = [Path(k) for k in args.register] if args.register else None
     summary = serve(
         cfg,

@@ -14,7 +14,6 @@ Flower's telemetry is switched off for every process we start.
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import os
 import shutil
@@ -65,15 +64,61 @@ def _tool(name: str) -> str:
     return found
 
 
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
-    if sys.platform.startswith("linux"):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-
-
 def _start(cmd: list[str], env: dict, logfile: Path) -> subprocess.Popen:
+    """A Flower process in a session of its own, with a guard that ends the whole session
+    when this process dies (`_guard`)."""
     out = logfile.open("ab")
-    return subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT,
-                            preexec_fn=_die_with_parent)  # fmt: skip
+    proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT,
+                            start_new_session=True)  # fmt: skip
+    _guard(proc.pid)
+    return proc
+
+
+GUARD = """
+import ctypes, os, signal, sys
+root, parent = int(sys.argv[1]), int(sys.argv[2])
+def tree():
+    children = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(name))
+    out, todo = [], [root]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+def end(*_):
+    for pid in [*reversed(tree()), root]:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    os._exit(0)
+signal.signal(signal.SIGTERM, end)
+ctypes.CDLL("libc.so.6").prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG: told when mpu dies
+if os.getppid() != parent:  # mpu died before the line above ran
+    end()
+while True:
+    signal.pause()
+"""
+
+
+def _guard(root: int) -> subprocess.Popen | None:
+    """A small watchdog that kills process `root` and everything below it when this process
+    dies, by any signal, kill -9 included. A parent-death signal on `root` itself would reach
+    only `root`, and what Flower starts below it (SuperExec, ClientApp and ServerApp processes,
+    some in sessions of their own) would run on with parent 1; the guard walks the tree while
+    `root` still holds it together, then kills it leaves first. Linux only (prctl, /proc)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    return subprocess.Popen([sys.executable, "-c", GUARD, str(root), str(os.getpid())],
+                            stdin=subprocess.DEVNULL)  # fmt: skip
 
 
 def _wait_for_port(address: str, proc: subprocess.Popen, logfile: Path) -> None:
@@ -212,8 +257,10 @@ def serve(cfg: FederationConfig, *, address: str, security: Security,
             log.info("registered client key %s", key.name)
         log.info("SuperLink on %s (%s); waiting for %d client(s)", address,
                  "TLS, node authentication" if files else "INSECURE", cfg.clients)  # fmt: skip
-        run = subprocess.run([_tool("flwr"), "run", str(app), CONNECTION, "--stream"], env=env,
-                             stdout=stream, stderr=subprocess.STDOUT)  # fmt: skip
+        run = subprocess.Popen([_tool("flwr"), "run", str(app), CONNECTION, "--stream"], env=env,
+                               stdout=stream, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+        _guard(run.pid)
+        run.wait()
         if run.returncode != 0 or not summary.is_file():
             raise MPUError(
                 f"the federated run did not finish (flwr run exit {run.returncode}); the server "
@@ -293,7 +340,8 @@ def _run_node(cmd: list[str], env: dict, deadline: float, probe) -> tuple[int, b
     `deadline` the server is probed (and again every PROBE_EVERY seconds); a cause the probe
     finds stops the node and is raised: the SuperNode itself would retry forever."""
     node = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            preexec_fn=_die_with_parent, start_new_session=True)  # fmt: skip
+                            start_new_session=True)  # fmt: skip
+    guard = _guard(node.pid)
     seen = {"refused": False}
 
     def pump() -> None:  # the SuperNode's console, passed through
@@ -308,6 +356,8 @@ def _run_node(cmd: list[str], env: dict, deadline: float, probe) -> tuple[int, b
         code = _wait_or_diagnose(node, deadline, probe)
     finally:
         _stop_group(node)
+        if guard is not None:
+            guard.terminate()  # its group is gone; one guard per SuperNode start
     reader.join(timeout=5)
     return code, seen["refused"]
 

@@ -77,11 +77,22 @@ class FederationConfig:
             int(rc.get("retries", 1)),
             str(rc.get("on-failure", "stop")),
         )
-        if cfg.on_failure not in ("stop", "drop"):
-            raise ConfigError(f"on-failure must be 'stop' or 'drop', got {cfg.on_failure!r}")
-        if cfg.rounds < 1 or cfg.clients < 1 or cfg.retries < 0:
-            raise ConfigError("rounds and clients must be ≥ 1 and retries ≥ 0")
+        cfg.check()
         return cfg
+
+    def check(self) -> None:
+        """Every setting in range, before anything starts (`mpu serve` calls it first)."""
+        from mpu.config import check_number
+
+        if self.on_failure not in ("stop", "drop"):
+            raise ConfigError(f"--on-failure must be 'stop' or 'drop', got {self.on_failure!r}")
+        for name, value, low in (("--rounds", self.rounds, 1), ("--clients", self.clients, 1),
+                                 ("--retries", self.retries, 0)):  # fmt: skip
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ConfigError(f"{name} {value}: must be an integer ≥ {low}")
+        for name, value in (("--round-timeout", self.round_timeout),
+                            ("--join-timeout", self.join_timeout)):  # fmt: skip
+            check_number("mpu serve", name, value, low=0, low_open=True, allow_none=False)
 
 
 def _message(content: dict, node: int, kind: str, config: dict):
