@@ -101,9 +101,12 @@ def test_one_huge_entry_is_refused_at_m2(job, tmp_path):
 
     deltas = [write_delta(copies[0], tmp_path / "a.safetensors", bomb),
               write_delta(copies[1], tmp_path / "b.safetensors")]  # fmt: skip
-    with pytest.raises(UpdateRejectedError, match="max_update_ratio"):
+    with pytest.raises(UpdateRejectedError, match="max_update_ratio") as err:
         server.aggregate(deltas, progress=False)
     assert snapshot(server.workdir) == before
+    # the message can reach the client (over Flower): it names the bound, never θ's norm
+    theta_norm = server.state.theta_norms["1"]["model.layers.0.mlp.down_proj.weight"]
+    assert f"{theta_norm:.4g}" not in str(err.value) and "not printed" in str(err.value)
 
 
 def test_the_old_unbounded_behaviour_is_an_explicit_option(pair, tmp_path):

@@ -154,8 +154,9 @@ def _check_tensor_bound(
     if norm > cfg.max_update_ratio * scale:
         raise UpdateRejectedError(
             f"{path}: the update changes tensor {name!r} by {norm:.4g} (L2), more than "
-            f"max_update_ratio={cfg.max_update_ratio:g} × its norm {scale:.4g} in the model "
-            "(a diverged or forged update; set max_update_ratio=0 to accept it)"
+            f"max_update_ratio={cfg.max_update_ratio:g} × that tensor's norm in the model (a "
+            "diverged or forged update; set max_update_ratio=0 to accept it). The model's norm "
+            "is not printed: this message can reach the client"
         )
 
 
