@@ -42,23 +42,13 @@ def test_kappa_zero_mpu_with_sgd_equals_clean(tofu_world, tmp_path, method):
 
 
 def _mpu_run(data, models, out, *extra) -> int:
-    """`mpu run` of NPO on forget01 with a cheap evaluation (6 rows, 8 generated tokens)."""
-    return main(
-        [
-            "run",
-            f"data={data}",
-            f"models={models}",
-            f"out={out}",
-            "methods=[NPO]",
-            "forget_split=forget01",
-            "eval_limit=6",
-            "eval_max_new_tokens=8",
-            "progress=false",
-            "client.precision=fp32",
-            "client.lr=1e-3",
-            *extra,
-        ]
-    )
+    """`mpu run` of NPO on forget01 with a cheap evaluation (6 rows, 8 generated tokens); a
+    setting in `extra` replaces the default one (the CLI refuses a key given twice)."""
+    defaults = [f"data={data}", f"models={models}", f"out={out}", "methods=[NPO]",
+                "forget_split=forget01", "eval_limit=6", "eval_max_new_tokens=8",
+                "progress=false", "client.precision=fp32", "client.lr=1e-3"]  # fmt: skip
+    given = {e.split("=", 1)[0] for e in extra}
+    return main(["run", *(d for d in defaults if d.split("=", 1)[0] not in given), *extra])
 
 
 @pytest.mark.slow

@@ -68,8 +68,12 @@ def test_client_unlearn_that_moves_nothing_says_so_and_exits_3(tofu_world, copy,
 
 
 def _run(data, models, out, *extra) -> list[str]:
-    return ["run", f"data={data}", f"models={models}", f"out={out}", "forget_split=forget01",
-            "eval_limit=10", "eval_max_new_tokens=8", "progress=false", *extra]  # fmt: skip
+    """`mpu run` arguments; a setting in `extra` replaces the default (a key given twice with
+    two values is refused)."""
+    defaults = [f"data={data}", f"models={models}", f"out={out}", "forget_split=forget01",
+                "eval_limit=10", "eval_max_new_tokens=8", "progress=false"]  # fmt: skip
+    given = {e.split("=", 1)[0] for e in extra}
+    return ["run", *(d for d in defaults if d.split("=", 1)[0] not in given), *extra]
 
 
 @pytest.mark.slow
