@@ -38,13 +38,16 @@ class _NotProgress(logging.Filter):
 
 
 class _TqdmHandler(logging.StreamHandler):
-    """Writes through `tqdm.write`, so a log line does not break a progress bar."""
+    """Writes through `tqdm.write`, so a log line does not break a progress bar — to the
+    stderr of the moment (one that was replaced and closed, e.g. by a capture, is not used)."""
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
+            import sys
+
             from tqdm.auto import tqdm
 
-            tqdm.write(self.format(record), file=self.stream)
+            tqdm.write(self.format(record), file=sys.stderr)
         except Exception:  # never let logging raise
             self.handleError(record)
 

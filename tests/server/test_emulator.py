@@ -60,8 +60,9 @@ def test_an_emulator_that_keeps_every_block_is_ordinary_mpu_bit_for_bit(six_bloc
         ("stride1", {"emulator": "layer_drop", "emulator_stride": 1}),
     ):
         server, copies = _job(six_blocks, tmp_path / name, **settings)
-        for c in copies:  # the same copy folders: weights and config, byte for byte
-            results.setdefault(c.name, []).append(
+        k_of = {r.folder: r.k for r in server.state.copy_records(1)}  # folders are shuffled
+        for c in copies:  # the same copies (by noise index): weights and config, byte for byte
+            results.setdefault(f"copy k={k_of[c.name]}", []).append(
                 ((c / "model.safetensors").read_bytes(), (c / "config.json").read_bytes())
             )
         deltas = unlearn_copies(world, copies, tmp_path / name)
@@ -77,14 +78,18 @@ def test_layer_drop_publishes_a_shorter_copy_and_updates_only_the_outer_blocks(
     data, _ = six_blocks
     server, copies = _job(six_blocks, tmp_path / "emu", emulator="layer_drop", emulator_outer=1,
                           emulator_stride=2)  # fmt: skip
-    _, plain = _job(six_blocks, tmp_path / "plain")
+    plain_server, plain = _job(six_blocks, tmp_path / "plain")
     config = json.loads((copies[0] / "config.json").read_text())
     # middle blocks 1..4, every second kept: θ's blocks 0, 1, 3, 5 become the copy's 0..3
     assert config["num_hidden_layers"] == 4
     assert config["mpu_emulator"] == {"theta_blocks": 6, "kept_blocks": [0, 1, 3, 5],
                                       "trainable_blocks": [0, 3]}  # fmt: skip
-    # the kept blocks are ordinary MPU blocks: the same bytes as the full copy's (same seeds)
-    emu, full = _tensors(copies[0]), _tensors(plain[0])
+    # the kept blocks are ordinary MPU blocks: the same bytes as the full copy's of the same
+    # noise index (same public seeds; the folder → index assignment is shuffled per job)
+    k_emu = {r.k: r.folder for r in server.state.copy_records(1)}
+    k_plain = {r.folder: r.k for r in plain_server.state.copy_records(1)}
+    match = next(c for c in copies if c.name == k_emu[k_plain[plain[0].name]])
+    emu, full = _tensors(match), _tensors(plain[0])
     for theta_block, copy_block in ((0, 0), (1, 1), (3, 2), (5, 3)):
         for name, t in full.items():
             if name.startswith(f"model.layers.{theta_block}."):

@@ -10,12 +10,14 @@ the first thing to look at when an unlearning run misbehaves.
 from __future__ import annotations
 
 import importlib.util
-import json
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from mpu.errors import ConfigError, DataError
+from mpu.errors import ConfigError
+from mpu.io.jsonl import read_jsonl, write_jsonl
+
+__all__ = ["CURVES_FILE", "REPORT_TO", "check_report_to", "read_jsonl", "write_curves",
+           "write_jsonl", "write_tensorboard"]  # fmt: skip
 
 REPORT_TO = ("none", "tensorboard")
 CURVES_FILE = "curves.jsonl"
@@ -29,30 +31,6 @@ def check_report_to(value: str) -> None:
         raise ConfigError(
             "report_to=tensorboard needs the tensorboard package: pip install 'mpu[tensorboard]'"
         )
-
-
-def write_jsonl(path: Path, steps: Sequence[dict]) -> Path:
-    """The records as one JSON object per line, written atomically (temp file + rename)."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with tmp.open("w", encoding="utf-8") as f:
-        for rec in steps:
-            f.write(json.dumps(rec, allow_nan=False) + "\n")
-    os.replace(tmp, path)
-    return path
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    """The records of a curves file; a line that is not a JSON object is an error naming it."""
-    out = []
-    for i, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{path}:{i}: not a JSON record ({exc.msg})") from None
-        if not isinstance(rec, dict):
-            raise DataError(f"{path}:{i}: a curve record must be a JSON object")
-        out.append(rec)
-    return out
 
 
 def write_tensorboard(folder: Path, steps: Sequence[dict]) -> Path:

@@ -14,7 +14,7 @@ COLOURS = {"clean": "#1f77b4", "noised": "#ff7f0e", "mpu": "#d62728", "dp": "#94
 
 def run_curves(run: dict) -> dict[str, list[dict]]:
     """A run's records per copy, rounds joined in order (their steps continue across rounds)."""
-    from mpu.client.curves import read_jsonl
+    from mpu.io.jsonl import read_jsonl
 
     folder = Path(run["_dir"]) / "curves" / f"{run['method']}-{run['variant']}"
     out: dict[str, list[dict]] = {}
