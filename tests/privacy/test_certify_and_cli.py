@@ -188,6 +188,7 @@ def test_the_audit_refuses_inputs_that_do_not_belong_together(round1, tofu_world
         (["--copies", str(copies[0].parent), "--limit", "-5"], "limit=-5"),
     ]
     before = snapshot(server.workdir)
+    capsys.readouterr()  # the set-up's log lines
     for extra, message in cases:
         assert main([*base, *extra]) == 2, extra
         err = capsys.readouterr().err
