@@ -84,8 +84,31 @@ def test_a_receipt_of_any_shape_is_refused_in_one_line(content):
         assert "receipt.json" in str(exc)
 
 
+FIELDS = [
+    "copies",
+    "one_copy_aligned_to_base",
+    "all_copies_with_base",
+    "all_copies_without_base",
+    "logit_gap_all_with_base",
+    "ideal_all_copies",
+    "residual_floor",
+]
+NUMBER = st.integers() | st.floats()
+LEAKAGE = st.one_of(
+    JSON,
+    st.fixed_dictionaries(
+        {"client_view": st.fixed_dictionaries({k: NUMBER for k in FIELDS})},
+        optional={"server_view": st.one_of(JSON, st.dictionaries(
+                      st.sampled_from(["token_recovery", "membership_auc",
+                                       "membership_auc_calibrated"]), JSON)),
+                  "functional": st.one_of(JSON, st.dictionaries(
+                      st.sampled_from(["one_copy", "all_copies_with_base"]), JSON))},
+    ),
+)  # fmt: skip
+
+
 @SETTINGS
-@given(content=st.one_of(JSON, RAW))
+@given(content=st.one_of(LEAKAGE, RAW))
 def test_a_leakage_file_of_any_content_is_read_or_refused(tmp_path, content):
     from mpu.server.leakage import read, summary
 

@@ -148,6 +148,47 @@ def read(path: Path) -> dict:
     except (OSError, json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
         reason = "nested too deeply" if isinstance(exc, RecursionError) else exc
         raise DataError(f"{path}: not a readable leakage.json ({reason})") from None
-    if not isinstance(result, dict) or "client_view" not in result:
+    if not isinstance(result, dict) or not isinstance(result.get("client_view"), dict):
         raise DataError(f"{path}: not a leakage audit (no client_view)")
+    for key in SUMMARY_FIELDS:
+        value = result["client_view"].get(key)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise DataError(f"{path}: client_view.{key} must be a number, got {value!r:.40}")
+    _check_parts(result, path)
     return result
+
+
+def _number(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _check_parts(result: dict, path: Path) -> None:
+    """The server's view and the functional leakage, where present, in the shapes `summary`
+    and `markdown` read; anything else is one error naming the field."""
+    from mpu.errors import DataError
+
+    def bad(field: str) -> DataError:
+        return DataError(f"{path}: {field} is not what an audit writes")
+
+    for part in ("server_view", "functional"):
+        if part in result and not isinstance(result[part], dict):
+            raise bad(part)
+    s = result.get("server_view", {})
+    tr = s.get("token_recovery")
+    if tr is not None and not (isinstance(tr, list) and all(
+            isinstance(t, dict) and _number(t.get("recall_at_k")) and _number(t.get("chance_at_k"))
+            for t in tr)):  # fmt: skip
+        raise bad("server_view.token_recovery")
+    for key in ("membership_auc", "membership_auc_calibrated"):
+        if key in s and not _number(s[key]):
+            raise bad(f"server_view.{key}")
+    f = result.get("functional")
+    if f is not None:
+        for key in ("one_copy", "all_copies_with_base"):
+            if not (isinstance(f.get(key), dict) and _number(f[key].get("answer_prob"))):
+                raise bad(f"functional.{key}")
+
+
+SUMMARY_FIELDS = ("copies", "one_copy_aligned_to_base", "all_copies_with_base",
+                  "all_copies_without_base", "logit_gap_all_with_base", "ideal_all_copies",
+                  "residual_floor")  # fmt: skip
