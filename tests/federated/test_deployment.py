@@ -96,8 +96,11 @@ def test_a_server_killed_mid_round_resumes_to_the_same_parameters(deployment, tm
         assert first.poll() is None, (tmp_path / "serve1.log").read_text()
         assert time.monotonic() < deadline, "round 2 was never published"
         time.sleep(0.2)
+    tree = _descendants(first.pid)
     os.killpg(first.pid, signal.SIGKILL)  # the server host dies: SuperLink and ServerApp too
     first.wait()
+    time.sleep(2)  # nothing of the killed server runs on (its guards end what is outside its group)
+    assert _running(tree - {first.pid}) == {}, _running(tree)
     second = serve(tmp_path / "serve2.log")
     assert _wait(second, tmp_path / "serve2.log", 600) == 0, (tmp_path / "serve2.log").read_text()
     assert summary(workdir)["rounds"] == 2

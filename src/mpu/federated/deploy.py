@@ -117,8 +117,10 @@ def _guard(root: int) -> subprocess.Popen | None:
     `root` still holds it together, then kills it leaves first. Linux only (prctl, /proc)."""
     if not sys.platform.startswith("linux"):
         return None
+    # its own session: a kill of mpu's process group (a terminal's, a test's) must not take
+    # the guard with it before it has done its job
     return subprocess.Popen([sys.executable, "-c", GUARD, str(root), str(os.getpid())],
-                            stdin=subprocess.DEVNULL)  # fmt: skip
+                            stdin=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
 
 
 def _wait_for_port(address: str, proc: subprocess.Popen, logfile: Path) -> None:
