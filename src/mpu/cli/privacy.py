@@ -122,11 +122,15 @@ def _same_job(audited: dict, workdir: Path, where: str) -> None:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from mpu.config import describe
-    from mpu.eval.certificate import Thresholds
-
     group = sub.add_parser("privacy", help="measure what a job leaks (leakage audit)")
     psub = group.add_subparsers(dest="privacy_command", metavar="ACTION", required=True)
+    _register_audit(psub)
+    _register_plan(psub)
+    _register_verify(sub)
+    _register_certify(sub)
+
+
+def _register_audit(psub: argparse._SubParsersAction) -> None:
     p = psub.add_parser(
         "audit",
         help="run a curious client's and server's attacks on a round; write leakage.json/md",
@@ -156,6 +160,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="folder for leakage.json and leakage.md")
     p.set_defaults(handler=_audit)
 
+
+def _register_plan(psub: argparse._SubParsersAction) -> None:
     p = psub.add_parser(
         "plan",
         help="the smallest κ whose copies leak at most a target, measured on your model",
@@ -176,6 +182,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", help="write the plan and its evidence as JSON")
     p.set_defaults(handler=_plan)
 
+
+def _register_verify(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "verify",
         help="check a job's signed transcript and recompute every round from it",
@@ -190,6 +198,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--public-key", help="the server key to pin (hex); default W/audit.pub")
     p.add_argument("--chain-only", action="store_true", help="skip the recomputation")
     p.set_defaults(handler=_verify)
+
+
+def _register_certify(sub: argparse._SubParsersAction) -> None:
+    from mpu.config import describe
+    from mpu.eval.certificate import Thresholds
 
     p = sub.add_parser(
         "certify",

@@ -128,16 +128,7 @@ def unlearn_copy(
     if not procs.is_main:  # identical weights on every process; process 0 writes them
         procs.wait()
         return model_dir, delta, {"steps": result.step_count, "process": procs.index}
-    from mpu.client.curves import write_curves
-
-    out.mkdir(parents=True, exist_ok=True)
-    write_curves(out, result.logs["steps"], eff.report_to)
-    from mpu.io.checkpoint import atomic_write_json
-
-    record = {k: v for k, v in result.logs.items() if k != "steps"}  # the steps: curves.jsonl
-    atomic_write_json(
-        out / "train_log.json", {**record, "effective_config": result.effective_config}
-    )
+    _write_records(out, result, eff.report_to)
     result.model.to("cpu").save_pretrained(model_dir, safe_serialization=True)
     tokenizer.save_pretrained(model_dir)
     stats: dict = {}
@@ -156,6 +147,20 @@ def unlearn_copy(
         "dp": stats.get("dp"),
     }
     return model_dir, delta, info
+
+
+def _write_records(out: Path, result, report_to: str) -> None:
+    """The run's records beside its delta: the per-step curves (curves.jsonl, and TensorBoard
+    events when asked) and everything else the trainer logged (train_log.json)."""
+    from mpu.client.curves import write_curves
+    from mpu.io.checkpoint import atomic_write_json
+
+    out.mkdir(parents=True, exist_ok=True)
+    write_curves(out, result.logs["steps"], report_to)
+    record = {k: v for k, v in result.logs.items() if k != "steps"}  # the steps: curves.jsonl
+    atomic_write_json(
+        out / "train_log.json", {**record, "effective_config": result.effective_config}
+    )
 
 
 def client_key_path() -> Path:
