@@ -66,9 +66,13 @@ VARIANTS = {
 NO_EFFECT = {"forget_Q_A_Prob": 0.005, "model_utility": 0.005}
 
 
-def _num(x: Any) -> float | None:
+def finite_number(x: Any) -> float | None:
+    """`x` as a float when it is a finite real number (not a bool), else None."""
     ok = isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
     return float(x) if ok else None
+
+
+_num = finite_number
 
 
 def _mean_spread(values: Sequence[float]) -> tuple[float, float | None]:

@@ -8,11 +8,8 @@ from __future__ import annotations
 import statistics
 from collections.abc import Sequence
 
+from mpu.eval.findings import finite_number as _num
 from mpu.eval.findings import setting_label
-
-
-def _num(x) -> float | None:
-    return float(x) if isinstance(x, int | float) and not isinstance(x, bool) else None
 
 
 def points(runs: Sequence[dict]) -> list[tuple[float, float, str]]:

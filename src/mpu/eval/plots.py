@@ -15,6 +15,7 @@ import statistics
 from collections.abc import Sequence
 
 from mpu.eval.findings import METRICS, group_key, setting_label
+from mpu.eval.findings import finite_number as _num
 
 VARIANT_COLOURS = {
     "target": "#7f7f7f",
@@ -26,11 +27,6 @@ VARIANT_COLOURS = {
 BAR_METRICS = ("forget_quality", "model_utility", "forget_Q_A_Prob", "privleak")
 MARKERS = "osD^v<>pX*"
 LABEL_SIZE = 8
-
-
-def _num(x) -> float | None:
-    ok = isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
-    return float(x) if ok else None
 
 
 def _groups(runs: Sequence[dict], variants=("clean", "noised", "mpu")) -> dict[tuple, list[dict]]:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import html
 import json
-import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,6 +20,7 @@ from typing import Any
 
 from mpu.errors import DataError
 from mpu.eval.findings import METRICS, VARIANTS, findings, what_was_run
+from mpu.eval.findings import finite_number as _num
 
 SCHEMA = "mpu-report/1"
 # config keys that never make two runs "different settings" (bookkeeping, or shown as κ / m)
@@ -61,11 +61,6 @@ def load_run_dir(run_dir: str | Path) -> dict[str, Any]:
         run.setdefault("kappa", None)
         run["_dir"] = str(run_dir)
     return data
-
-
-def _num(x: Any) -> float | None:
-    ok = isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
-    return float(x) if ok else None
 
 
 def _fmt(x: Any) -> str:
