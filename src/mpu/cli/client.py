@@ -29,6 +29,49 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="delta file to write (.safetensors)")
     p.set_defaults(handler=_diff)
     _register_unlearn(csub)
+    _register_assess(csub)
+
+
+def _assess(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from mpu.client.assess import AssessRequest, assess
+
+    req = AssessRequest(Path(args.copy), args.data, args.split, Path(args.out),
+                        tuple(args.score), args.retain_split, args.probes, args.limit,
+                        args.seed)  # fmt: skip
+    summary = assess(req)
+    print(f"assessed {args.copy} on {args.split} ({summary['forget_items']} items, "
+          f"{summary['retain_items']} retain items)")  # fmt: skip
+    for score, s in summary["scores"].items():
+        top = ", ".join(f"{c['block']} {c['role']} ×{c['enrichment']:.1f}" for c in s["cells"][:3])
+        print(f"  {score} ({s['seconds']:.1f} s): the top 5 % is densest in {top}")
+    print(f"  wrote {req.out}/importance.safetensors, summary.json, heatmap-*.png")
+    return 0
+
+
+def _register_assess(csub: argparse._SubParsersAction) -> None:
+    from mpu.client.importance import SCORES
+
+    p = csub.add_parser(
+        "assess",
+        help="where the forget set lives: per-parameter importance, a block × role map",
+        description="Score every parameter of a copy by how much the forget set relies on it, "
+        "relative to the retain set (docs/methods.md, 'Localized updates'): per-tensor scores "
+        "(importance.safetensors), a block × role summary (summary.json) and a heatmap per "
+        "score. trainable=salient computes the same scores itself when it trains.",
+    )
+    p.add_argument("--copy", required=True, help="model folder (a published copy or any model)")
+    p.add_argument("--data", required=True, help="data folder (`mpu data make …`) or hub id")
+    p.add_argument("--split", default="forget10", help="forget split (default forget10)")
+    p.add_argument("--retain-split", help="retain split (default: TOFU's complement; '' = none)")
+    p.add_argument("--out", required=True, help="folder for the scores, summary and heatmaps")
+    p.add_argument("--score", nargs="+", default=["fisher"], choices=SCORES,
+                   help="estimators (default fisher)")  # fmt: skip
+    p.add_argument("--probes", type=int, default=8, help="Hutchinson probes (default 8)")
+    p.add_argument("--limit", type=int, help="use the first N forget items")
+    p.add_argument("--seed", type=int, default=0, help="probe seed")
+    p.set_defaults(handler=_assess)
 
 
 def _unlearn(args: argparse.Namespace) -> int:

@@ -41,7 +41,7 @@ def select_trainable(model: torch.nn.Module, scope: str) -> list[tuple[str, torc
     from mpu.arch import frozen_block
 
     named = [(n, p) for n, p in model.named_parameters() if not frozen_block(model.config, n)]
-    if scope == "all":
+    if scope in ("all", "salient"):  # salient: all of them, masked by the trainer
         return named
     if scope == "lora":  # the adapters `attach_lora` added (PEFT names them lora_A / lora_B)
         chosen = [(n, p) for n, p in named if ".lora_" in n]

@@ -31,6 +31,9 @@ def check_sharding(sharding: str, trainable: str) -> None:
     if sharding == "fsdp" and trainable == "lora":
         raise ConfigError("sharding=fsdp with trainable=lora: LoRA adapters already fit one "
                           "device; shard full-parameter training only")  # fmt: skip
+    if sharding == "fsdp" and trainable == "salient":
+        raise ConfigError("sharding=fsdp with trainable=salient: the importance pass and the "
+                          "mask need whole tensors; run salient updates on one process")  # fmt: skip
 
 
 def shard(model: torch.nn.Module) -> None:

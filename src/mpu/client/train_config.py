@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mpu.client.adapters import LoRAConfig
+from mpu.client.salient import SalientConfig
 from mpu.config import field
 from mpu.devices import DEVICE_HELP, check_device_name
 from mpu.errors import ConfigError
@@ -115,7 +116,8 @@ class ClientTrainConfig:
     trainable: str = field(
         "all",
         help="trainable scope: all | decoder (decoder blocks) | lora (adapters, merged before "
-        "the delta) | a regex on parameter names",
+        "the delta) | salient (the top salient.fraction of all parameters by importance on the "
+        "forget set; exactly zero update elsewhere) | a regex on parameter names",
     )
     sharding: str = field(
         "none",
@@ -131,6 +133,13 @@ class ClientTrainConfig:
         default_factory=LoRAConfig,
         metadata={
             "help": "trainable=lora: lora.rank, lora.alpha, lora.dropout, lora.target_modules"
+        },
+    )
+    salient: SalientConfig = dataclasses.field(
+        default_factory=SalientConfig,
+        metadata={
+            "help": "trainable=salient: salient.fraction, salient.score, salient.lr_scale, "
+            "salient.probes"
         },
     )
     gradient_checkpointing: bool = field(
@@ -175,6 +184,8 @@ class ClientTrainConfig:
         check_device_name(self.device, "ClientTrainConfig.device")
         if isinstance(self.lora, dict):
             self.lora = LoRAConfig(**self.lora)
+        if isinstance(self.salient, dict):
+            self.salient = SalientConfig(**self.salient)
         for name in ("epochs", "batch_size", "grad_accum", "max_length"):
             v = getattr(self, name)
             if v is not None and v < 1:
@@ -198,7 +209,7 @@ class ClientTrainConfig:
             len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas)
         ):
             raise ConfigError(f"ClientTrainConfig.betas={self.betas}: two values in [0, 1)")
-        if self.trainable not in ("all", "decoder", "lora"):
+        if self.trainable not in ("all", "decoder", "lora", "salient"):
             try:
                 re.compile(self.trainable)
             except re.error as exc:
@@ -326,6 +337,7 @@ class ClientSettings:
     prompt: PromptConfig
     dp: DPConfig = dataclasses.field(default_factory=DPConfig)
     lora: LoRAConfig = dataclasses.field(default_factory=LoRAConfig)
+    salient: SalientConfig = dataclasses.field(default_factory=SalientConfig)
     gradient_checkpointing: bool = False
     device: str = "auto"
     reference_device: str = "same"
@@ -342,7 +354,7 @@ class ClientSettings:
         out = {
             f.name: getattr(self, f.name)
             for f in dataclasses.fields(self)
-            if f.name not in ("method", "hp", "prompt", "dp", "lora")
+            if f.name not in ("method", "hp", "prompt", "dp", "lora", "salient")
         }
         out.update(
             method=self.method.name,
@@ -351,5 +363,6 @@ class ClientSettings:
             prompt=dataclasses.asdict(self.prompt),
             dp=dataclasses.asdict(self.dp),
             lora=dataclasses.asdict(self.lora) if self.trainable == "lora" else None,
+            salient=dataclasses.asdict(self.salient) if self.trainable == "salient" else None,
         )
         return out

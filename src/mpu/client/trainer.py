@@ -191,7 +191,7 @@ def train_unlearning(
     # model a tenth of its step: so it is set for CUDA only.
     torch.use_deterministic_algorithms(str(run.device).startswith("cuda"), warn_only=True)
     was_training = model.training
-    opt = _optimizer(run, plan)
+    opt = _optimizer(run, plan, tokenizer)
     try:
         loop = _loop(run, opt, plan, tokenizer, order_seed, progress, on_step)
     finally:
@@ -312,11 +312,14 @@ class _Optim:
     params: list
     opt: torch.optim.Optimizer
     sched: Any
+    mask: Any = None  # trainable=salient: the SalientMask over `named`
+    mask_info: dict | None = None
 
 
-def _optimizer(run: _Run, plan: _Plan) -> _Optim:
+def _optimizer(run: _Run, plan: _Plan, tokenizer) -> _Optim:
     """Only the trainable scope requires grad; the optimizer (on fp32 masters for
-    bf16_weights) and the warm-up/decay schedule continued from `schedule_offset_steps`."""
+    bf16_weights) and the warm-up/decay schedule continued from `schedule_offset_steps`;
+    for trainable=salient, the mask from the copy's importance."""
     eff = plan.eff
     named = select_trainable(run.train_model, eff.trainable)
     in_scope = {n for n, _ in named}
@@ -329,7 +332,31 @@ def _optimizer(run: _Run, plan: _Plan) -> _Optim:
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda i: lr_factor(offset + i, warmup=warmup, total=total, schedule=eff.schedule)
     )
-    return _Optim(named, masters, [p for _, p in opt_named], opt, sched)
+    out = _Optim(named, masters, [p for _, p in opt_named], opt, sched)
+    if eff.trainable == "salient":
+        out.mask, out.mask_info = _salient_mask(run, plan, tokenizer, opt_named)
+    return out
+
+
+def _salient_mask(run: _Run, plan: _Plan, tokenizer, opt_named):
+    """The localized update's mask (client/salient.py): importance of the forget items against
+    as many retain items (the first ones: every copy of a round uses the same), on the copy."""
+    from mpu.client.salient import build_mask
+
+    retain = []
+    if plan.retain:
+        rows = plan.retain[: len(plan.forget)]
+        retain = encode_rows(tokenizer, rows, fmt=plan.fmt, max_length=plan.eff.max_length)[0]
+    return build_mask(run.train_model, _model_named(run, opt_named), plan.forget, retain,
+                      tokenizer, plan.eff.salient, seed=plan.eff.seed,
+                      step_named=opt_named)  # fmt: skip
+
+
+def _model_named(run: _Run, opt_named):
+    """The model's own parameters under the optimizer's names (the masters are fp32 copies
+    that no forward pass reads)."""
+    own = dict(run.train_model.named_parameters())
+    return [(n, own[n]) for n, _ in opt_named]
 
 
 @dataclass
@@ -421,6 +448,9 @@ def _step(run: _Run, opt: _Optim, plan: _Plan, window: list[dict], epoch: int, s
         plan.procs.sum_gradients([p for _, p in opt.named])
     if opt.masters:
         opt.masters.load_grads()
+    if opt.mask is not None:
+        opt.mask.mask_gradients()
+        opt.mask.before_step()
     if eff.max_grad_norm:
         gn = torch.nn.utils.clip_grad_norm_(opt.params, eff.max_grad_norm)
     elif run.sharded:  # the global norm over every process's shards
@@ -432,6 +462,8 @@ def _step(run: _Run, opt: _Optim, plan: _Plan, window: list[dict], epoch: int, s
     gn = gn.full_tensor() if hasattr(gn, "full_tensor") else gn
     lr = opt.opt.param_groups[0]["lr"]
     opt.opt.step()
+    if opt.mask is not None:
+        opt.mask.after_step()
     if opt.masters:
         opt.masters.write_back()
     opt.sched.step()
@@ -480,6 +512,8 @@ def _logs(plan: _Plan, run: _Run, opt: _Optim, loop: _Loop) -> dict[str, Any]:
         "parameters_per_process": local_parameters(run.train_model),
         "grad_accum_per_process": plan.per_process_accum,
     }
+    if opt.mask_info is not None:
+        logs["salient"] = opt.mask_info
     if plan.spec.name == "RMU":
         logs["rmu_steering_seed"] = plan.hp.steering_seed
     if run.peft_model is not None:
