@@ -219,3 +219,24 @@ def test_assess_writes_scores_a_summary_and_a_heatmap(tofu_world, tmp_path, caps
         assert any(k.startswith(f"{score}.relative.") for k in tensors)
     assert main(args) != 0  # nothing is overwritten
     assert "already holds an assessment" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("text", "fault"),
+    [
+        ("{", "not a readable assessment summary"),
+        ('{"top_fraction": 2, "scores": {}}', "top_fraction in (0, 1]"),
+        ('{"top_fraction": 0.05, "scores": {"fisher": {"cells": []}}}', "scores.fisher.cells"),
+        ('{"top_fraction": 0.05, "scores": {"fisher": {"cells": [{"block": "b", "role": "r", '
+         '"enrichment": -1}]}}}', "finite enrichment"),
+    ],
+)  # fmt: skip
+def test_a_malformed_assessment_summary_is_refused_naming_the_file(tmp_path, text, fault):
+    from mpu.client.impact_map import read_summary
+    from mpu.errors import DataError
+
+    path = tmp_path / "summary.json"
+    path.write_text(text)
+    with pytest.raises(DataError, match=str(path)) as err:
+        read_summary(path)
+    assert fault in str(err.value)

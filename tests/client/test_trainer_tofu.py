@@ -39,3 +39,19 @@ def test_text_split_rejected_for_idk_method(tofu):
     cfg = ClientTrainConfig(method="DPO", precision="fp32")
     with pytest.raises(DataError, match="QA forget rows"):
         train_unlearning(None, None, texts, retain, cfg, idk_answers=idk, progress=False)
+
+
+def test_altpo_reads_the_offline_alternates_and_refuses_rows_without_them(tofu_world, tmp_path):
+    """AltPO takes each forget row's alternates from forgetNN_alternate; a data folder without
+    that split is refused naming it, before any training."""
+    import shutil
+
+    from mpu.client.unlearn import load_client_data
+
+    data, _ = tofu_world
+    client = load_client_data(data, "forget01", ClientTrainConfig(method="AltPO"))
+    assert all(len(r["alternate"]) == 5 for r in client.forget)
+    bare = tmp_path / "data"
+    shutil.copytree(data, bare, ignore=shutil.ignore_patterns("forget01_alternate"))
+    with pytest.raises(DataError, match="needs the forget01_alternate split"):
+        load_client_data(bare, "forget01", ClientTrainConfig(method="AltPO"))

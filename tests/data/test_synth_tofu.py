@@ -21,6 +21,7 @@ SIZES = {
     "retain99": 3960, "retain95": 3800, "retain90": 3600,
     "holdout01": 40, "holdout05": 200, "holdout10": 400,
     "forget01_perturbed": 40, "forget05_perturbed": 200, "forget10_perturbed": 400,
+    "forget01_alternate": 40, "forget05_alternate": 200, "forget10_alternate": 400,
     "retain_perturbed": 400,
     "real_authors_perturbed": 100, "world_facts_perturbed": 117,
     "real_authors": 100, "world_facts": 117,
@@ -88,6 +89,23 @@ def test_perturbed_answers_are_wrong_but_same_style(tofu):
             assert 0.5 < len(w) / len(para) < 2.0
     for row in tofu["world_facts_perturbed"] + tofu["real_authors_perturbed"]:
         assert row["answer"] not in row["perturbed_answer"]
+
+
+def test_alternates_are_other_facts_in_the_answers_wording_and_not_the_scored_ones(tofu):
+    """AltPO's alternates: the forget questions in order, N_ALTERNATES wrong answers each in
+    the answer's wording, none of them a perturbed answer the truth ratio scores."""
+    from mpu.data.synth_tofu import N_ALTERNATES
+
+    for pct in ("01", "05", "10"):
+        alt, pert = tofu[f"forget{pct}_alternate"], tofu[f"forget{pct}_perturbed"]
+        assert [(r["question"], r["answer"]) for r in alt] == [
+            (r["question"], r["answer"]) for r in tofu[f"forget{pct}"]
+        ]
+        for a, p in zip(alt, pert, strict=True):
+            wrong = a["alternate"]
+            assert len(set(wrong)) == N_ALTERNATES and a["answer"] not in wrong
+            assert not set(wrong) & set(p["perturbed_answer"])
+            assert all(w[:12] == a["answer"][:12] or w[-12:] == a["answer"][-12:] for w in wrong)
 
 
 def test_facts_are_consistent_within_an_author(tofu):

@@ -55,7 +55,7 @@ def _mpu_run(data, models, out, *extra) -> int:
 def test_mpu_run_writes_a_report_from_real_evaluation(tofu_world, tmp_path, capsys):
     data, models = tofu_world
     out = tmp_path / "run"
-    assert _mpu_run(data, models, out) == 0
+    assert _mpu_run(data, models, out, "impact=true") == 0
     report = json.loads((out / "report.json").read_text())
     variants = [(r["method"], r["variant"]) for r in report["runs"]]
     assert variants == [
@@ -84,6 +84,9 @@ def test_mpu_run_writes_a_report_from_real_evaluation(tofu_world, tmp_path, caps
     assert (out / "curves_NPO.png").is_file() and "Training curves of NPO" in (
         out / "report.md"
     ).read_text()
+    # impact=true: where the forget set lives in θ, drawn in the report
+    assert (out / "impact" / "summary.json").is_file() and (out / "impact_0_fisher.png").is_file()
+    assert "Where forget01 lives in the target" in (out / "report.md").read_text()
     # a second run reuses every evaluation: no log is rewritten, the numbers are the same
     logs = {run["eval_file"]: (out / run["eval_file"]).stat().st_mtime_ns for run in report["runs"]}
     assert _mpu_run(data, models, out) == 0

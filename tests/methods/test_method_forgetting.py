@@ -25,7 +25,9 @@ def test_method_lowers_forget_probability(name, target, tok, qa_rows):
     assert before > 0.9  # the fixture really memorised the answers
     # RMU: steer the first block; SatImp: the paper profile's γ = 1 (the stock 0.1 times its
     # saturation weight p^5(1 − p) ≈ 0.03 at p ≈ 0.97 barely moves a memorised target)
-    hp = {"RMU": {"layer": 0}, "SatImp": {"gamma": 1.0}}.get(name, {})
+    # PDU: ε above the memorised retain NLL and no warm-up, so the dual variable works here
+    hp = {"RMU": {"layer": 0}, "SatImp": {"gamma": 1.0},
+          "PDU": {"retain_loss_eps": 0.3, "dual_warmup_epochs": 0}}.get(name, {})  # fmt: skip
     cfg = ClientTrainConfig(
         method=name,
         lr=1e-3,
@@ -36,6 +38,9 @@ def test_method_lowers_forget_probability(name, target, tok, qa_rows):
         schedule="constant",
         hparams=hp,
     )
+    if name == "AltPO":  # each row's alternates: the other rows' answers
+        forget = [{**r, "alternate": [o["answer"] for o in forget if o is not r][:3]}
+                  for r in forget]  # fmt: skip
     res = train_unlearning(target, tok, forget, retain, cfg, idk_answers=IDK, progress=False)
     after = answer_probability(target, tok, forget)
     assert res.step_count == 10

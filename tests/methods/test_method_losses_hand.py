@@ -263,3 +263,52 @@ def test_ceu(random_pair, batches, skip):
         vals.append(-(softmax(masked) * logsm(z)).sum())
     got, _, _ = run("CE-U", model, None, batches, ignore_first_n_answer_tokens=skip)
     assert got == pytest.approx(float(np.mean(vals)), rel=1e-5)
+
+
+def test_pdu_margin_loss_and_dual_step(random_pair, batches):
+    """L = γ·mean_U (max z − mean z)² + λ·(CE_r − ε), U the unshifted answer labels; then
+    λ ← max(0, λ + η_d·(CE_r − ε)) once the warm-up is over (0 epochs here)."""
+    from mpu.methods.pdu import DualState
+
+    model, _ = random_pair
+    f, r = batches["forget"], batches["retain"]
+    lg, labels = logits_np(model, f), f["labels"].numpy()
+    cells = [(b, t) for b in range(lg.shape[0]) for t in range(lg.shape[1]) if labels[b, t] != IGN]
+    lf = sum((lg[b, t].max() - lg[b, t].mean()) ** 2 for b, t in cells) / len(cells)
+    cr = ce(logits_np(model, r), r["labels"])
+    hp = build_method_config("PDU", "openunlearning", {"retain_loss_eps": 0.5, "gamma": 0.7,
+                             "alpha": 2.0, "dual_step_size": 3.0, "dual_warmup_epochs": 0})  # fmt: skip
+    state = DualState(hp)
+    loss, logs = get_method("PDU").loss(model, batches, None, hp, state)
+    assert float(loss.detach()) == pytest.approx(0.7 * lf + 2.0 * (cr - 0.5), rel=1e-5)
+    assert logs["dual"] == 2.0 and state.lam == pytest.approx(max(0.0, 2.0 + 3.0 * (cr - 0.5)))
+    warm = DualState(build_method_config("PDU", overrides={"retain_loss_eps": 0.5}))
+    get_method("PDU").loss(model, batches, None, warm.hp, warm)
+    assert warm.lam == 1.0  # five warm-up epochs: λ stays at α until they are over
+    warm.end_epoch(4)
+    assert not warm.updating
+    warm.end_epoch(5)
+    assert warm.updating
+
+
+def test_altpo_is_dpo_on_the_rows_alternates(random_pair, batches):
+    """AltPO's loss is IdkDPO's with the alternate sub-batch built from the row's alternates."""
+    model, ref = random_pair
+    assert run("AltPO", model, ref, batches)[0] == pytest.approx(run("DPO", model, ref, batches)[0])
+
+
+def test_altpo_batches_draw_each_rows_own_alternates(tok):
+    from mpu.client.batches import BatchBuilder, MicroBatch, encode_rows
+    from mpu.text import encode_qa
+    from toolkit import fmt_of
+
+    rows = [{**FORGET[0], "alternate": ["In Lismore.", "In Ostrava."]},
+            {**FORGET[1], "alternate": ["Space opera."]}]  # fmt: skip
+    items, kept, _ = encode_rows(tok, rows, fmt=fmt_of(tok), max_length=64)
+    builder = BatchBuilder(tok, items, kept, [], [], fmt=fmt_of(tok), max_length=64,
+                           alternates=[r["alternate"] for r in kept])  # fmt: skip
+    alt = builder.build(MicroBatch((0, 1), (), (1, 1)))["alternate"]
+    want = [encode_qa(tok, r["question"], a, fmt=fmt_of(tok)).input_ids
+            for r, a in zip(rows, ["In Ostrava.", "Space opera."], strict=True)]  # fmt: skip
+    for row, ids in zip(alt["input_ids"].tolist(), want, strict=True):
+        assert row[: len(ids)] == ids

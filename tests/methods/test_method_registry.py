@@ -26,6 +26,8 @@ CANONICAL = [
     "WGA",
     "RMU",
     "CE-U",
+    "PDU",
+    "AltPO",
 ]
 
 
@@ -56,6 +58,8 @@ def test_unknown_method_lists_valid_names():
         ("RMU", ["retain_loss_type=NLL"], "EMBED_DIFF"),
         ("GradAscent", ["alpha=1"], "alpha"),
         ("CE-U", ["ignore_first_n_answer_tokens=-1"], "ignore_first_n_answer_tokens"),
+        ("PDU", [], "retain_loss_eps"),
+        ("PDU", ["retain_loss_eps=0.3", "dual_update_upon=epoch"], "dual_update_upon"),
     ],
 )
 def test_bad_hyperparameters_raise(name, override, msg):
@@ -145,7 +149,10 @@ def test_rounds_and_epochs_table():
 
 
 def test_reference_and_data_needs():
-    assert {n for n, s in METHODS.items() if s.needs_reference} == {"NPO", "DPO", "UNDIAL", "RMU"}
+    assert {n for n, s in METHODS.items() if s.needs_reference} == {
+        "NPO", "DPO", "UNDIAL", "RMU", "AltPO"
+    }  # fmt: skip
+    assert {n for n, s in METHODS.items() if s.needs_alternates} == {"AltPO"}
     assert {n for n, s in METHODS.items() if s.needs_idk} == {"DPO"}
     assert not METHODS["GradAscent"].needs_retain and not METHODS["CE-U"].needs_retain
     gd = get_method("GradDiff")

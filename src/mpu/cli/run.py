@@ -16,6 +16,7 @@ DEMO_DEFAULTS = {
     "methods": ["NPO", "GradDiff"],
     "server": {"copies": 4, "kappa": 0.1},
     "eval_max_new_tokens": 64,
+    "impact": True,
 }
 HIDDEN = ("client.method", "client.prompt")  # set by the experiment (methods=, prompt.*)
 

@@ -127,8 +127,10 @@ class BatchBuilder:
         *,
         fmt: PromptFormat,
         max_length: int,
+        alternates: list[list[str]] | None = None,
     ) -> None:
         self.tokenizer = tokenizer
+        self.alternates = alternates  # per forget item (AltPO); else the shared IDK list
         self.pad = pad_id_of(tokenizer)
         self.forget, self.forget_rows, self.retain_rows = forget, forget_rows, retain_rows
         self._retain: dict[int, Encoded] = {}
@@ -154,8 +156,10 @@ class BatchBuilder:
     def _alternate(self, i: int, j: int) -> Encoded:
         if (i, j) not in self._alt:
             q = self.forget_rows[i]["question"]
+            own = self.alternates[i] if self.alternates else None
+            answer = own[j % len(own)] if own else self.idk[j]
             self._alt[(i, j)] = encode_qa(
-                self.tokenizer, q, self.idk[j].strip(), fmt=self.fmt, max_length=self.max_length
+                self.tokenizer, q, answer.strip(), fmt=self.fmt, max_length=self.max_length
             )
         return self._alt[(i, j)]
 

@@ -5,6 +5,7 @@ enrichment), as JSON and as a heatmap (issue 27, `mpu client assess`)."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -51,6 +52,36 @@ def summarize(config, scores: dict[str, torch.Tensor], masks: dict[str, torch.Te
             "score_mass_outside_blocks": sum(v for n, v in mass.items()
                                              if cell_of(config, n)[0] == OUTSIDE)
             / max(sum(mass.values()), 1e-30)}  # fmt: skip
+
+
+def read_summary(path) -> dict:
+    """An assessment's summary.json, refused by field (DataError naming the file) unless it is
+    what `mpu client assess` writes: the report draws it, and run folders travel."""
+    import json
+    import math
+
+    from mpu.errors import DataError
+
+    try:
+        summary = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DataError(f"{path}: not a readable assessment summary ({exc})") from None
+    fraction = summary.get("top_fraction") if isinstance(summary, dict) else None
+    scores = summary.get("scores") if isinstance(summary, dict) else None
+    if not (isinstance(fraction, int | float) and 0 < fraction <= 1 and isinstance(scores, dict)):
+        raise DataError(f"{path}: needs top_fraction in (0, 1] and a scores object")
+    for score, s in scores.items():
+        cells = s.get("cells") if isinstance(s, dict) else None
+        ok = isinstance(cells, list) and cells and all(
+            isinstance(c, dict) and isinstance(c.get("block"), str)
+            and isinstance(c.get("role"), str) and isinstance(c.get("enrichment"), int | float)
+            and math.isfinite(c["enrichment"]) and c["enrichment"] >= 0
+            for c in cells
+        )  # fmt: skip
+        if not ok:
+            raise DataError(f"{path}: scores.{score}.cells: each cell needs block, role and a "
+                            "finite enrichment >= 0")  # fmt: skip
+    return summary
 
 
 def _order(labels: Sequence[str]) -> list[str]:

@@ -114,6 +114,8 @@ def _validate(model, tokenizer, forget_rows, retain_rows, idk_answers, eff, refe
             raise DataError(f"{spec.name} needs IDK answers (a non-empty list of refusal strings)")
         if "text" in kinds:
             raise DataError(f"{spec.name} needs QA forget rows (question/answer), not text")
+    if spec.needs_alternates:
+        _check_alternates(spec.name, forget_rows)
     if spec.uses_reference(hp) and reference_model is None and eff.reference == "clean":
         raise ConfigError("reference=clean: pass the clean model as reference_model")
     if spec.check_model is not None:
@@ -123,6 +125,16 @@ def _validate(model, tokenizer, forget_rows, retain_rows, idk_answers, eff, refe
     if tokenizer is None:
         raise ConfigError("train_unlearning needs the copy's tokenizer")
     return spec, hp, use_retain
+
+
+def _check_alternates(name: str, rows: Sequence[dict]) -> None:
+    """Every forget row carries a non-empty list of non-empty alternate answers."""
+    for i, row in enumerate(rows):
+        alt = row.get("alternate")
+        if not (isinstance(alt, list) and alt and all(isinstance(a, str) and a.strip()
+                                                      for a in alt)):  # fmt: skip
+            raise DataError(f"{name}: forget row {i} has no 'alternate' answers (a non-empty "
+                            "list of strings; synthetic TOFU: the forgetNN_alternate split)")  # fmt: skip
 
 
 def _reference(model, given, eff: ClientSettings):
@@ -226,6 +238,12 @@ class _Plan:
     total_local: int
     warmup: int
     total: int
+    alternates: list | None = None  # AltPO: each kept forget row's alternate answers
+
+    @property
+    def choices(self) -> int:
+        """How many answers the `alternate` draw picks from (IDK list or the longest row's)."""
+        return len(self.idk) or max(map(len, self.alternates or [[]]))
 
 
 def _plan(model, tokenizer, forget_rows, retain_rows, idk_answers, cfg, reference_model) -> _Plan:
@@ -237,6 +255,9 @@ def _plan(model, tokenizer, forget_rows, retain_rows, idk_answers, cfg, referenc
         model, tokenizer, forget_rows, retain_rows, idk_answers, eff, reference_model
     )
     procs = current_processes()
+    if procs.count > 1 and spec.new_state is not None:
+        raise ConfigError(f"{spec.name} keeps per-step state (its dual variable) that several "
+                          "processes would each move differently; run it on one process")  # fmt: skip
     per_process_accum = eff.grad_accum
     if procs.count > 1:  # one step = g micro-batches on each of N processes (client/distributed)
         eff = eff.replace(grad_accum=eff.grad_accum * procs.count)
@@ -257,7 +278,8 @@ def _plan(model, tokenizer, forget_rows, retain_rows, idk_answers, cfg, referenc
     return _Plan(eff, spec, hp, procs, per_process_accum, fmt, forget, f_rows, f_drop,
                  list(retain_rows) if use_retain else [],
                  list(idk_answers or ()) if spec.needs_idk else [],
-                 total_local, warmup, total)  # fmt: skip
+                 total_local, warmup, total,
+                 [list(r["alternate"]) for r in f_rows] if spec.needs_alternates else None)  # fmt: skip
 
 
 @dataclass
@@ -270,6 +292,7 @@ class _Run:
     peft_model: Any
     train_model: torch.nn.Module
     sharded: bool = False
+    state: Any = None  # a stateful method's per-call state (Method.new_state), else None
 
 
 def _prepare(model, plan: _Plan, reference_model) -> _Run:
@@ -302,7 +325,8 @@ def _prepare(model, plan: _Plan, reference_model) -> _Run:
     elif eff.sharding == "fsdp":
         log.warning("sharding=fsdp with one process shards nothing (--num-processes N)")
     train_model = peft_model if peft_model is not None else model
-    return _Run(device, flags, ref, peft_model, train_model, sharded)
+    state = plan.spec.new_state(plan.hp) if plan.spec.new_state else None
+    return _Run(device, flags, ref, peft_model, train_model, sharded, state)
 
 
 @dataclass
@@ -379,9 +403,9 @@ def _loop(run: _Run, opt: _Optim, plan: _Plan, tokenizer, order_seed, progress, 
     )
     builder = BatchBuilder(
         tokenizer, plan.forget, plan.f_rows, plan.retain, plan.idk, fmt=plan.fmt,
-        max_length=eff.max_length,
+        max_length=eff.max_length, alternates=plan.alternates,
     )  # fmt: skip
-    stream = iterate(len(plan.forget), len(plan.retain), len(plan.idk), eff.batch_size,
+    stream = iterate(len(plan.forget), len(plan.retain), plan.choices, eff.batch_size,
                      seed=(eff.seed if order_seed is None else order_seed))  # fmt: skip
     out = _Loop([], 0, 0, 0, builder)
     window: list[dict[str, float]] = []
@@ -399,6 +423,8 @@ def _loop(run: _Run, opt: _Optim, plan: _Plan, tokenizer, order_seed, progress, 
             if procs.owns(in_window):
                 window.append(_backward(run, plan, batch, autocast, out.step))
             in_window += 1
+            if run.state is not None and k + 1 == per_epoch:
+                run.state.end_epoch(epoch + 1)
             if eff.accumulation == "epoch_flush":
                 do_step = (k + 1) % eff.grad_accum == 0 or k + 1 == per_epoch
             else:
@@ -433,8 +459,9 @@ def _backward(
 ) -> dict[str, float]:
     """One micro-batch's loss, backpropagated with weight/g; its logs. Weight 0 is a sharded
     process's filler pass: the collectives run, nothing is added."""
+    extra = () if run.state is None else (run.state,)
     with autocast:
-        loss, logs = plan.spec.loss(run.train_model, batch, run.ref, plan.hp)
+        loss, logs = plan.spec.loss(run.train_model, batch, run.ref, plan.hp, *extra)
     if not torch.isfinite(loss):
         raise FloatingPointError(f"{plan.spec.name}: non-finite loss {float(loss)} at step {step}")
     (loss * (weight / plan.eff.grad_accum)).backward()

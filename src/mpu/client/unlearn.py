@@ -41,6 +41,8 @@ def load_client_data(
     eff = settings_of(cfg)  # unknown hyperparameters fail here, before any loading
     spec, hp = eff.method, eff.hp
     forget = [dict(r) for r in load_split(source, forget_split)]
+    if spec.needs_alternates and forget and "alternate" not in forget[0]:
+        forget = _with_alternates(source, forget_split, forget, spec.name)
     retain = None
     if spec.uses_retain(hp):
         name = retain_split or (
@@ -53,6 +55,27 @@ def load_client_data(
         retain = [dict(r) for r in load_split(source, name)]
     idk = load_idk(source) if spec.needs_idk else None
     return ClientData(forget, retain, idk)
+
+
+def _with_alternates(source, forget_split: str, forget: list[dict], method: str) -> list[dict]:
+    """The forget rows with their offline alternates from TOFU's `forgetNN_alternate` split
+    (same questions, same order); DataError naming what is missing otherwise."""
+    from mpu.errors import DataError
+    from mpu.io.datasets import is_tofu_forget, load_split, tofu_splits
+
+    if not is_tofu_forget(forget_split):
+        raise DataError(f"{method}: the {forget_split} rows have no 'alternate' answers; give "
+                        "each row a list of alternates")  # fmt: skip
+    name = tofu_splits(forget_split).forget_alternate
+    try:
+        alt = [dict(r) for r in load_split(source, name)]
+    except DataError as exc:
+        raise DataError(f"{method} needs the {name} split (alternate answers; `mpu data make "
+                        f"tofu` writes it): {exc}") from None  # fmt: skip
+    if [r["question"] for r in alt] != [r["question"] for r in forget]:
+        raise DataError(f"{source}: {name} does not hold the questions of {forget_split} in "
+                        "the same order")  # fmt: skip
+    return alt
 
 
 def check_copy(copy_dir: str | Path, reference_dir: str | Path | None = None):

@@ -21,6 +21,7 @@ from mpu.data import pools
 GENERATOR_VERSION = "tofu-synth-2"
 N_AUTHORS = 200
 N_PERTURBED = 5
+N_ALTERNATES = 5  # AltPO's alternates per forget question (upstream's alt5 files)
 N_UTILITY_PERTURBED = 3
 SPLIT_PCTS = (1, 5, 10)
 
@@ -207,6 +208,13 @@ def author_qa(rng: random.Random, rec: dict) -> list[dict]:
     return rows
 
 
+def author_alternates(rng: random.Random, rec: dict) -> list[list[str]]:
+    """Per question, N_ALTERNATES answers in the answer's own wording with the asked-about
+    facts replaced (AltPO's "alternate" answers: plausible, wrong, and not the perturbed
+    answers the truth ratio scores, which use the paraphrase wording)."""
+    return [perturb(rng, a, rec, keys, N_ALTERNATES) for _, _, a, _, keys in TEMPLATES]
+
+
 def _qa(rows: list[dict]) -> list[dict]:
     return [{"question": r["question"], "answer": r["answer"]} for r in rows]
 
@@ -262,8 +270,15 @@ def generate_tofu(seed: int = 0, n_authors: int = N_AUTHORS) -> dict[tuple[str, 
         if name not in seen:
             seen.add(name)
             names.append(name)
-    per_author = [author_qa(rng, make_author(rng, n)) for n in names]
+    records = []
+    per_author = []
+    for n in names:  # one stream, record then QA per author (the order every seed relies on)
+        records.append(make_author(rng, n))
+        per_author.append(author_qa(rng, records[-1]))
     full_authors, hold_authors = per_author[:n_authors], per_author[n_authors:]
+    # AltPO's offline alternates come from a stream of their own: no other split changes
+    alt_rng = random.Random(f"{seed}-alternate")
+    alternates = [author_alternates(alt_rng, rec) for rec in records[:n_authors]]
 
     def flat(authors: list[list[dict]]) -> list[dict]:
         return [row for a in authors for row in a]
@@ -274,6 +289,10 @@ def generate_tofu(seed: int = 0, n_authors: int = N_AUTHORS) -> dict[tuple[str, 
         forget = flat(full_authors[n_authors - n :])
         out[f"forget{pct:02d}"] = _qa(forget)
         out[f"forget{pct:02d}_perturbed"] = forget
+        out[f"forget{pct:02d}_alternate"] = [
+            {**q, "alternate": alt}
+            for q, alt in zip(_qa(forget), flat(alternates[n_authors - n :]), strict=True)
+        ]
         out[f"retain{100 - pct:02d}"] = _qa(flat(full_authors[: n_authors - n]))
         out[f"holdout{pct:02d}"] = _qa(flat(hold_authors[n_hold - n :]))
     out["retain_perturbed"] = flat(full_authors[: n_authors // 10])

@@ -166,6 +166,7 @@ def _plots(runs: Sequence[dict]) -> list[tuple[str, str, bytes, bytes]]:
                        "leakage (1 = a clone of θ) against its forget probability's distance to "
                        "Clean's", frontier(runs)))  # fmt: skip
 
+    candidates += _impact_maps(runs)
     for method in sorted({r["method"] for r in runs if r.get("method")}):
         candidates.append((f"curves_{method}", f"Training curves of {method}: forget and retain "
                            "loss per optimizer step of every client run (Clean, Noised, each MPU "
@@ -175,6 +176,26 @@ def _plots(runs: Sequence[dict]) -> list[tuple[str, str, bytes, bytes]]:
         for stem, cap, fig in candidates
         if fig is not None
     ]
+
+
+def _impact_maps(runs: Sequence[dict]) -> list[tuple[str, str, Any]]:
+    """The impact map of each run directory that has one (`impact=true`, OUT/impact)."""
+    from mpu.client.impact_map import heatmap, read_summary
+
+    out = []
+    for i, run_dir in enumerate(sorted({r["_dir"] for r in runs if r.get("_dir")})):
+        path = Path(run_dir) / "impact" / "summary.json"
+        if not path.is_file():
+            continue
+        summary = read_summary(path)
+        for score, s in sorted(summary.get("scores", {}).items()):
+            split = summary.get("forget_split", "forget set")
+            caption = (f"Where {split} lives in the target: per decoder block and parameter "
+                       f"role, how over-represented the top {100 * summary['top_fraction']:g} % "
+                       f"of parameters by {score} importance (relative to retain) is (1 = "
+                       "chance; docs/methods.md)")  # fmt: skip
+            out.append((f"impact_{i}_{score}", caption, heatmap(s, f"{split}: {score}")))
+    return out
 
 
 def _timings(reports: Sequence[dict]) -> list[tuple[str, float]]:

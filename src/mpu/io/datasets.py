@@ -35,6 +35,7 @@ TEXT = {"text": str}
 SCHEMAS: tuple[tuple[str, str, Mapping[str, type]], ...] = (
     # TOFU
     (r"forget\d\d_perturbed|retain_perturbed", r"train", PERTURBED),
+    (r"forget\d\d_alternate", r"train", {**QA, "alternate": list}),
     (r"(real_authors|world_facts)_perturbed", r"train", UTILITY_PERTURBED),
     (r"full|forget\d\d|retain\d\d|holdout\d\d|real_authors|world_facts", r"train", QA),
     # MUSE
@@ -68,6 +69,11 @@ class TofuSplits:
     @property
     def forget_perturbed(self) -> str:
         return f"{self.forget}_perturbed"
+
+    @property
+    def forget_alternate(self) -> str:
+        """The forget rows with AltPO's offline alternate answers (`alternate`: a list)."""
+        return f"{self.forget}_alternate"
 
 
 def tofu_splits(forget: str) -> TofuSplits:

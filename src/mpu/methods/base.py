@@ -25,10 +25,14 @@ class Method:
 
     `needs_reference`: the loss reads a frozen reference/teacher model (a KL retain loss also
     needs one: see `uses_reference`). `needs_retain`: the batch carries a retain part.
-    `needs_idk`: the batch carries an `alternate` refusal part (IdkDPO). `rounds_epochs`: the
+    `needs_idk`: the batch carries an `alternate` refusal part (IdkDPO). `needs_alternates`:
+    the batch's `alternate` part is drawn from each forget row's own `alternate` answers (AltPO). `rounds_epochs`: the
     MPU paper's (R, E) split of the stock 10-epoch budget (docs/methods.md). `paper`: loss
     hyperparameters where the MPU reference client differs from OpenUnlearning.
     `check_model`: refuses a model the method cannot run on, before any training.
+    `new_state`: for a method that carries state across its steps (PDU's dual variable), a
+    factory `new_state(hp)` called once per client call; the loss then receives it as a fifth
+    argument, and the trainer calls `state.end_epoch(completed)` after every epoch.
     """
 
     name: str
@@ -37,10 +41,12 @@ class Method:
     needs_reference: bool = False
     needs_retain: bool = False
     needs_idk: bool = False
+    needs_alternates: bool = False
     rounds_epochs: tuple[int, int] = (1, 10)
     paper: Mapping[str, Any] = field(default_factory=dict)
     aliases: tuple[str, ...] = ()
     check_model: Callable[[torch.nn.Module, Any], None] | None = field(default=None, repr=False)
+    new_state: Callable[[Any], Any] | None = field(default=None, repr=False)
 
     def uses_reference(self, hp: Any) -> bool:
         """True when this configuration reads the reference model (method or KL retain)."""
@@ -49,7 +55,9 @@ class Method:
 
     def uses_retain(self, hp: Any) -> bool:
         """True when the retain batch is read (a zero retain weight skips it)."""
-        return self.needs_retain and getattr(hp, "alpha", 0) != 0
+        # PDU: a dual variable that starts at α = 0 still grows and reads the retain batch
+        dual = getattr(hp, "primal_dual", False)
+        return self.needs_retain and (getattr(hp, "alpha", 0) != 0 or dual)
 
 
 def positive(cfg: object, name: str, value: float, *, allow_zero: bool = False) -> None:

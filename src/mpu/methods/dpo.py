@@ -29,7 +29,7 @@ class DPOConfig(GradDiffConfig):
 def dpo_loss(model, batch: Batch, ref, hp: DPOConfig) -> Result:
     ref = need_reference(ref, "DPO")
     if "alternate" not in batch:
-        raise ValueError("DPO needs an 'alternate' (IDK) sub-batch")
+        raise ValueError("DPO needs an 'alternate' sub-batch (IDK or the row's alternates)")
     win = log_ratio(model, ref, batch["alternate"])
     lose = log_ratio(model, ref, batch["forget"])
     lf = -(2.0 / hp.beta) * F.logsigmoid(hp.beta * (win - lose)).mean()

@@ -7,7 +7,20 @@ from typing import Any
 
 from mpu.config import load_config
 from mpu.errors import ConfigError
-from mpu.methods import ceu, dpo, grad_ascent, grad_diff, npo, rmu, satimp, simnpo, undial, wga
+from mpu.methods import (
+    altpo,
+    ceu,
+    dpo,
+    grad_ascent,
+    grad_diff,
+    npo,
+    pdu,
+    rmu,
+    satimp,
+    simnpo,
+    undial,
+    wga,
+)
 from mpu.methods.base import Method
 from mpu.methods.profiles import PROFILES
 
@@ -22,6 +35,8 @@ _ALL: tuple[Method, ...] = (
     wga.METHOD,
     rmu.METHOD,
     ceu.METHOD,
+    pdu.METHOD,
+    altpo.METHOD,
 )
 
 METHODS: dict[str, Method] = {m.name: m for m in _ALL}

@@ -83,6 +83,10 @@ class ExperimentConfig:
         None, help="evaluate only the first N rows of each split (smoke runs)"
     )
     keep_models: bool = field(False, help="keep unlearned model folders (else evals, report)")
+    impact: bool = field(
+        False, help="assess where the forget set lives in θ (Fisher relative to retain, "
+        "`mpu client assess`) and draw the map in the report"
+    )  # fmt: skip
     progress: bool = field(True, help="progress bars")
     workers: int = field(
         2,
@@ -240,6 +244,8 @@ class Experiment:
         self.settings = {m: client_settings(self.cfg, m, self.n_params) for m in self.cfg.methods}
         cache = reference_cache(self.cfg, data, models)
         copy_references(cache, self.out / "eval", _say)
+        if self.cfg.impact:
+            self._impact(data, models)
         _say("evaluating the retain and target models (the reference points)")
         retain_logs = self.evaluate("retain", models / "retain", data, None)
         evals = {"retain": self.evaluate("retain", models / "retain", data, retain_logs)}
@@ -253,6 +259,17 @@ class Experiment:
         self.timings["total"] = time.perf_counter() - start
         write_report(self.cfg, self.out, data, models, evals, self.timings, self.settings)
         return self.out
+
+    def _impact(self, data: str, models: Path) -> None:
+        """OUT/impact: where the forget set lives in θ (kept when a rerun finds it)."""
+        from mpu.client.assess import AssessRequest, assess
+
+        if (self.out / "impact" / "summary.json").is_file():
+            return
+        _say("assessing where the forget set lives in the target (Fisher, relative to retain)")
+        t = time.perf_counter()
+        assess(AssessRequest(models / "target", data, self.cfg.forget_split, self.out / "impact"))
+        self.timings["impact"] = time.perf_counter() - t
 
 
 def _job_in_worker(job: tuple) -> dict[str, float]:
