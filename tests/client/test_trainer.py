@@ -418,3 +418,20 @@ def test_training_commutes_with_a_function_preserving_permutation(model, tok, ro
         # Adam divides by sqrt(v): where a gradient entry is ~0 the fp32 round-off of the two
         # orders is amplified up to a fraction of one step (lr = 1e-3), hence atol = 1% of lr
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=n)
+
+
+def test_distill_without_a_teacher_and_pdu_on_several_processes_are_refused(model, tok, rows):
+    with pytest.raises(ConfigError, match="needs a teacher that never saw the forget set"):
+        train_unlearning(model, tok, rows[:4], rows[4:8], cfg(method="Distill"))
+    from unittest import mock
+
+    from mpu.client import distributed
+
+    two = mock.Mock(count=2)
+    with (
+        mock.patch.object(distributed, "current_processes", return_value=two),
+        mock.patch("mpu.client.trainer.current_processes", return_value=two),
+        pytest.raises(ConfigError, match="run it on one process"),
+    ):
+        train_unlearning(model, tok, rows[:4], rows[4:8],
+                         cfg(method="PDU", hparams={"retain_loss_eps": 0.3}))  # fmt: skip

@@ -11,7 +11,7 @@ import pytest
 from mpu.client.train_config import ClientTrainConfig
 from mpu.client.trainer import train_unlearning
 from mpu.methods import METHODS
-from toolkit import answer_probability
+from toolkit import answer_probability, tiny_llama
 
 pytestmark = pytest.mark.slow  # every test here trains a model
 
@@ -41,7 +41,10 @@ def test_method_lowers_forget_probability(name, target, tok, qa_rows):
     if name == "AltPO":  # each row's alternates: the other rows' answers
         forget = [{**r, "alternate": [o["answer"] for o in forget if o is not r][:3]}
                   for r in forget]  # fmt: skip
-    res = train_unlearning(target, tok, forget, retain, cfg, idk_answers=IDK, progress=False)
+    # Distill: the teacher never saw the rows (an untrained model of the same vocabulary)
+    teacher = tiny_llama(tok, seed=5) if name == "Distill" else None
+    res = train_unlearning(target, tok, forget, retain, cfg, idk_answers=IDK, progress=False,
+                           teacher_model=teacher)  # fmt: skip
     after = answer_probability(target, tok, forget)
     assert res.step_count == 10
     assert after < before - 0.05, (name, before, after)

@@ -279,11 +279,11 @@ def test_pdu_margin_loss_and_dual_step(random_pair, batches):
     hp = build_method_config("PDU", "openunlearning", {"retain_loss_eps": 0.5, "gamma": 0.7,
                              "alpha": 2.0, "dual_step_size": 3.0, "dual_warmup_epochs": 0})  # fmt: skip
     state = DualState(hp)
-    loss, logs = get_method("PDU").loss(model, batches, None, hp, state)
+    loss, logs = get_method("PDU").loss(model, batches, None, hp, state=state)
     assert float(loss.detach()) == pytest.approx(0.7 * lf + 2.0 * (cr - 0.5), rel=1e-5)
     assert logs["dual"] == 2.0 and state.lam == pytest.approx(max(0.0, 2.0 + 3.0 * (cr - 0.5)))
     warm = DualState(build_method_config("PDU", overrides={"retain_loss_eps": 0.5}))
-    get_method("PDU").loss(model, batches, None, warm.hp, warm)
+    get_method("PDU").loss(model, batches, None, warm.hp, state=warm)
     assert warm.lam == 1.0  # five warm-up epochs: λ stays at α until they are over
     warm.end_epoch(4)
     assert not warm.updating
@@ -312,3 +312,31 @@ def test_altpo_batches_draw_each_rows_own_alternates(tok):
             for r, a in zip(rows, ["In Ostrava.", "Space opera."], strict=True)]  # fmt: skip
     for row, ids in zip(alt["input_ids"].tolist(), want, strict=True):
         assert row[: len(ids)] == ids
+
+
+@pytest.mark.parametrize("divergence", ["forward", "reverse"])
+def test_distill(random_pair, batches, tok, divergence):
+    """γ·mean_A KL(teacher, student) on the forget answers + α·mean_A KL(reference, student) on
+    the retain answers; forward KL(p_t ‖ p_s), reverse KL(p_s ‖ p_t)."""
+    from toolkit import tiny_llama
+
+    model, ref = random_pair
+    teacher = tiny_llama(tok, seed=2)
+
+    def div(student, other, b):
+        ls, lo = logits_np(student, b), logits_np(other, b)
+        cells = token_losses(ls, b["labels"]).keys()  # the answer positions
+        total = 0.0
+        for bi, t in cells:
+            s_, o_ = logsm(ls[bi, t]), logsm(lo[bi, t])
+            p, q = (o_, s_) if divergence == "forward" else (s_, o_)
+            total += float((np.exp(p) * (p - q)).sum())
+        return total / len(cells)
+
+    hp = build_method_config("Distill", overrides={"gamma": 0.6, "alpha": 0.4,
+                                                    "divergence": divergence})  # fmt: skip
+    loss, _ = get_method("Distill").loss(model, batches, ref, hp, teacher=teacher)
+    want = 0.6 * div(model, teacher, batches["forget"]) + 0.4 * div(model, ref, batches["retain"])
+    assert float(loss.detach()) == pytest.approx(want, rel=1e-5)
+    same, _ = get_method("Distill").loss(model, batches, model, hp, teacher=model)
+    assert float(same.detach()) == pytest.approx(0.0, abs=1e-6)  # a model against itself

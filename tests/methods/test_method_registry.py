@@ -28,6 +28,7 @@ CANONICAL = [
     "CE-U",
     "PDU",
     "AltPO",
+    "Distill",
 ]
 
 
@@ -150,7 +151,7 @@ def test_rounds_and_epochs_table():
 
 def test_reference_and_data_needs():
     assert {n for n, s in METHODS.items() if s.needs_reference} == {
-        "NPO", "DPO", "UNDIAL", "RMU", "AltPO"
+        "NPO", "DPO", "UNDIAL", "RMU", "AltPO", "Distill"
     }  # fmt: skip
     assert {n for n, s in METHODS.items() if s.needs_alternates} == {"AltPO"}
     assert {n for n, s in METHODS.items() if s.needs_idk} == {"DPO"}

@@ -134,7 +134,8 @@ def _register_unlearn(csub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--method",
         required=True,
-        help="GradAscent, GradDiff, NPO, SimNPO, DPO, UNDIAL, SatImp, WGA, RMU, CE-U",
+        help="GradAscent, GradDiff, NPO, SimNPO, DPO, UNDIAL, SatImp, WGA, RMU, CE-U, PDU, "
+        "AltPO, Distill (teacher=DIR)",
     )
     p.add_argument("--out", required=True, help="folder for model/ and delta.safetensors")
     p.add_argument(

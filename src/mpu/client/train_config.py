@@ -152,6 +152,10 @@ class ClientTrainConfig:
     reference_precision: str = field(
         "same", help="reference model weights: same (the training dtype) | bf16 (half the memory)"
     )
+    teacher: str | None = field(
+        None, help="Distill: a model folder that never saw the forget set, whose outputs the "
+        "student follows on it (the public base; `mpu run` passes its base)"
+    )  # fmt: skip
     reference: str = field(
         "copy",
         help="reference model: copy (the client's own starting copy) | clean (caller passes "
@@ -342,6 +346,7 @@ class ClientSettings:
     device: str = "auto"
     reference_device: str = "same"
     reference_precision: str = "same"
+    teacher: str | None = None
     defaults_rule: str = ""  # which unset values the small-model rule filled in
     report_to: str = "none"
     sharding: str = "none"

@@ -103,7 +103,16 @@ def round_schedule(n_forget: int, cfg: ClientSettings, rounds: int) -> list[dict
     return [{"schedule_offset_steps": r * per, "total_steps": rounds * per} for r in range(rounds)]
 
 
-def _validate(model, tokenizer, forget_rows, retain_rows, idk_answers, eff, reference_model):
+def _validate(
+    model,
+    tokenizer,
+    forget_rows,
+    retain_rows,
+    idk_answers,
+    eff,
+    reference_model,
+    teacher_model=None,
+):
     spec, hp = eff.method, eff.hp
     kinds = check_rows(forget_rows, "forget")
     use_retain = spec.uses_retain(hp)
@@ -116,6 +125,9 @@ def _validate(model, tokenizer, forget_rows, retain_rows, idk_answers, eff, refe
             raise DataError(f"{spec.name} needs QA forget rows (question/answer), not text")
     if spec.needs_alternates:
         _check_alternates(spec.name, forget_rows)
+    if spec.needs_teacher and teacher_model is None:
+        raise ConfigError(f"{spec.name} needs a teacher that never saw the forget set: set "
+                          "teacher=DIR (the public base, or a model the server provides)")  # fmt: skip
     if spec.uses_reference(hp) and reference_model is None and eff.reference == "clean":
         raise ConfigError("reference=clean: pass the clean model as reference_model")
     if spec.check_model is not None:
@@ -153,10 +165,15 @@ def _reference(model, given, eff: ClientSettings):
         return "adapters_off"  # the starting copy = the same weights with adapters off
     # a caller's model is used under no_grad only; its flags are left alone
     ref = copy.deepcopy(model).requires_grad_(False) if given is None else given
-    ref.to(device="cpu" if eff.reference_device == "cpu" else next(model.parameters()).device)
+    return _place(ref, model, eff)
+
+
+def _place(frozen, model, eff: ClientSettings):
+    """A frozen model (reference, teacher) on `reference_device` in `reference_precision`."""
+    frozen.to(device="cpu" if eff.reference_device == "cpu" else next(model.parameters()).device)
     if eff.reference_precision == "bf16":
-        ref.to(torch.bfloat16)
-    return ref.eval()
+        frozen.to(torch.bfloat16)
+    return frozen.eval()
 
 
 def train_unlearning(
@@ -171,6 +188,7 @@ def train_unlearning(
     order_seed: int | None = None,
     progress: bool = True,
     on_step: Callable[[int, int], None] | None = None,
+    teacher_model: torch.nn.Module | None = None,
 ) -> TrainResult:
     """Unlearn `forget_rows` from `model` in place and return it with logs.
 
@@ -186,8 +204,9 @@ def train_unlearning(
     reference (`_prepare`), build the optimizer (`_optimizer`), run the loop (`_loop`, one
     optimizer step in `_step`), restore the model and report (`_finish`, `_logs`).
     """
-    plan = _plan(model, tokenizer, forget_rows, retain_rows, idk_answers, cfg, reference_model)
-    run = _prepare(model, plan, reference_model)
+    plan = _plan(model, tokenizer, forget_rows, retain_rows, idk_answers, cfg,
+                 (reference_model, teacher_model))  # fmt: skip
+    run = _prepare(model, plan, reference_model, teacher_model)
     loss_before = forget_loss(run.train_model, plan.forget, tokenizer)
     if run.sharded:  # the root keeps its parameters gathered after a forward: the optimizer
         run.train_model.reshard()  # must hold the sharded ones
@@ -246,13 +265,14 @@ class _Plan:
         return len(self.idk) or max(map(len, self.alternates or [[]]))
 
 
-def _plan(model, tokenizer, forget_rows, retain_rows, idk_answers, cfg, reference_model) -> _Plan:
-    """Settings resolved for this model, every input validated and encoded, the schedule."""
+def _plan(model, tokenizer, forget_rows, retain_rows, idk_answers, cfg, frozen) -> _Plan:
+    """Settings resolved for this model, every input validated and encoded, the schedule;
+    `frozen` = (reference model, teacher model) as the caller passed them."""
     eff = settings_of(cfg, model.num_parameters() if hasattr(model, "num_parameters") else None)
     if eff.defaults_rule:
         log.info("%s: %s", eff.method.name, eff.defaults_rule)
     spec, hp, use_retain = _validate(
-        model, tokenizer, forget_rows, retain_rows, idk_answers, eff, reference_model
+        model, tokenizer, forget_rows, retain_rows, idk_answers, eff, *frozen
     )
     procs = current_processes()
     if procs.count > 1 and spec.new_state is not None:
@@ -292,10 +312,10 @@ class _Run:
     peft_model: Any
     train_model: torch.nn.Module
     sharded: bool = False
-    state: Any = None  # a stateful method's per-call state (Method.new_state), else None
+    extras: dict = field(default_factory=dict)  # state (Method.new_state), teacher (Distill)
 
 
-def _prepare(model, plan: _Plan, reference_model) -> _Run:
+def _prepare(model, plan: _Plan, reference_model, teacher_model=None) -> _Run:
     """Move and cast the model, make the reference (before LoRA: it is the starting copy),
     attach adapters, turn on checkpointing."""
     eff = plan.eff
@@ -325,8 +345,12 @@ def _prepare(model, plan: _Plan, reference_model) -> _Run:
     elif eff.sharding == "fsdp":
         log.warning("sharding=fsdp with one process shards nothing (--num-processes N)")
     train_model = peft_model if peft_model is not None else model
-    state = plan.spec.new_state(plan.hp) if plan.spec.new_state else None
-    return _Run(device, flags, ref, peft_model, train_model, sharded, state)
+    extras = {}
+    if plan.spec.new_state:
+        extras["state"] = plan.spec.new_state(plan.hp)
+    if plan.spec.needs_teacher:
+        extras["teacher"] = _place(teacher_model, model, eff)
+    return _Run(device, flags, ref, peft_model, train_model, sharded, extras)
 
 
 @dataclass
@@ -423,8 +447,8 @@ def _loop(run: _Run, opt: _Optim, plan: _Plan, tokenizer, order_seed, progress, 
             if procs.owns(in_window):
                 window.append(_backward(run, plan, batch, autocast, out.step))
             in_window += 1
-            if run.state is not None and k + 1 == per_epoch:
-                run.state.end_epoch(epoch + 1)
+            if "state" in run.extras and k + 1 == per_epoch:
+                run.extras["state"].end_epoch(epoch + 1)
             if eff.accumulation == "epoch_flush":
                 do_step = (k + 1) % eff.grad_accum == 0 or k + 1 == per_epoch
             else:
@@ -459,9 +483,8 @@ def _backward(
 ) -> dict[str, float]:
     """One micro-batch's loss, backpropagated with weight/g; its logs. Weight 0 is a sharded
     process's filler pass: the collectives run, nothing is added."""
-    extra = () if run.state is None else (run.state,)
     with autocast:
-        loss, logs = plan.spec.loss(run.train_model, batch, run.ref, plan.hp, *extra)
+        loss, logs = plan.spec.loss(run.train_model, batch, run.ref, plan.hp, **run.extras)
     if not torch.isfinite(loss):
         raise FloatingPointError(f"{plan.spec.name}: non-finite loss {float(loss)} at step {step}")
     (loss * (weight / plan.eff.grad_accum)).backward()

@@ -78,6 +78,21 @@ def _with_alternates(source, forget_split: str, forget: list[dict], method: str)
     return alt
 
 
+def _teacher(eff: ClientSettings, model):
+    """The frozen teacher a method reads (Distill), loaded from `teacher`; None otherwise. Its
+    vocabulary must be the copy's: the student follows its next-token distributions."""
+    if not eff.method.needs_teacher or eff.teacher is None:
+        return None  # the trainer refuses a missing teacher with the setting to give
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    teacher = AutoModelForCausalLM.from_pretrained(eff.teacher, dtype=torch.float32)
+    if teacher.config.vocab_size != model.config.vocab_size:
+        raise ConfigError(f"teacher={eff.teacher}: vocabulary of {teacher.config.vocab_size} "
+                          f"tokens, the copy has {model.config.vocab_size}")  # fmt: skip
+    return teacher.requires_grad_(False).eval()
+
+
 def check_copy(copy_dir: str | Path, reference_dir: str | Path | None = None):
     """The copy's ticket, after checking its weights and the reference's job; raises otherwise."""
     from mpu.io.checkpoint import Checkpoint
@@ -134,6 +149,7 @@ def unlearn_copy(
         ).eval()
         reference.requires_grad_(False)
     eff = settings_of(cfg, model.num_parameters())
+    teacher = _teacher(eff, model)
     result = train_unlearning(
         model,
         tokenizer,
@@ -145,6 +161,7 @@ def unlearn_copy(
         order_seed=order_seed,
         progress=progress,
         on_step=on_step,
+        teacher_model=teacher,
     )
     model_dir, delta = out / "model", out / "delta.safetensors"
     procs = current_processes()

@@ -33,6 +33,8 @@ class Method:
     `new_state`: for a method that carries state across its steps (PDU's dual variable), a
     factory `new_state(hp)` called once per client call; the loss then receives it as a fifth
     argument, and the trainer calls `state.end_epoch(completed)` after every epoch.
+    `needs_teacher`: the loss also reads a frozen teacher (keyword `teacher`; Distill), the
+    model the client setting `teacher` names.
     """
 
     name: str
@@ -42,6 +44,7 @@ class Method:
     needs_retain: bool = False
     needs_idk: bool = False
     needs_alternates: bool = False
+    needs_teacher: bool = False
     rounds_epochs: tuple[int, int] = (1, 10)
     paper: Mapping[str, Any] = field(default_factory=dict)
     aliases: tuple[str, ...] = ()

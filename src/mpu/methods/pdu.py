@@ -77,7 +77,7 @@ def margin_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return (margin.square() * mask).sum() / mask.sum().clamp_min(1)
 
 
-def pdu_loss(model, batch: Batch, ref, hp: PDUConfig, state: DualState) -> Result:
+def pdu_loss(model, batch: Batch, ref, hp: PDUConfig, *, state: DualState) -> Result:
     f = batch["forget"]
     lf = margin_loss(forward_logits(model, f), f["labels"])
     slack = retain_loss(model, batch["retain"], None, "NLL") - hp.retain_loss_eps

@@ -10,6 +10,7 @@ from mpu.errors import ConfigError
 from mpu.methods import (
     altpo,
     ceu,
+    distill,
     dpo,
     grad_ascent,
     grad_diff,
@@ -37,6 +38,7 @@ _ALL: tuple[Method, ...] = (
     ceu.METHOD,
     pdu.METHOD,
     altpo.METHOD,
+    distill.METHOD,
 )
 
 METHODS: dict[str, Method] = {m.name: m for m in _ALL}

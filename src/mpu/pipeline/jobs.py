@@ -131,6 +131,8 @@ def unlearn(
     rounds, epochs = rounds_for(cfg, settings.method.name)
     job = job_config(variant, cfg.server)
     eff = settings.replace(epochs=epochs)
+    if eff.method.needs_teacher and eff.teacher is None:  # Distill: the public base
+        eff = eff.replace(teacher=str(models / "base"))
     if VARIANTS[variant].dp:
         eff = eff.replace(dp=job_dp(cfg, settings.method.name))
     client_data = load_client_data(
