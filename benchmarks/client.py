@@ -67,8 +67,9 @@ def overhead(pair: Path, data: str, split: str, steps: int, m: int, repeats: int
 def throughput(pair: Path, data: str, split: str, steps: int, batch: int, repeats: int = 3) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from mpu.client.plan import prompt_format
     from mpu.client.train_config import ClientTrainConfig
-    from mpu.client.trainer import prompt_format, train_unlearning
+    from mpu.client.trainer import train_unlearning
     from mpu.data import load_split
     from mpu.text import collate, encode_qa
 

@@ -72,7 +72,7 @@ ONE = textwrap.dedent(
     result = train_unlearning(model, tok, rows, None, cfg, progress=False, on_step=on_step)
     peak = mem()[0]
     from mpu.client.batches import encode_rows
-    from mpu.client.trainer import prompt_format
+    from mpu.client.plan import prompt_format
     eff = cfg.resolve(model.num_parameters())
     enc, _, _ = encode_rows(tok, rows, fmt=prompt_format("llama", tok, eff), max_length=512)
     # one epoch of steps + 1 micro-batches: the timed steps saw steps/(steps+1) of the tokens

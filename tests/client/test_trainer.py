@@ -10,16 +10,12 @@ import pytest
 import torch
 
 from mpu.client.batches import encode_rows
+from mpu.client.effect import no_effect
+from mpu.client.frozen import ThreatModelWarning
 from mpu.client.optim import build_optimizer, select_trainable
+from mpu.client.plan import plan_steps, round_schedule, usable_items
 from mpu.client.train_config import ClientTrainConfig
-from mpu.client.trainer import (
-    ThreatModelWarning,
-    no_effect,
-    plan_steps,
-    round_schedule,
-    train_unlearning,
-    usable_items,
-)
+from mpu.client.trainer import train_unlearning
 from mpu.config import load_config
 from mpu.errors import ConfigError, DataError
 from mpu.methods import build_method_config, get_method

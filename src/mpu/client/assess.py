@@ -32,8 +32,8 @@ class AssessRequest:
 
 def _encoded(tokenizer, model, source: str, split: str, limit: int | None):
     from mpu.client.batches import encode_rows
+    from mpu.client.plan import prompt_format
     from mpu.client.train_config import ClientTrainConfig
-    from mpu.client.trainer import prompt_format
     from mpu.io.datasets import load_split
 
     rows = [dict(r) for r in load_split(source, split)][:limit]

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mpu.client.adapters import LoRAConfig
+from mpu.client.adversary import AdversaryConfig
 from mpu.client.salient import SalientConfig
 from mpu.config import field
 from mpu.devices import DEVICE_HELP, check_device_name
@@ -142,6 +143,13 @@ class ClientTrainConfig:
             "salient.probes"
         },
     )
+    mia_adversary: AdversaryConfig = dataclasses.field(
+        default_factory=AdversaryConfig,
+        metadata={
+            "help": "adversarial membership training: mia_adversary.weight (λ > 0 turns it on), "
+            "mia_adversary.holdout_split, mia_adversary.lr"
+        },
+    )
     gradient_checkpointing: bool = field(
         False, help="recompute block activations in the backward pass (memory for time)"
     )
@@ -190,6 +198,8 @@ class ClientTrainConfig:
             self.lora = LoRAConfig(**self.lora)
         if isinstance(self.salient, dict):
             self.salient = SalientConfig(**self.salient)
+        if isinstance(self.mia_adversary, dict):
+            self.mia_adversary = AdversaryConfig(**self.mia_adversary)
         for name in ("epochs", "batch_size", "grad_accum", "max_length"):
             v = getattr(self, name)
             if v is not None and v < 1:
@@ -342,6 +352,7 @@ class ClientSettings:
     dp: DPConfig = dataclasses.field(default_factory=DPConfig)
     lora: LoRAConfig = dataclasses.field(default_factory=LoRAConfig)
     salient: SalientConfig = dataclasses.field(default_factory=SalientConfig)
+    mia_adversary: AdversaryConfig = dataclasses.field(default_factory=AdversaryConfig)
     gradient_checkpointing: bool = False
     device: str = "auto"
     reference_device: str = "same"
@@ -359,7 +370,7 @@ class ClientSettings:
         out = {
             f.name: getattr(self, f.name)
             for f in dataclasses.fields(self)
-            if f.name not in ("method", "hp", "prompt", "dp", "lora", "salient")
+            if f.name not in ("method", "hp", "prompt", "dp", "lora", "salient", "mia_adversary")
         }
         out.update(
             method=self.method.name,
@@ -369,5 +380,7 @@ class ClientSettings:
             dp=dataclasses.asdict(self.dp),
             lora=dataclasses.asdict(self.lora) if self.trainable == "lora" else None,
             salient=dataclasses.asdict(self.salient) if self.trainable == "salient" else None,
-        )
+            mia_adversary=(dataclasses.asdict(self.mia_adversary)
+                           if self.mia_adversary.enabled else None),
+        )  # fmt: skip
         return out

@@ -11,10 +11,7 @@ client has (F1/B10).
 from __future__ import annotations
 
 import contextlib
-import copy
 import logging
-import math
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,23 +25,21 @@ from mpu.client.adapters import (
     enable_checkpointing,
     merge_lora,
 )
-from mpu.client.batches import BatchBuilder, check_rows, encode_rows, iterate
+from mpu.client.batches import BatchBuilder, encode_rows, iterate
+from mpu.client.checks import validate_inputs
 from mpu.client.distributed import current_processes
+from mpu.client.effect import forget_loss
+from mpu.client.frozen import place, reference_model_for
 from mpu.client.optim import MasterWeights, build_optimizer, lr_factor, select_trainable
+from mpu.client.plan import plan_steps, prompt_format, settings_of
 from mpu.client.sharding import local_parameters
 from mpu.client.train_config import ClientSettings, ClientTrainConfig
 from mpu.devices import resolve_device
 from mpu.errors import ConfigError, DataError
 from mpu.logs import progress_bar
-from mpu.text import PromptFormat, resolve_prompt
+from mpu.text import PromptFormat
 
 log = logging.getLogger("mpu.client")
-# a relative change of the forget loss below this over a whole schedule is "did not move"
-MOVED_LOSS = 0.01
-
-
-class ThreatModelWarning(UserWarning):
-    """The run uses something a real client would not have (e.g. the clean server model)."""
 
 
 @dataclass
@@ -55,125 +50,6 @@ class TrainResult:
     logs: dict[str, Any]
     step_count: int
     effective_config: dict[str, Any] = field(default_factory=dict)
-
-
-def settings_of(
-    cfg: ClientTrainConfig | ClientSettings, n_params: int | None = None
-) -> ClientSettings:
-    """Resolve a config once at an entry point; settings pass through unchanged."""
-    return cfg if isinstance(cfg, ClientSettings) else cfg.resolve(n_params)
-
-
-def plan_steps(n_forget: int, eff: ClientSettings) -> int:
-    """Optimizer steps one call makes on `n_forget` items (after dropping answerless ones).
-
-    epoch_flush: E·⌈⌈N/b⌉/g⌉; hf: E·max(⌊⌈N/b⌉/g⌋, 1) (HF Trainer); max_steps > 0 wins.
-    A runner spanning R rounds passes `total_steps = R·plan_steps(...)`.
-    """
-    if eff.max_steps:
-        return eff.max_steps
-    n_mb = math.ceil(n_forget / eff.batch_size)
-    if eff.accumulation == "epoch_flush":
-        return eff.epochs * math.ceil(n_mb / eff.grad_accum)
-    return eff.epochs * max(n_mb // eff.grad_accum, 1)
-
-
-def prompt_format(model_type: str | None, tokenizer: Any, eff: ClientSettings) -> PromptFormat:
-    """The prompt format the client trains with (the same rule as the evaluation's)."""
-    return resolve_prompt(tokenizer, model_type, eff.prompt)
-
-
-def usable_items(
-    tokenizer: Any, rows: Sequence[dict], eff: ClientSettings, fmt: PromptFormat
-) -> int:
-    """How many rows keep at least one answer token (the N that `plan_steps` expects)."""
-    check_rows(rows, "forget")
-    return len(encode_rows(tokenizer, rows, fmt=fmt, max_length=eff.max_length)[0])
-
-
-def round_schedule(n_forget: int, cfg: ClientSettings, rounds: int) -> list[dict[str, int]]:
-    """`schedule_offset_steps` / `total_steps` per round for one LR schedule over R·E epochs.
-
-    docs/methods.md: warm-up at the start of round 1, decay to the end of round R; pass
-    `settings.replace(**round_schedule(...)[r])` for round r (0-based).
-    """
-    if rounds < 1:
-        raise ConfigError(f"rounds={rounds}: must be >= 1")
-    per = plan_steps(n_forget, cfg)
-    return [{"schedule_offset_steps": r * per, "total_steps": rounds * per} for r in range(rounds)]
-
-
-def _validate(
-    model,
-    tokenizer,
-    forget_rows,
-    retain_rows,
-    idk_answers,
-    eff,
-    reference_model,
-    teacher_model=None,
-):
-    spec, hp = eff.method, eff.hp
-    kinds = check_rows(forget_rows, "forget")
-    use_retain = spec.uses_retain(hp)
-    if use_retain:
-        check_rows(retain_rows, "retain")
-    if spec.needs_idk:
-        if not idk_answers or not all(isinstance(a, str) and a.strip() for a in idk_answers):
-            raise DataError(f"{spec.name} needs IDK answers (a non-empty list of refusal strings)")
-        if "text" in kinds:
-            raise DataError(f"{spec.name} needs QA forget rows (question/answer), not text")
-    if spec.needs_alternates:
-        _check_alternates(spec.name, forget_rows)
-    if spec.needs_teacher and teacher_model is None:
-        raise ConfigError(f"{spec.name} needs a teacher that never saw the forget set: set "
-                          "teacher=DIR (the public base, or a model the server provides)")  # fmt: skip
-    if spec.uses_reference(hp) and reference_model is None and eff.reference == "clean":
-        raise ConfigError("reference=clean: pass the clean model as reference_model")
-    if spec.check_model is not None:
-        spec.check_model(model, hp)
-    if eff.trainable != "lora":  # adapters are attached (and their targets checked) later
-        select_trainable(model, eff.trainable)
-    if tokenizer is None:
-        raise ConfigError("train_unlearning needs the copy's tokenizer")
-    return spec, hp, use_retain
-
-
-def _check_alternates(name: str, rows: Sequence[dict]) -> None:
-    """Every forget row carries a non-empty list of non-empty alternate answers."""
-    for i, row in enumerate(rows):
-        alt = row.get("alternate")
-        if not (isinstance(alt, list) and alt and all(isinstance(a, str) and a.strip()
-                                                      for a in alt)):  # fmt: skip
-            raise DataError(f"{name}: forget row {i} has no 'alternate' answers (a non-empty "
-                            "list of strings; synthetic TOFU: the forgetNN_alternate split)")  # fmt: skip
-
-
-def _reference(model, given, eff: ClientSettings):
-    """The frozen reference/teacher: the caller's model, the adapters-off view of the LoRA
-    model (marker "adapters_off", built once the adapters exist), or a copy of `model`; then
-    moved to `reference_device` / cast to `reference_precision`."""
-    if eff.reference == "clean":
-        warnings.warn(
-            "reference=clean: the reference model is the clean server model, which a real "
-            "client never has; this reproduces the paper but breaks the threat model (docs/protocol.md §10 F1)",
-            ThreatModelWarning,
-            stacklevel=3,
-        )
-    keep = eff.reference_device == "same" and eff.reference_precision == "same"
-    if given is None and eff.trainable == "lora" and keep:
-        return "adapters_off"  # the starting copy = the same weights with adapters off
-    # a caller's model is used under no_grad only; its flags are left alone
-    ref = copy.deepcopy(model).requires_grad_(False) if given is None else given
-    return _place(ref, model, eff)
-
-
-def _place(frozen, model, eff: ClientSettings):
-    """A frozen model (reference, teacher) on `reference_device` in `reference_precision`."""
-    frozen.to(device="cpu" if eff.reference_device == "cpu" else next(model.parameters()).device)
-    if eff.reference_precision == "bf16":
-        frozen.to(torch.bfloat16)
-    return frozen.eval()
 
 
 def train_unlearning(
@@ -189,6 +65,7 @@ def train_unlearning(
     progress: bool = True,
     on_step: Callable[[int, int], None] | None = None,
     teacher_model: torch.nn.Module | None = None,
+    holdout_rows: Sequence[dict] | None = None,
 ) -> TrainResult:
     """Unlearn `forget_rows` from `model` in place and return it with logs.
 
@@ -207,6 +84,8 @@ def train_unlearning(
     plan = _plan(model, tokenizer, forget_rows, retain_rows, idk_answers, cfg,
                  (reference_model, teacher_model))  # fmt: skip
     run = _prepare(model, plan, reference_model, teacher_model)
+    if plan.eff.mia_adversary.enabled:
+        run.adversary = _adversary(plan, tokenizer, holdout_rows, order_seed)
     loss_before = forget_loss(run.train_model, plan.forget, tokenizer)
     if run.sharded:  # the root keeps its parameters gathered after a forward: the optimizer
         run.train_model.reshard()  # must hold the sharded ones
@@ -271,13 +150,14 @@ def _plan(model, tokenizer, forget_rows, retain_rows, idk_answers, cfg, frozen) 
     eff = settings_of(cfg, model.num_parameters() if hasattr(model, "num_parameters") else None)
     if eff.defaults_rule:
         log.info("%s: %s", eff.method.name, eff.defaults_rule)
-    spec, hp, use_retain = _validate(
+    spec, hp, use_retain = validate_inputs(
         model, tokenizer, forget_rows, retain_rows, idk_answers, eff, *frozen
     )
     procs = current_processes()
-    if procs.count > 1 and spec.new_state is not None:
-        raise ConfigError(f"{spec.name} keeps per-step state (its dual variable) that several "
-                          "processes would each move differently; run it on one process")  # fmt: skip
+    if procs.count > 1 and (spec.new_state is not None or eff.mia_adversary.enabled):
+        what = "the membership adversary" if eff.mia_adversary.enabled else spec.name
+        raise ConfigError(f"{what} keeps per-step state (a dual variable, an adversary) that "
+                          "several processes would each move differently; run it on one process")  # fmt: skip
     per_process_accum = eff.grad_accum
     if procs.count > 1:  # one step = g micro-batches on each of N processes (client/distributed)
         eff = eff.replace(grad_accum=eff.grad_accum * procs.count)
@@ -313,6 +193,7 @@ class _Run:
     train_model: torch.nn.Module
     sharded: bool = False
     extras: dict = field(default_factory=dict)  # state (Method.new_state), teacher (Distill)
+    adversary: Any = None  # mia_adversary: the MembershipAdversary
 
 
 def _prepare(model, plan: _Plan, reference_model, teacher_model=None) -> _Run:
@@ -326,7 +207,11 @@ def _prepare(model, plan: _Plan, reference_model, teacher_model=None) -> _Run:
         if p.is_floating_point() and p.dtype != dtype:
             p.data = p.data.to(dtype)
     flags = {n: p.requires_grad for n, p in model.named_parameters()}
-    ref = _reference(model, reference_model, eff) if plan.spec.uses_reference(plan.hp) else None
+    ref = (
+        reference_model_for(model, reference_model, eff)
+        if plan.spec.uses_reference(plan.hp)
+        else None
+    )
     peft_model = None
     if eff.trainable == "lora":
         gpus = [torch.device(device).index or 0] if device.startswith("cuda") else []
@@ -349,7 +234,7 @@ def _prepare(model, plan: _Plan, reference_model, teacher_model=None) -> _Run:
     if plan.spec.new_state:
         extras["state"] = plan.spec.new_state(plan.hp)
     if plan.spec.needs_teacher:
-        extras["teacher"] = _place(teacher_model, model, eff)
+        extras["teacher"] = place(teacher_model, model, eff)
     return _Run(device, flags, ref, peft_model, train_model, sharded, extras)
 
 
@@ -473,6 +358,18 @@ def _loop(run: _Run, opt: _Optim, plan: _Plan, tokenizer, order_seed, progress, 
     return out
 
 
+def _adversary(plan: _Plan, tokenizer, holdout_rows, order_seed):
+    """The membership adversary over the encoded holdout rows (client/adversary.py)."""
+    from mpu.client.adversary import MembershipAdversary
+
+    if not holdout_rows:
+        raise ConfigError("mia_adversary.weight > 0 needs the client's holdout items "
+                          "(holdout_rows; `mpu client unlearn` loads them)")  # fmt: skip
+    items = encode_rows(tokenizer, holdout_rows, fmt=plan.fmt, max_length=plan.eff.max_length)[0]
+    seed = plan.eff.seed if order_seed is None else order_seed
+    return MembershipAdversary(plan.eff.mia_adversary, items, tokenizer, seed)
+
+
 def _passes_short(procs, window: int) -> int:
     """How many fewer micro-batches of a `window` this process owns than the busiest one."""
     return -(-window // procs.count) - len(range(procs.index, window, procs.count))
@@ -485,6 +382,9 @@ def _backward(
     process's filler pass: the collectives run, nothing is added."""
     with autocast:
         loss, logs = plan.spec.loss(run.train_model, batch, run.ref, plan.hp, **run.extras)
+        if run.adversary is not None and weight:
+            term, more = run.adversary.term(run.train_model, batch["forget"])
+            loss, logs = loss + term, {**logs, **more}
     if not torch.isfinite(loss):
         raise FloatingPointError(f"{plan.spec.name}: non-finite loss {float(loss)} at step {step}")
     (loss * (weight / plan.eff.grad_accum)).backward()
@@ -581,62 +481,3 @@ def _tokens(batch) -> int:
     if isinstance(batch, list | tuple):
         return sum(_tokens(v) for v in batch)
     return 0
-
-
-@torch.no_grad()
-def forget_loss(model: torch.nn.Module, items: Sequence, tokenizer: Any, limit: int = 64) -> float:
-    """Token-mean cross-entropy of the first `limit` forget answers, in eval mode: the check
-    that a run moved the model (a change below 1 % means it did not)."""
-    from mpu.methods.common import forward_logits, token_nll
-    from mpu.text import collate, pad_id_of
-
-    was = model.training
-    model.eval()
-    total, count = 0.0, 0
-    try:
-        for start in range(0, min(limit, len(items)), 16):
-            chunk = items[start : min(start + 16, limit)]
-            batch = collate(
-                [e.input_ids for e in chunk],
-                pad_id=pad_id_of(tokenizer),
-                labels=[e.labels for e in chunk],
-                mask_mode="padding",
-            )
-            nll, mask = token_nll(forward_logits(model, batch), batch["labels"])
-            total += float(nll.sum())
-            count += int(mask.sum())
-    finally:
-        model.train(was)
-    return total / max(count, 1)
-
-
-def no_effect(logs: dict, changed_fraction: float | None, eff: ClientSettings) -> str | None:
-    """Why a finished run did not move the model, in plain words naming the settings to change;
-    None when it did. `changed_fraction`: share of weights whose stored value changed."""
-    before, after = logs["forget_loss"]["before"], logs["forget_loss"]["after"]
-    rel = abs(after - before) / max(abs(before), 1e-12)
-    frozen = changed_fraction is not None and changed_fraction < 0.01
-    steps = logs.get("steps") or []
-    # a call that is one round of a longer schedule is held to its share of the 1 %
-    share = min(len(steps) / max(logs.get("schedule_total_steps") or 1, 1), 1.0) if steps else 1.0
-    if rel >= MOVED_LOSS * share and not frozen:
-        return None
-    if (
-        steps
-        and all(s["lr"] == 0 for s in steps)
-        and steps[-1]["step"] < logs["schedule_total_steps"]
-    ):
-        # one round of a multi-round schedule whose steps all fell on the warmup's first point
-        # (lr 0, HF's convention): nothing to fix, the next rounds train
-        log.info("%s: this call's %d step(s) ran at lr 0 (start of the warmup); the model moves "
-                 "in the next rounds", eff.method.name, len(steps))  # fmt: skip
-        return None
-    what = f"forget-set loss {before:.4f} → {after:.4f} ({100 * rel:.2f} % change)"
-    if changed_fraction is not None:
-        what += f", {100 * changed_fraction:.1f} % of the weights changed"
-    advice = [f"raise lr (now {eff.lr:g})"]
-    if eff.precision in ("bf16_weights", "pure_bf16"):
-        advice.append(f"use precision=fp32 (now {eff.precision}: bf16 rounds small updates away)")
-    if eff.max_steps == 0:
-        advice.append(f"or train longer (epochs, now {eff.epochs})")
-    return f"the {eff.method.name} run did not move the model: {what}; " + ", ".join(advice)

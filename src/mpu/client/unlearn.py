@@ -25,6 +25,7 @@ class ClientData:
     forget: list[dict]
     retain: list[dict] | None
     idk: list[str] | None
+    holdout: list[dict] | None = None  # adversarial membership training's never-seen items
 
 
 def load_client_data(
@@ -35,7 +36,7 @@ def load_client_data(
     retain_split: str | None = None,
 ) -> ClientData:
     """Load what the configured method needs; a missing split or field is a DataError now."""
-    from mpu.client.trainer import settings_of
+    from mpu.client.plan import settings_of
     from mpu.data import is_tofu_forget, load_idk, load_split, tofu_splits
 
     eff = settings_of(cfg)  # unknown hyperparameters fail here, before any loading
@@ -54,7 +55,27 @@ def load_client_data(
             )
         retain = [dict(r) for r in load_split(source, name)]
     idk = load_idk(source) if spec.needs_idk else None
-    return ClientData(forget, retain, idk)
+    holdout = _adversary_holdout(source, forget_split, eff) if eff.mia_adversary.enabled else None
+    return ClientData(forget, retain, idk, holdout)
+
+
+def _adversary_holdout(source, forget_split: str, eff) -> list[dict]:
+    """The client's own never-seen items: `mia_adversary.holdout_split`, or for TOFU holdout10
+    without the rows the evaluation's holdout of `forget_split` scores."""
+    from mpu.io.datasets import is_tofu_forget, load_split, tofu_splits
+
+    name = eff.mia_adversary.holdout_split
+    if name is not None:
+        return [dict(r) for r in load_split(source, name)]
+    if not is_tofu_forget(forget_split):
+        raise ConfigError("mia_adversary: name the client's never-seen items "
+                          "(mia_adversary.holdout_split)")  # fmt: skip
+    scored = {r["question"] for r in load_split(source, tofu_splits(forget_split).holdout)}
+    rows = [dict(r) for r in load_split(source, "holdout10") if r["question"] not in scored]
+    if not rows:
+        raise ConfigError(f"mia_adversary: every holdout10 row is scored by the {forget_split} "
+                          "evaluation; give mia_adversary.holdout_split items it does not use")  # fmt: skip
+    return rows
 
 
 def _with_alternates(source, forget_split: str, forget: list[dict], method: str) -> list[dict]:
@@ -134,7 +155,9 @@ def unlearn_copy(
 
     from mpu.client.diff import make_delta
     from mpu.client.distributed import current_processes
-    from mpu.client.trainer import no_effect, settings_of, train_unlearning
+    from mpu.client.effect import no_effect
+    from mpu.client.plan import settings_of
+    from mpu.client.trainer import train_unlearning
 
     check_copy(copy_dir, reference_dir)
     out = Path(out_dir)
@@ -162,6 +185,7 @@ def unlearn_copy(
         progress=progress,
         on_step=on_step,
         teacher_model=teacher,
+        holdout_rows=data.holdout,
     )
     model_dir, delta = out / "model", out / "delta.safetensors"
     procs = current_processes()

@@ -123,7 +123,7 @@ def unlearn(
     from transformers import AutoTokenizer
 
     from mpu.arch import load_config
-    from mpu.client.trainer import prompt_format, round_schedule, usable_items
+    from mpu.client.plan import prompt_format, round_schedule, usable_items
     from mpu.client.unlearn import load_client_data
     from mpu.data import tofu_splits
     from mpu.pipeline.variants import VARIANTS
