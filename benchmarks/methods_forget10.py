@@ -67,6 +67,10 @@ def main() -> None:
     )
     ap.add_argument("--methods", nargs="*", default=list(METHODS))
     ap.add_argument("--rmu-layer", type=int, default=None, help="RMU block (default: middle)")
+    ap.add_argument("--pdu-eps", type=float, default=0.3,
+                    help="PDU's ε, which has no default (upstream's TOFU runs: 0.3)")  # fmt: skip
+    ap.add_argument("--teacher", help="Distill's teacher (the public base); Distill is skipped "
+                    "without one")  # fmt: skip
     ap.add_argument("--n-retain-eval", type=int, default=400)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--json", type=Path)
@@ -76,6 +80,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     forget = [dict(r) for r in load_split(args.data, "forget10", "train")]
+    alternates = [dict(r) for r in load_split(args.data, "forget10_alternate", "train")]
     retain = [dict(r) for r in load_split(args.data, "retain90", "train")]
     idk = load_idk(args.data)
     eval_retain = retain[: args.n_retain_eval]
@@ -100,15 +105,25 @@ def main() -> None:
         f"retain prob {base_r:.4f}"
     )
     results = []
+    teacher = None
+    if args.teacher:
+        from transformers import AutoModelForCausalLM
+
+        teacher = AutoModelForCausalLM.from_pretrained(args.teacher, dtype=torch.float32).eval()
     for name in args.methods:
+        if name == "Distill" and teacher is None:
+            print("Distill: skipped (no --teacher)")
+            continue
         model = copy.deepcopy(target)
-        hp = {"layer": rmu_layer} if name == "RMU" else {}
+        hp = {"RMU": {"layer": rmu_layer}, "PDU": {"retain_loss_eps": args.pdu_eps}}.get(name, {})
         extra = {} if args.lr is None else {"lr": args.lr}
         cfg = ClientTrainConfig(
             method=name, profile=args.profile, precision=args.precision, hparams=hp, **extra
         )
         t = time.time()
-        res = train_unlearning(model, tok, forget, retain, cfg, idk_answers=idk, progress=False)
+        rows = alternates if name == "AltPO" else forget  # the same rows, with alternates
+        res = train_unlearning(model, tok, rows, retain, cfg, idk_answers=idk, progress=False,
+                               teacher_model=teacher)  # fmt: skip
         secs = time.time() - t
         f, r = answer_prob(model, tok, forget), answer_prob(model, tok, eval_retain)
         results.append(

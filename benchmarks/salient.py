@@ -110,22 +110,15 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
+def run_rows(args, labelled: list[tuple[str, dict]]) -> None:
+    """Measure each (method, labelled client settings) not yet in OUT/rows.jsonl, then print
+    the table (`args`: forget_split, methods, seed, out, table_only)."""
     from transformers.utils import logging as hf_logging
 
     from mpu.pipeline.evaluation import evaluate_run
     from mpu.pipeline.experiment import ExperimentConfig
     from mpu.pipeline.inputs import resolve_inputs
 
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--forget-split", default="forget10")
-    ap.add_argument("--methods", nargs="+", default=["NPO", "GradDiff"])
-    ap.add_argument("--fractions", type=float, nargs="+", default=[0.2, 0.05, 0.01])
-    ap.add_argument("--scores", nargs="+", default=["fisher", "grad", "hutchinson"])
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", type=Path, default=Path("runs/salient"))
-    ap.add_argument("--table-only", action="store_true")
-    args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     log = args.out / "rows.jsonl"
     if not args.table_only:
@@ -137,7 +130,7 @@ def main() -> None:
         retain_logs, _ = evaluate_run(cfg, args.out, "retain", models / "retain", data, None)
         done = {(r["method"], r["setting"]) for r in map(json.loads, _lines(log))}
         for method in args.methods:
-            for label, client in settings(args.fractions, args.scores):
+            for label, client in labelled:
                 if (method, label) in done:
                     continue
                 row = measure(args, cfg, method, label, client, data, models, retain_logs)
@@ -145,6 +138,19 @@ def main() -> None:
                     fh.write(json.dumps(row) + "\n")
                 print(json.dumps(row), flush=True)
     print(table([json.loads(x) for x in _lines(log)]))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--forget-split", default="forget10")
+    ap.add_argument("--methods", nargs="+", default=["NPO", "GradDiff"])
+    ap.add_argument("--fractions", type=float, nargs="+", default=[0.2, 0.05, 0.01])
+    ap.add_argument("--scores", nargs="+", default=["fisher", "grad", "hutchinson"])
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", type=Path, default=Path("runs/salient"))
+    ap.add_argument("--table-only", action="store_true")
+    args = ap.parse_args()
+    run_rows(args, settings(args.fractions, args.scores))
 
 
 def _lines(path: Path) -> list[str]:

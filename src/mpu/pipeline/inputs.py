@@ -27,6 +27,11 @@ def resolve_inputs(cfg: Any, say) -> tuple[str, Path]:
         if not (Path(data) / "manifest.json").is_file():
             say(f"making the synthetic TOFU benchmark in {data}")
             make_dataset("tofu", data, seed=cfg.seed)
+        elif _lacks_alternates(Path(data)):
+            # made before AltPO's splits existed: the generator writes every other split
+            # byte for byte as before, so the cached models stay valid
+            say(f"adding AltPO's alternate-answer splits to {data}")
+            make_dataset("tofu", data, seed=cfg.seed)
     models = Path(cfg.models) if cfg.models else None
     if models is None:
         from mpu.pipeline.prepare import PrepareConfig, prepare_models
@@ -48,6 +53,13 @@ def resolve_inputs(cfg: Any, say) -> tuple[str, Path]:
                 f"{models / sub}: missing; models= needs base/, target/ and retain/ model folders"
             )
     return data, models
+
+
+def _lacks_alternates(data: Path) -> bool:
+    import json
+
+    counts = json.loads((data / "manifest.json").read_text()).get("counts") or {}
+    return "forget01_alternate/train" not in counts
 
 
 def reference_cache(cfg: Any, data: str, models: Path) -> Path | None:
