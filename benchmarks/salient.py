@@ -11,7 +11,8 @@ embedding rows it moves (against chance), the calibrated membership AUC
 (`mpu.server.leakage.updates`), and its bytes as safetensors raw and zlib-compressed.
 
     python benchmarks/salient.py --forget-split forget10 --methods NPO GradDiff \
-        --fractions 0.2 0.05 0.01 --scores fisher grad hutchinson --out runs/salient
+        --fractions 0.2 0.05 0.01 --scores fisher grad hutchinson \
+        --boost 0.05:5e-3 0.2:2e-3 --out runs/salient
 
 Resumable: one JSON line per (method, setting) in OUT/rows.jsonl.
 """
@@ -26,12 +27,19 @@ import zlib
 from pathlib import Path
 
 
-def settings(fractions, scores) -> list[tuple[str, dict]]:
+def settings(fractions, scores, boosts=()) -> list[tuple[str, dict]]:
+    """The full update, each (score, fraction), and each `boosts` entry FRACTION:LR (Fisher
+    at that fraction with that lr: a mask moves fewer weights, so equal forgetting may need a
+    larger step)."""
     out = [("full", {})]
     for score in scores:
         for f in fractions:
             sal = {"fraction": f, "score": score, "probes": 4}
             out.append((f"{score} {100 * f:g} %", {"trainable": "salient", "salient": sal}))
+    for boost in boosts:
+        f, lr = (float(x) for x in boost.split(":"))
+        sal = {"trainable": "salient", "salient": {"fraction": f, "score": "fisher"}, "lr": lr}
+        out.append((f"fisher {100 * f:g} %, lr {lr:g}", sal))
     return out
 
 
@@ -146,11 +154,13 @@ def main() -> None:
     ap.add_argument("--methods", nargs="+", default=["NPO", "GradDiff"])
     ap.add_argument("--fractions", type=float, nargs="+", default=[0.2, 0.05, 0.01])
     ap.add_argument("--scores", nargs="+", default=["fisher", "grad", "hutchinson"])
+    ap.add_argument("--boost", nargs="*", default=[], metavar="FRACTION:LR",
+                    help="also Fisher at FRACTION with learning rate LR")  # fmt: skip
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=Path("runs/salient"))
     ap.add_argument("--table-only", action="store_true")
     args = ap.parse_args()
-    run_rows(args, settings(args.fractions, args.scores))
+    run_rows(args, settings(args.fractions, args.scores, args.boost))
 
 
 def _lines(path: Path) -> list[str]:
