@@ -106,16 +106,22 @@ def run_cell(args, folder: str, cell: dict, inputs: dict) -> None:
 
 def key_values(pairs: list[str], option: str) -> dict:
     """`--client epochs=5 lr=1e-5` / `--server angles=quarter_turn` as settings (values parsed as
-    JSON where they parse — numbers, true/false, lists — else kept as text)."""
-    out = {}
+    JSON where they parse — numbers, true/false, lists — else kept as text); a dotted key
+    nests (`hparams.beta=0.2` → {"hparams": {"beta": 0.2}})."""
+    out: dict = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
             raise SystemExit(f"{option} expects KEY=VALUE, got {pair!r}")
         try:
-            out[key] = json.loads(value)
+            parsed = json.loads(value)
         except json.JSONDecodeError:
-            out[key] = value
+            parsed = value
+        *parents, leaf = key.split(".")
+        node = out
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = parsed
     return out
 
 

@@ -162,3 +162,13 @@ def test_reference_and_data_needs():
     undial = get_method("UNDIAL")
     assert not undial.uses_retain(build_method_config("UNDIAL"))  # α = 0 stock
     assert undial.uses_retain(build_method_config("UNDIAL", "paper"))
+
+
+def test_every_method_key_is_a_typed_hparams_setting():
+    """`hparams.KEY=…` reaches every method's hyperparameters through the config loader."""
+    from mpu.client.train_config import MethodHParams
+
+    known = {f.name for f in dataclasses.fields(MethodHParams)}
+    for name, spec in METHODS.items():
+        missing = {f.name for f in dataclasses.fields(spec.config_cls)} - known
+        assert not missing, (name, missing)

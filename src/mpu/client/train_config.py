@@ -59,6 +59,12 @@ class MethodHParams:
     layer: int | None = field(None, help="RMU steered decoder block (default: 7 or the middle)")
     steering_seed: int | None = field(None, help="RMU steering direction seed")
     ignore_first_n_answer_tokens: int | None = field(None, help="CE-U skipped answer tokens")
+    retain_loss_eps: float | None = field(None, help="PDU ε: the retain NLL to stay below")
+    primal_dual: bool | None = field(None, help="PDU: move the dual variable")
+    dual_step_size: float | None = field(None, help="PDU η_d")
+    dual_update_upon: str | None = field(None, help="PDU: step")
+    dual_warmup_epochs: int | None = field(None, help="PDU: epochs before λ moves")
+    divergence: str | None = field(None, help="Distill: forward | reverse KL")
 
     def set_values(self) -> dict[str, Any]:
         return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
