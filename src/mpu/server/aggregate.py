@@ -203,153 +203,20 @@ def aggregate_updates(
     """Write θ_{r+1} (fp32) to `out`. Returns (update statistics, the next round's σ, ‖θ_{r+1,t}‖)
     — the next publication needs both, and the new tensors are in hand here. Raises before
     `out` exists if any check fails."""
-    from mpu.logs import progress_bar
-
     for _, delta in matched:
         check_layout(theta, layout, delta)
     # accumulate in k order: the same sum, bit for bit, whatever order the deltas came in
     matched = sorted(matched, key=lambda pair: pair[0].k)
-    transforms = TransformCache(streams, round_, layout, cfg, device)
-    transforms.warm(range(len(alphas)))  # the threads only read the cache
-    writer = CheckpointWriter(
-        out,
-        retype_layout(theta.layout(), {n: torch.float32 for n in theta.names()}),
-        aux_from=theta,
-        config_updates={"dtype": "float32"},
-        hash_tensors=True,
-    )
-    bounds = theta_norms or {}
-    leaves: dict[str, dict] = {rec.copy_id: {} for rec, _ in matched}  # the updates' commitments
-
-    weights = cfg.weights(alphas)
-
-    def add(acc: HarmonicAccumulator, d: torch.Tensor, name: str, rec: CopyRecord) -> None:
-        """One copy's update, mapped back, into the sum. Harmonic and uniform add with 1/α
-        (1/1) as before, so jobs made before extrapolation replay bit for bit."""
-        d = transforms.apply(d, name, rec.k, inverse=True)
-        if cfg.aggregation == "harmonic":
-            acc.add(d, alphas[rec.k], owned=True)
-        elif cfg.aggregation == "uniform":
-            acc.add(d, 1.0, owned=True)
-        else:
-            acc.add_weighted(d, weights[rec.k], owned=True)
-
-    def new_tensor_norm(new: torch.Tensor, name: str, squared: float | None = None) -> float:
-        norm = float(torch.linalg.vector_norm(new)) if squared is None else math.sqrt(squared)
-        if not math.isfinite(norm):
-            raise UpdateRejectedError(
-                f"{theta.path}: the new model's tensor {name!r} would not be finite "
-                "(θ + η·Δ̄ overflows fp32): nothing was written"
-            )
-        return norm
-
-    def fold(name: str) -> tuple[str, torch.Tensor | None, list[float], float, float, tuple | None]:
-        """θ_{r+1}[name], the copies' squared update norms, ‖Δ̄‖², ‖θ_{r+1}[name]‖ and its σ
-        moment for one tensor; (name, None, …) for a tensor made in parts (`fold_parts`)."""
-        if transforms.streamable(theta, name):
-            return name, None, [], 0.0, 0.0, None
-        acc = HarmonicAccumulator()
-        sq = []
-        for rec, delta in matched:
-            d = delta.read(name)
-            leaves[rec.copy_id][name] = tensor_leaf(d)
-            d = d.to(device)
-            norm = _finite_norm(d, name, delta.path)
-            _check_tensor_bound(norm, bounds.get(name), d.numel(), name, delta.path, cfg)
-            sq.append(norm**2)
-            add(acc, d, name, rec)
-            del d  # free before the next copy's tensor is read
-        mean = acc.mean()
-        mean_sq = float(torch.linalg.vector_norm(mean)) ** 2
-        # θ is read last: S1, the update being read and θ are never all alive at once
-        new = server_step(theta.read(name).to(device), mean, cfg.server_lr)
-        new_norm = new_tensor_norm(new, name)
-        moment = (
-            sigma_moments(name, new, base, layout, cfg)
-            if base is not None and cfg.kappa > 0
-            else None
-        )
-        return name, new.cpu(), sq, mean_sq, new_norm, moment
-
-    def fold_parts(name: str) -> tuple[list[float], float, float, tuple | None]:
-        """`fold` for a large elementwise tensor, a flat span at a time, each part of θ_{r+1}
-        written as it is made (same bits as `fold`; the bounds are checked at the end, before
-        anything is committed)."""
-        numel = theta.spec(name).numel
-        shape = tuple(theta.spec(name).shape)
-        key = (
-            moment_key(name, shape, base, layout, cfg)
-            if base is not None and cfg.kappa > 0
-            else None
-        )
-        hashers = [PartsLeaf(torch.float32, shape) for _ in matched]
-        sq, mean_sq, new_sq, moment_sq = [0.0] * len(matched), 0.0, 0.0, 0.0
-        writer.begin(name)
-        for span in flat_spans(numel, publish.PART_ELEMENTS):
-            acc = HarmonicAccumulator()
-            for i, (rec, delta) in enumerate(matched):
-                d = delta.read_flat(name, *span)
-                hashers[i].update(d)
-                d = d.to(device)
-                sq[i] += _finite_norm(d, name, delta.path, span) ** 2
-                add(acc, d, name, rec)
-                del d
-            mean = acc.mean()
-            mean_sq += float(torch.linalg.vector_norm(mean)) ** 2
-            new = server_step(theta.read_flat(name, *span).to(device), mean, cfg.server_lr)
-            new_sq += new_tensor_norm(new, name) ** 2
-            if key is not None:
-                moment_sq += squared_distance(new, base.read_flat(name, *span))
-            writer.write_part(new.cpu())
-        writer.end()
-        new_norm = new_tensor_norm(None, name, new_sq)
-        for (rec, delta), h, copy_sq in zip(matched, hashers, sq, strict=True):
-            _check_tensor_bound(math.sqrt(copy_sq), bounds.get(name), numel, name, delta.path, cfg)
-            leaves[rec.copy_id][name] = h.leaf()
-        return sq, mean_sq, new_norm, (key, moment_sq, numel) if key is not None else None
-
-    names = theta.names()
-    sizes = {n: theta.spec(n).numel * 4 for n in names}
-    sq = [0.0] * len(matched)
-    mean_sq = 0.0
-    new_norms: dict[str, float] = {}
-    moments = []
-    bar = progress_bar(
-        total=len(names), desc=f"aggregate round {round_}", disable=not progress, unit="tensor"
-    )
-    try:
-        for name, new, tensor_sq, tensor_mean_sq, new_norm, moment in ordered_map(
-            fold,
-            names,
-            cost=lambda n: 0 if transforms.streamable(theta, n) else 3 * sizes[n],
-            budget=publish.window_bytes(theta, transforms),
-        ):
-            if new is None:
-                tensor_sq, tensor_mean_sq, new_norm, moment = fold_parts(name)
-            else:
-                writer.add(name, new)
-            new_norms[name] = new_norm
-            if moment is not None:
-                moments.append(moment)
-            sq = [a + b for a, b in zip(sq, tensor_sq, strict=True)]
-            mean_sq += tensor_mean_sq
-            bar.update(1)
-        norms = [math.sqrt(s) for s in sq]
-        _check_round_norms(matched, norms, cfg)
-        sigmas = finish_sigmas(moments, cfg) if base is not None and cfg.kappa > 0 else {}
-        writer.commit()
-    except BaseException:
-        writer.abort()
-        raise
-    finally:
-        bar.close()
+    fold = _RoundFold(theta, layout, matched, streams=streams, round_=round_, alphas=alphas,
+                      cfg=cfg, out=out, bounds=theta_norms or {}, device=device, base=base)  # fmt: skip
+    norms, mean_sq, sigmas, new_norms = fold.run(progress)
     by_folder = sorted(
         ((rec.folder, n) for (rec, _), n in zip(matched, norms, strict=True)),
         key=lambda fn: int(fn[0].split("-")[1]),
     )
     stats = {"mean_update_norm": math.sqrt(mean_sq), "update_norms": dict(by_folder),
-             "commitments": {"result": writer.commitment,
-                             "deltas": {c: combine(v) for c, v in leaves.items()}}}  # fmt: skip
+             "commitments": {"result": fold.writer.commitment,
+                             "deltas": {c: combine(v) for c, v in fold.leaves.items()}}}  # fmt: skip
     log.info(
         "round %d aggregated: ‖Δ̄‖ = %.4g, ‖Δ'‖ by copy folder: %s",
         round_,
@@ -357,3 +224,158 @@ def aggregate_updates(
         ", ".join(f"{folder} {n:.4g}" for folder, n in by_folder),
     )
     return stats, sigmas, new_norms
+
+
+class _RoundFold:
+    """One round's aggregation, tensor by tensor: each copy's update mapped back and weighted
+    into the sum, θ_{r+1} = θ_r + η·Δ̄ written, the norms and σ moments the next round needs
+    gathered, every bound checked before anything is committed."""
+
+    def __init__(self, theta, layout, matched, *, streams, round_, alphas, cfg, out, bounds,
+                 device, base) -> None:  # fmt: skip
+        self.theta, self.layout, self.matched = theta, layout, matched
+        self.round_, self.alphas, self.cfg = round_, alphas, cfg
+        self.bounds, self.device, self.base = bounds, device, base
+        self.transforms = TransformCache(streams, round_, layout, cfg, device)
+        self.transforms.warm(range(len(alphas)))  # the threads only read the cache
+        self.writer = CheckpointWriter(
+            out,
+            retype_layout(theta.layout(), {n: torch.float32 for n in theta.names()}),
+            aux_from=theta,
+            config_updates={"dtype": "float32"},
+            hash_tensors=True,
+        )
+        self.leaves: dict[str, dict] = {rec.copy_id: {} for rec, _ in matched}  # commitments
+        self.weights = cfg.weights(alphas)
+        self.moments_wanted = base is not None and cfg.kappa > 0
+
+    def add(self, acc: HarmonicAccumulator, d: torch.Tensor, name: str, rec: CopyRecord) -> None:
+        """One copy's update, mapped back, into the sum. Harmonic and uniform add with 1/α
+        (1/1) as before, so jobs made before extrapolation replay bit for bit."""
+        d = self.transforms.apply(d, name, rec.k, inverse=True)
+        if self.cfg.aggregation == "harmonic":
+            acc.add(d, self.alphas[rec.k], owned=True)
+        elif self.cfg.aggregation == "uniform":
+            acc.add(d, 1.0, owned=True)
+        else:
+            acc.add_weighted(d, self.weights[rec.k], owned=True)
+
+    def new_tensor_norm(self, new: torch.Tensor, name: str, squared: float | None = None) -> float:
+        norm = float(torch.linalg.vector_norm(new)) if squared is None else math.sqrt(squared)
+        if not math.isfinite(norm):
+            raise UpdateRejectedError(
+                f"{self.theta.path}: the new model's tensor {name!r} would not be finite "
+                "(θ + η·Δ̄ overflows fp32): nothing was written"
+            )
+        return norm
+
+    def fold(
+        self, name: str
+    ) -> tuple[str, torch.Tensor | None, list[float], float, float, tuple | None]:
+        """θ_{r+1}[name], the copies' squared update norms, ‖Δ̄‖², ‖θ_{r+1}[name]‖ and its σ
+        moment for one tensor; (name, None, …) for a tensor made in parts (`fold_parts`)."""
+        if self.transforms.streamable(self.theta, name):
+            return name, None, [], 0.0, 0.0, None
+        acc = HarmonicAccumulator()
+        sq = []
+        for rec, delta in self.matched:
+            d = delta.read(name)
+            self.leaves[rec.copy_id][name] = tensor_leaf(d)
+            d = d.to(self.device)
+            norm = _finite_norm(d, name, delta.path)
+            _check_tensor_bound(norm, self.bounds.get(name), d.numel(), name, delta.path, self.cfg)
+            sq.append(norm**2)
+            self.add(acc, d, name, rec)
+            del d  # free before the next copy's tensor is read
+        mean = acc.mean()
+        mean_sq = float(torch.linalg.vector_norm(mean)) ** 2
+        # θ is read last: S1, the update being read and θ are never all alive at once
+        new = server_step(self.theta.read(name).to(self.device), mean, self.cfg.server_lr)
+        new_norm = self.new_tensor_norm(new, name)
+        moment = (
+            sigma_moments(name, new, self.base, self.layout, self.cfg)
+            if self.moments_wanted
+            else None
+        )
+        return name, new.cpu(), sq, mean_sq, new_norm, moment
+
+    def fold_parts(self, name: str) -> tuple[list[float], float, float, tuple | None]:
+        """`fold` for a large elementwise tensor, a flat span at a time, each part of θ_{r+1}
+        written as it is made (same bits as `fold`; the bounds are checked at the end, before
+        anything is committed)."""
+        numel = self.theta.spec(name).numel
+        shape = tuple(self.theta.spec(name).shape)
+        key = (
+            moment_key(name, shape, self.base, self.layout, self.cfg)
+            if self.moments_wanted
+            else None
+        )
+        hashers = [PartsLeaf(torch.float32, shape) for _ in self.matched]
+        sq, mean_sq, new_sq, moment_sq = [0.0] * len(self.matched), 0.0, 0.0, 0.0
+        self.writer.begin(name)
+        for span in flat_spans(numel, publish.PART_ELEMENTS):
+            acc = HarmonicAccumulator()
+            for i, (rec, delta) in enumerate(self.matched):
+                d = delta.read_flat(name, *span)
+                hashers[i].update(d)
+                d = d.to(self.device)
+                sq[i] += _finite_norm(d, name, delta.path, span) ** 2
+                self.add(acc, d, name, rec)
+                del d
+            mean = acc.mean()
+            mean_sq += float(torch.linalg.vector_norm(mean)) ** 2
+            theta_part = self.theta.read_flat(name, *span).to(self.device)
+            new = server_step(theta_part, mean, self.cfg.server_lr)
+            new_sq += self.new_tensor_norm(new, name) ** 2
+            if key is not None:
+                moment_sq += squared_distance(new, self.base.read_flat(name, *span))
+            self.writer.write_part(new.cpu())
+        self.writer.end()
+        new_norm = self.new_tensor_norm(None, name, new_sq)
+        for (rec, delta), h, copy_sq in zip(self.matched, hashers, sq, strict=True):
+            _check_tensor_bound(math.sqrt(copy_sq), self.bounds.get(name), numel, name,
+                                delta.path, self.cfg)  # fmt: skip
+            self.leaves[rec.copy_id][name] = h.leaf()
+        return sq, mean_sq, new_norm, (key, moment_sq, numel) if key is not None else None
+
+    def run(self, progress: bool) -> tuple[list[float], float, dict, dict[str, float]]:
+        """Every tensor folded and written, then committed: (the copies' update norms, ‖Δ̄‖²,
+        the next round's σ, ‖θ_{r+1,t}‖ by tensor). Nothing is committed when a check fails."""
+        from mpu.logs import progress_bar
+
+        theta, transforms = self.theta, self.transforms
+        names = theta.names()
+        sizes = {n: theta.spec(n).numel * 4 for n in names}
+        sq = [0.0] * len(self.matched)
+        mean_sq = 0.0
+        new_norms: dict[str, float] = {}
+        moments = []
+        bar = progress_bar(total=len(names), desc=f"aggregate round {self.round_}",
+                           disable=not progress, unit="tensor")  # fmt: skip
+        try:
+            for name, new, tensor_sq, tensor_mean_sq, new_norm, moment in ordered_map(
+                self.fold,
+                names,
+                cost=lambda n: 0 if transforms.streamable(theta, n) else 3 * sizes[n],
+                budget=publish.window_bytes(theta, transforms),
+            ):
+                if new is None:
+                    tensor_sq, tensor_mean_sq, new_norm, moment = self.fold_parts(name)
+                else:
+                    self.writer.add(name, new)
+                new_norms[name] = new_norm
+                if moment is not None:
+                    moments.append(moment)
+                sq = [a + b for a, b in zip(sq, tensor_sq, strict=True)]
+                mean_sq += tensor_mean_sq
+                bar.update(1)
+            norms = [math.sqrt(s) for s in sq]
+            _check_round_norms(self.matched, norms, self.cfg)
+            sigmas = finish_sigmas(moments, self.cfg) if self.moments_wanted else {}
+            self.writer.commit()
+        except BaseException:
+            self.writer.abort()
+            raise
+        finally:
+            bar.close()
+        return norms, mean_sq, sigmas, new_norms
