@@ -76,10 +76,13 @@ def train_unlearning(
     clean model and a ThreatModelWarning is issued. The model is converted in place to the
     training dtype (bf16 for pure_bf16 / bf16_weights, else fp32); requires_grad flags are
     restored at the end. Raises ConfigError / DataError before any forward pass on bad input.
+    `teacher_model`: Distill's teacher (a model that never saw the forget set). `holdout_rows`:
+    the client's never-seen items, read by the membership adversary (`mia_adversary`).
 
     The steps, each its own function: plan the run (`_plan`), prepare the model and its
-    reference (`_prepare`), build the optimizer (`_optimizer`), run the loop (`_loop`, one
-    optimizer step in `_step`), restore the model and report (`_finish`, `_logs`).
+    reference (`_prepare`), build the optimizer and, for `trainable=salient`, the mask
+    (`_optimizer`), run the loop (`_loop`, one optimizer step in `_step`), restore the model and
+    report (`_finish`, `_logs`).
     """
     plan = _plan(model, tokenizer, forget_rows, retain_rows, idk_answers, cfg,
                  (reference_model, teacher_model))  # fmt: skip
