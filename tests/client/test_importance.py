@@ -232,8 +232,8 @@ def test_assess_writes_scores_a_summary_and_a_heatmap(tofu_world, tmp_path, caps
     ],
 )  # fmt: skip
 def test_a_malformed_assessment_summary_is_refused_naming_the_file(tmp_path, text, fault):
-    from mpu.client.impact_map import read_summary
     from mpu.errors import DataError
+    from mpu.eval.impact_map import read_summary
 
     path = tmp_path / "summary.json"
     path.write_text(text)

@@ -1,6 +1,6 @@
 """`mpu client assess`: how much each parameter of a copy carries the forget set, relative to
 the retain set, written as per-tensor scores, a block × role summary and a heatmap
-(issue 27; the estimators are `mpu.client.importance`, the map `mpu.client.impact_map`).
+(issue 27; the estimators are `mpu.client.importance`, the map `mpu.eval.impact_map`).
 
 Everything is computed on the copy as the client holds it, in the copy's basis: the scores say
 where the forget set lives *in that copy*, which is what a localized update on it needs.
@@ -92,8 +92,8 @@ def assess(req: AssessRequest) -> dict:
 
 
 def _score_summary(config, rel: dict, seconds: float, req: AssessRequest, score: str) -> dict:
-    from mpu.client.impact_map import summarize
     from mpu.client.salient import top_masks
+    from mpu.eval.impact_map import summarize
 
     out = summarize(config, rel, top_masks(rel, TOP_FRACTION))
     passes = {"grad": "one backward pass per set", "fisher": "one backward pass per item",
@@ -106,7 +106,7 @@ def _write(req: AssessRequest, tensors: dict, summary: dict) -> None:
     import matplotlib.pyplot as plt
     from safetensors.torch import save
 
-    from mpu.client.impact_map import heatmap
+    from mpu.eval.impact_map import heatmap
     from mpu.io.checkpoint import atomic_write_bytes, atomic_write_json
 
     req.out.mkdir(parents=True, exist_ok=True)

@@ -180,7 +180,7 @@ def _plots(runs: Sequence[dict]) -> list[tuple[str, str, bytes, bytes]]:
 
 def _impact_maps(runs: Sequence[dict]) -> list[tuple[str, str, Any]]:
     """The impact map of each run directory that has one (`impact=true`, OUT/impact)."""
-    from mpu.client.impact_map import heatmap, read_summary
+    from mpu.eval.impact_map import heatmap, read_summary
 
     out = []
     for i, run_dir in enumerate(sorted({r["_dir"] for r in runs if r.get("_dir")})):
