@@ -297,11 +297,7 @@ def _finetune(job: dict) -> dict:
 
 def prepare_models(config: PrepareConfig, *, verbose: bool = True) -> dict:
     """Build OUT/base, OUT/target, OUT/retain and OUT/prepare.json; returns the record."""
-    import torch
-
     from mpu.data.store import write_json
-    from mpu.eval.metrics import forget_quality
-    from mpu.pipeline.workers import run_jobs
 
     def say(msg: str) -> None:
         if verbose:
@@ -311,23 +307,59 @@ def prepare_models(config: PrepareConfig, *, verbose: bool = True) -> dict:
     out = Path(config.out)
     data = _load(config)
     key = content_hash(data, config)
-    record_path = out / "prepare.json"
-    if record_path.is_file() and all((out / d / "config.json").is_file() for d in _DIRS):
-        record = json.loads(record_path.read_text())
+    record = _cached_record(out, key)
+    if record is not None:
+        say(f"cached: {out} matches data+config hash {key[:12]}")
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+        plan = _TrainPlan.of(config, data)
+        results, timings, base_stats = _train_models(config, data, out, plan, say)
+        timings["total"] = time.perf_counter() - t_start
+        record = _record(config, key, plan, results, timings, base_stats)
+        write_json(out / "prepare.json", record)
+    if verbose:
+        print_summary(record)
+    return record
+
+
+def _cached_record(out: Path, key: str) -> dict | None:
+    """OUT/prepare.json when it and the three model folders exist for this data+config hash."""
+    path = out / "prepare.json"
+    if path.is_file() and all((out / d / "config.json").is_file() for d in _DIRS):
+        record = json.loads(path.read_text())
         if record.get("content_hash") == key:
-            say(f"cached: {out} matches data+config hash {key[:12]}")
-            if verbose:
-                print_summary(record)
             return record
-    out.mkdir(parents=True, exist_ok=True)
-    retain_rows = data["retain"]
-    if config.max_retain_items is not None:
-        retain_rows = retain_rows[: config.max_retain_items]
-    forget_qa = [{"question": r["question"], "answer": r["answer"]} for r in data["forget"]]
-    target_rows = retain_rows + forget_qa if config.max_retain_items else data["full"]
-    replay = data["real_authors"] + data["world_facts"] if config.replay else []
-    epochs = config.epochs or (12 if config.is_tiny else 5)
-    lr = config.lr or (7e-3 if config.is_tiny else 1e-4)
+    return None
+
+
+@dataclasses.dataclass(frozen=True)
+class _TrainPlan:
+    """What the target and retain models train on, and how long."""
+
+    target_rows: list
+    retain_rows: list
+    replay: list
+    epochs: int
+    lr: float
+
+    @classmethod
+    def of(cls, config: PrepareConfig, data: dict) -> _TrainPlan:
+        retain_rows = data["retain"]
+        if config.max_retain_items is not None:
+            retain_rows = retain_rows[: config.max_retain_items]
+        forget_qa = [{"question": r["question"], "answer": r["answer"]} for r in data["forget"]]
+        target_rows = retain_rows + forget_qa if config.max_retain_items else data["full"]
+        replay = data["real_authors"] + data["world_facts"] if config.replay else []
+        return cls(target_rows, retain_rows, replay, config.epochs or (12 if config.is_tiny else 5),
+                   config.lr or (7e-3 if config.is_tiny else 1e-4))  # fmt: skip
+
+
+def _train_models(config: PrepareConfig, data: dict, out: Path, plan: _TrainPlan, say):
+    """The base model saved, then target and retain fine-tuned in worker processes: (their
+    results, seconds per phase, the base's statistics)."""
+    import torch
+
+    from mpu.pipeline.workers import run_jobs
 
     timings: dict[str, float] = {}
     threads_before = torch.get_num_threads()
@@ -339,19 +371,28 @@ def prepare_models(config: PrepareConfig, *, verbose: bool = True) -> dict:
         timings["cpu_base"] = time.process_time() - c0
         _save(base, tok, out / "base")
         del base
+        pairs = (("target", plan.target_rows), ("retain", plan.retain_rows))
         jobs = [
-            {"name": name, "rows": rows + replay, "n_rows": len(rows), "data": data,
-             "config": config, "epochs": epochs, "lr": lr, "position": i}
-            for i, (name, rows) in enumerate((("target", target_rows), ("retain", retain_rows)))
+            {"name": name, "rows": rows + plan.replay, "n_rows": len(rows), "data": data,
+             "config": config, "epochs": plan.epochs, "lr": plan.lr, "position": i}
+            for i, (name, rows) in enumerate(pairs)
         ]  # fmt: skip
         for job in jobs:
-            say(f"{job['name']}: fine-tuning on {job['n_rows']} QA (+{len(replay)} replay), "
-                f"{epochs} epochs")  # fmt: skip
+            say(f"{job['name']}: fine-tuning on {job['n_rows']} QA (+{len(plan.replay)} replay), "
+                f"{plan.epochs} epochs")  # fmt: skip
         results = run_jobs(
             _finetune, jobs, workers=config.workers, threads=config.threads, quiet=False
         )
     finally:
         torch.set_num_threads(threads_before)
+    return results, timings, base_stats
+
+
+def _record(config, key: str, plan: _TrainPlan, results, timings: dict, base_stats) -> dict:
+    """prepare.json: settings, row counts, timings and each model's summary, forget quality
+    of the target against the retain model included."""
+    from mpu.eval.metrics import forget_quality
+
     summary: dict[str, dict] = {}
     trs: dict[str, list[float]] = {}
     for res in results:
@@ -359,20 +400,19 @@ def prepare_models(config: PrepareConfig, *, verbose: bool = True) -> dict:
         timings.update(res["timings"])
     summary["target"]["forget_quality"] = forget_quality(trs["target"], trs["retain"])
     summary["retain"]["forget_quality"] = forget_quality(trs["retain"], trs["retain"])
-    timings["total"] = time.perf_counter() - t_start
-    record = {
+    return {
         "version": PREPARE_VERSION,
         "content_hash": key,
         "config": to_dict(config),
         "model": config.model,
         "forget_split": config.forget_split,
         "retain_split": config.retain_split,
-        "epochs": epochs,
-        "lr": lr,
+        "epochs": plan.epochs,
+        "lr": plan.lr,
         "train_rows": {
-            "target": len(target_rows),
-            "retain": len(retain_rows),
-            "replay": len(replay),
+            "target": len(plan.target_rows),
+            "retain": len(plan.retain_rows),
+            "replay": len(plan.replay),
         },
         "torch_threads": config.threads,
         "workers": config.workers,
@@ -381,10 +421,6 @@ def prepare_models(config: PrepareConfig, *, verbose: bool = True) -> dict:
         "summary": summary,
         "forget_truth_ratios": trs,
     }
-    write_json(record_path, record)
-    if verbose:
-        print_summary(record)
-    return record
 
 
 _DIRS = ("base", "target", "retain")
