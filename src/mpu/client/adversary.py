@@ -58,11 +58,11 @@ class AdversaryConfig:
 def loss_features(model, batch) -> torch.Tensor:
     """[B, 2]: each item's mean answer-token NLL and its Min-K% NLL (the mean of the k-fraction
     highest token losses); differentiable."""
-    from mpu.methods.common import forward_logits, token_nll
+    from mpu.methods.common import forward_logits, item_means, token_nll
 
     nll, mask = token_nll(forward_logits(model, batch), batch["labels"])
     n = mask.sum(-1).clamp(min=1)
-    mean = (nll * mask).sum(-1) / n
+    mean = item_means(nll, mask)
     masked = nll.masked_fill(~mask, float("-inf"))
     k = (n.float() * MIN_K).ceil().long().clamp(min=1)
     top = masked.sort(dim=-1, descending=True).values

@@ -20,21 +20,14 @@ MOVED_LOSS = 0.01
 def forget_loss(model: torch.nn.Module, items: Sequence, tokenizer: Any, limit: int = 64) -> float:
     """Token-mean cross-entropy of the first `limit` forget answers, in eval mode: the check
     that a run moved the model (a change below 1 % means it did not)."""
+    from mpu.client.importance import item_batches
     from mpu.methods.common import forward_logits, token_nll
-    from mpu.text import collate, pad_id_of
 
     was = model.training
     model.eval()
     total, count = 0.0, 0
     try:
-        for start in range(0, min(limit, len(items)), 16):
-            chunk = items[start : min(start + 16, limit)]
-            batch = collate(
-                [e.input_ids for e in chunk],
-                pad_id=pad_id_of(tokenizer),
-                labels=[e.labels for e in chunk],
-                mask_mode="padding",
-            )
+        for batch in item_batches(items[:limit], tokenizer, 16):
             nll, mask = token_nll(forward_logits(model, batch), batch["labels"])
             total += float(nll.sum())
             count += int(mask.sum())

@@ -54,10 +54,9 @@ def item_batches(items: Sequence, tokenizer, batch_size: int) -> Iterator[dict]:
 
 def item_losses(model: torch.nn.Module, batch: dict) -> torch.Tensor:
     """ℓ_i for each item of the batch: the token mean of its answer NLL ([B])."""
-    from mpu.methods.common import forward_logits, token_nll
+    from mpu.methods.common import forward_logits, item_means, token_nll
 
-    nll, mask = token_nll(forward_logits(model, batch), batch["labels"])
-    return nll.sum(-1) / mask.sum(-1).clamp(min=1)
+    return item_means(*token_nll(forward_logits(model, batch), batch["labels"]))
 
 
 def _zeros(named: Sequence[tuple[str, torch.nn.Parameter]]) -> dict[str, torch.Tensor]:
@@ -123,13 +122,12 @@ def hessian_diagonal(
 
 def item_losses_functional(call, model, params: dict, batch: dict) -> torch.Tensor:
     """`item_losses` of `model` with its parameters replaced by `params` (torch.func)."""
-    from mpu.methods.common import model_inputs, token_nll
+    from mpu.methods.common import item_means, model_inputs, token_nll
 
     device = next(iter(params.values())).device
     inputs = {k: v.to(device) for k, v in model_inputs(batch).items()}
     logits = call(model, params, (), inputs).logits.float()
-    nll, mask = token_nll(logits, batch["labels"])
-    return nll.sum(-1) / mask.sum(-1).clamp(min=1)
+    return item_means(*token_nll(logits, batch["labels"]))
 
 
 def importance(

@@ -57,6 +57,12 @@ def token_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor,
     return nll[:, :-1], y[:, :-1] != IGNORE_INDEX
 
 
+def item_means(nll: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Each item's token-mean answer NLL ([B]) from `token_nll`'s output; 0 for an item with no
+    answer token (its sum is 0, its count is clamped to 1)."""
+    return nll.sum(-1) / mask.sum(-1).clamp(min=1)
+
+
 def sequence_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """NLL_θ(b) = Σ_{t∈A_b} ℓ[b, t]: minus the log-probability of each answer (shape [B])."""
     nll, _ = token_nll(logits, labels)
