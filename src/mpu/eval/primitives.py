@@ -9,6 +9,8 @@ reuse it across metrics.
 
 from __future__ import annotations
 
+import inspect
+import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -17,6 +19,8 @@ import torch
 
 from mpu.logs import progress_bar
 from mpu.text import IGNORE_INDEX, Encoded, collate
+
+_log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -50,8 +54,10 @@ def chunks(n: int, batch_size: int) -> Iterator[range]:
         yield range(start, min(n, start + batch_size))
 
 
-def _row_stats(logits: torch.Tensor, ids: torch.Tensor, labels: torch.Tensor) -> ItemStats:
-    """Stats of one padded row from its fp32 logits (T, V)."""
+def _row_stats(
+    logits: torch.Tensor, ids: torch.Tensor, labels: torch.Tensor, offset: int = 0
+) -> ItemStats:
+    """Stats of one padded row from its logits, which cover positions `offset`.. of the row."""
     pos = (labels != IGNORE_INDEX).nonzero(as_tuple=True)[0]
     empty = np.zeros(0)
     if pos.numel() == 0:
@@ -59,7 +65,7 @@ def _row_stats(logits: torch.Tensor, ids: torch.Tensor, labels: torch.Tensor) ->
     scored = pos[pos >= 1]  # CE over shifted positions: logits[t-1] predicts token t
     lo = int(pos[0].clamp(min=1)) - 1
     hi = int(pos[-1]) - 1
-    logp = torch.log_softmax(logits[lo : hi + 1].float(), dim=-1)
+    logp = torch.log_softmax(logits[lo - offset : hi + 1 - offset].float(), dim=-1)
     tok = logp[scored - 1 - lo, ids[scored]] if scored.numel() else logp.new_zeros(0)
     avg_loss = float(-tok.sum() / pos.numel())
     keep = pos[:-1]  # I_b: drop the last labelled position (the final EOS)
@@ -83,6 +89,48 @@ def _row_stats(logits: torch.Tensor, ids: torch.Tensor, labels: torch.Tensor) ->
     )
 
 
+# families whose causal-LM forward is exactly `head(final hidden states)`: no soft-capping or
+# logit scaling after the head (Gemma 2/3 cap their logits, so they are not here)
+PLAIN_HEAD_TYPES = frozenset({"llama", "mistral", "qwen2", "qwen3", "phi3", "gemma", "gpt_neox"})
+
+
+def _needed_logits(labels: torch.Tensor) -> list[tuple[int, int]]:
+    """Per row, the positions lo..hi whose logits predict its labelled tokens (hi < lo: none)."""
+    spans = []
+    for row in labels:
+        pos = (row != IGNORE_INDEX).nonzero(as_tuple=True)[0]
+        spans.append((max(int(pos[0]), 1) - 1, int(pos[-1]) - 1) if pos.numel() else (0, -1))
+    return spans
+
+
+def _scoring_logits(model, ids, mask, labels, how: str) -> list[tuple[torch.Tensor, int]]:
+    """Per row: logits covering every position a label needs, and the first position they cover.
+
+    `full`: the model's forward as is. `rows`: the decoder, then the head on exactly the
+    positions each row needs (plain-head families only). `tail`: HF's `logits_to_keep`, from
+    the batch's first needed position on. Each computes the same bits where they overlap."""
+    if how == "rows":
+        hidden = model.get_decoder()(input_ids=ids, attention_mask=mask).last_hidden_state
+        spans = _needed_logits(labels)
+        picked = torch.cat([hidden[r, lo : hi + 1] for r, (lo, hi) in enumerate(spans)])
+        logits = model.get_output_embeddings()(picked)
+        sizes = [max(hi - lo + 1, 0) for lo, hi in spans]
+        return list(zip(logits.split(sizes), (lo for lo, _ in spans), strict=True))
+    if how == "tail":
+        offset = min((lo for lo, hi in _needed_logits(labels) if hi >= lo), default=0)
+        logits = model(input_ids=ids, attention_mask=mask, logits_to_keep=ids.shape[1] - offset)
+        return [(row, offset) for row in logits.logits]
+    return [(row, 0) for row in model(input_ids=ids, attention_mask=mask).logits]
+
+
+def _scoring_path(model: torch.nn.Module, full_logits: bool) -> str:
+    if full_logits:
+        return "full"
+    if getattr(model.config, "model_type", None) in PLAIN_HEAD_TYPES:
+        return "rows"
+    return "tail" if "logits_to_keep" in inspect.signature(model.forward).parameters else "full"
+
+
 @torch.no_grad()
 def score_items(
     model: torch.nn.Module,
@@ -91,12 +139,19 @@ def score_items(
     pad_id: int,
     batch_size: int = 32,
     mask_mode: str = "pad_id",
+    full_logits: bool = False,
     desc: str = "scoring",
     progress: bool = True,
 ) -> list[ItemStats]:
-    """Right-padded batched forward passes over `encoded`; one `ItemStats` per item, in order."""
+    """Right-padded batched forward passes over `encoded`; one `ItemStats` per item, in order.
+
+    The head runs only on the positions whose logits a label needs: the prompt's and the
+    padding's logits are never read, and on SmolLM2 the 49 152-wide head is a fifth of the
+    forward pass. The logits it does compute are the same bits; `full_logits=True` computes
+    them all (the reference path)."""
     model.eval()
     device = model_device(model)
+    how = _scoring_path(model, full_logits)
     out: list[ItemStats] = []
     bar = progress_bar(
         total=len(encoded), desc=desc, leave=False, unit="item", disable=not progress
@@ -109,11 +164,10 @@ def score_items(
             labels=[e.labels for e in items],
             mask_mode=mask_mode,
         )
-        ids = batch["input_ids"].to(device)
-        logits = model(input_ids=ids, attention_mask=batch["attention_mask"].to(device)).logits
-        labels = batch["labels"].to(device)
-        for r in range(len(items)):
-            out.append(_row_stats(logits[r], ids[r], labels[r]))
+        ids, labels = batch["input_ids"].to(device), batch["labels"].to(device)
+        mask = batch["attention_mask"].to(device)
+        for r, (logits, offset) in enumerate(_scoring_logits(model, ids, mask, labels, how)):
+            out.append(_row_stats(logits, ids[r], labels[r], offset))
         bar.update(len(items))
     bar.close()
     return out
@@ -155,6 +209,30 @@ def cut_generation(text: str, tokenizer, stopwords: Sequence[str]) -> str:
     return text.strip()
 
 
+def _eos_ids(model: torch.nn.Module, tokenizer) -> set[int]:
+    """The ids that end a row in `generate`: the generation config's, else the tokenizer's."""
+    eos = getattr(model.generation_config, "eos_token_id", None)
+    if eos is None:
+        eos = tokenizer.eos_token_id
+    if eos is None:
+        return set()
+    return set(eos) if isinstance(eos, (list, tuple)) else {int(eos)}
+
+
+def _stop_test(tokenizer, stopwords: Sequence[str]):
+    """Per-row form of `_StopOnStrings`: a row is done once its last len(ids(word)) + 2 tokens,
+    decoded, contain a stop word. Its cut text is then final, so it can leave the batch."""
+    words = [(w, len(tokenizer.encode(w, add_special_tokens=False)) + 2) for w in stopwords]
+
+    def stopped(tokens: list[int]) -> bool:
+        return any(word in tokenizer.decode(tokens[-look:]) for word, look in words)
+
+    return stopped if words else None
+
+
+GENERATION_ENGINES = ("continuous", "hf")
+
+
 @torch.no_grad()
 def greedy_generate(
     model: torch.nn.Module,
@@ -166,10 +244,50 @@ def greedy_generate(
     pad_id: int,
     batch_size: int = 32,
     mask_mode: str = "pad_id",
+    engine: str = "continuous",
     desc: str = "generating",
     progress: bool = True,
 ) -> list[str]:
-    """Greedy, left-padded, KV-cached generation; returns the cut, stripped continuation texts."""
+    """Greedy continuations of `prompts`, cut at EOS and stop words and stripped.
+
+    `engine="continuous"` decodes with continuous batching (`mpu.eval.decode`, same texts);
+    `"hf"` is `model.generate` on fixed left-padded batches, the reference it is checked
+    against, and the fallback for models the loop does not cover."""
+    from mpu.eval.decode import greedy_continuous, unsupported_reason
+
+    if engine not in GENERATION_ENGINES:
+        raise ValueError(f"generation engine must be one of {GENERATION_ENGINES}, not {engine!r}")
+    if engine == "continuous" and (reason := unsupported_reason(model)):
+        _log.info("generation: continuous batching unavailable (%s); using model.generate", reason)
+        engine = "hf"
+    bar = progress_bar(
+        total=len(prompts), desc=desc, leave=False, unit="item", disable=not progress
+    )
+    if engine == "hf":
+        decoded = _generate_hf(
+            model, tokenizer, prompts, max_new_tokens, stopwords, pad_id, batch_size, mask_mode, bar
+        )
+    else:
+        tokens = greedy_continuous(
+            model,
+            prompts,
+            max_new_tokens=max_new_tokens,
+            eos_ids=_eos_ids(model, tokenizer),
+            pad_id=pad_id,
+            slots=batch_size,
+            mask_mode=mask_mode,
+            stopped=_stop_test(tokenizer, stopwords),
+            on_done=bar.update,
+        )
+        decoded = tokenizer.batch_decode(tokens, skip_special_tokens=True)
+    bar.close()
+    return [cut_generation(t, tokenizer, stopwords) for t in decoded]
+
+
+def _generate_hf(
+    model, tokenizer, prompts, max_new_tokens, stopwords, pad_id, batch_size, mask_mode, bar
+) -> list[str]:
+    """`model.generate` on consecutive left-padded batches (the reference path)."""
     from transformers import StoppingCriteriaList
 
     model.eval()
@@ -178,10 +296,7 @@ def greedy_generate(
     extra = {}
     if getattr(model.generation_config, "eos_token_id", None) is None and eos is not None:
         extra["eos_token_id"] = eos
-    texts: list[str] = []
-    bar = progress_bar(
-        total=len(prompts), desc=desc, leave=False, unit="item", disable=not progress
-    )
+    decoded: list[str] = []
     for idx in chunks(len(prompts), batch_size):
         batch = collate([prompts[i] for i in idx], pad_id=pad_id, side="left", mask_mode=mask_mode)
         ids = batch["input_ids"].to(device)
@@ -202,11 +317,9 @@ def greedy_generate(
             pad_token_id=eos if eos is not None else pad_id,
             **kwargs,
         )
-        decoded = tokenizer.batch_decode(out[:, ids.shape[1] :], skip_special_tokens=True)
-        texts += [cut_generation(t, tokenizer, stopwords) for t in decoded]
+        decoded += tokenizer.batch_decode(out[:, ids.shape[1] :], skip_special_tokens=True)
         bar.update(len(idx))
-    bar.close()
-    return texts
+    return decoded
 
 
 def ground_truth_text(tokenizer, encoded: Encoded) -> str:

@@ -141,6 +141,7 @@ class EvalRun:
                 pad_id=self.pad_id,
                 batch_size=batch_size or self.batch_size,
                 mask_mode=self.flags.attention_mask,
+                full_logits=self.flags.engine == "reference",
                 desc=desc,
                 progress=self.progress,
             )
@@ -252,6 +253,7 @@ class EvalRun:
             pad_id=self.pad_id,
             batch_size=batch_size or self.batch_size,
             mask_mode=self.flags.attention_mask,
+            engine="hf" if self.flags.engine == "reference" else "continuous",
             desc=key,
             progress=self.progress,
         )
