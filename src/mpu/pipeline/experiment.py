@@ -83,6 +83,10 @@ class ExperimentConfig:
         None, help="evaluate only the first N rows of each split (smoke runs)"
     )
     keep_models: bool = field(False, help="keep unlearned model folders (else evals, report)")
+    eval_cache: bool = field(
+        True, help="share evaluations between run folders by the SHA-256 of the model's files, "
+        "the data and the settings (MPU_CACHE/evals)"
+    )  # fmt: skip
     impact: bool = field(
         False, help="assess where the forget set lives in θ (Fisher relative to retain, "
         "`mpu client assess`) and draw the map in the report"
