@@ -134,3 +134,15 @@ def test_chat_ids_are_truncated_to_max_length(llama3_tok):
     fmt = resolve_prompt(llama3_tok, "llama")
     enc = encode_qa(llama3_tok, "word " * 2000, "answer", fmt=fmt, max_length=64)
     assert len(enc.input_ids) <= 65  # max_length, plus the EOS appended after truncation
+
+
+@pytest.mark.parametrize("template", ["chat", "plain"])
+def test_a_prompt_cache_changes_no_id(llama3_tok, template):
+    fmt = resolve_prompt(llama3_tok, "llama", PromptConfig(template=template))
+    cache: dict = {}
+    items = [(q, a) for q in ("Who?", "Where was she born?") for a in ("Me.", "Paris", "no")]
+    for q, a in items * 2:
+        for icl in ((), (("Why?", "Because."),)):
+            fresh = encode_qa(llama3_tok, q, a, fmt=fmt, icl=icl)
+            assert encode_qa(llama3_tok, q, a, fmt=fmt, icl=icl, prompt_cache=cache) == fresh
+    assert len(cache) == 4  # one prompt per (question, in-context pairs)

@@ -173,15 +173,31 @@ def encode_qa(
     fmt: PromptFormat,
     icl: Sequence[tuple[str, str]] = (),
     max_length: int = 512,
+    prompt_cache: dict | None = None,
 ) -> Encoded:
     """Encode one QA item (with optional in-context pairs) for scoring or training.
 
     Ids are those of OpenUnlearning's `preprocess_chat_instance` for the same format: labels
     are -100 on the first len(prompt_ids) positions and EOS is appended when the full ids do
     not end with it. Unlike upstream, chat ids are truncated to `max_length` too (a runaway row
-    must not stall training).
+    must not stall training). `prompt_cache` (a dict the caller keeps for one tokenizer) saves
+    re-rendering the prompt of a question scored with several answers (TOFU scores seven).
     """
+    key = (question, tuple(icl), fmt, max_length)
+    cached = prompt_cache.get(key) if prompt_cache is not None else None
+    full_ids, prompt_ids = _encode_qa_ids(tokenizer, question, answer, fmt, icl, max_length, cached)
+    if prompt_cache is not None:
+        prompt_cache[key] = prompt_ids
     eos = tokenizer.eos_token_id
+    if eos is not None and (not full_ids or full_ids[-1] != eos):
+        full_ids = [*full_ids, eos]
+    n_prompt = min(len(prompt_ids), len(full_ids))
+    labels = [IGNORE_INDEX] * n_prompt + list(full_ids[n_prompt:])
+    return Encoded(list(full_ids), labels, list(prompt_ids))
+
+
+def _encode_qa_ids(tokenizer, question, answer, fmt, icl, max_length, prompt_ids):
+    """(full ids, prompt ids) of a QA item; `prompt_ids` when already known."""
     if fmt.template == "chat":
         messages: list[dict] = []
         if fmt.system_prompt:
@@ -190,7 +206,8 @@ def encode_qa(
             messages += [{"role": "user", "content": q}, {"role": "assistant", "content": a}]
         messages.append({"role": "user", "content": question})
         date = fmt.date_string
-        prompt_ids = _chat_ids(tokenizer, messages, generation=True, date=date)[:max_length]
+        if prompt_ids is None:
+            prompt_ids = _chat_ids(tokenizer, messages, generation=True, date=date)[:max_length]
         full_ids = _chat_ids(
             tokenizer,
             [*messages, {"role": "assistant", "content": answer}],
@@ -201,15 +218,12 @@ def encode_qa(
         turn = lambda q: fmt.user_start + q + fmt.user_end + fmt.assistant_start  # noqa: E731
         prefix = fmt.system_prefix + "".join(turn(q) + a + fmt.assistant_end for q, a in icl)
         prompt_text = prefix + turn(question)
-        prompt_ids = tokenizer(prompt_text, add_special_tokens=True)["input_ids"][:max_length]
+        if prompt_ids is None:
+            prompt_ids = tokenizer(prompt_text, add_special_tokens=True)["input_ids"][:max_length]
         full_ids = tokenizer(prompt_text + answer, add_special_tokens=True)["input_ids"][
             :max_length
         ]
-    if eos is not None and (not full_ids or full_ids[-1] != eos):
-        full_ids = [*full_ids, eos]
-    n_prompt = min(len(prompt_ids), len(full_ids))
-    labels = [IGNORE_INDEX] * n_prompt + list(full_ids[n_prompt:])
-    return Encoded(list(full_ids), labels, list(prompt_ids))
+    return full_ids, prompt_ids
 
 
 def encode_completion(

@@ -59,6 +59,7 @@ class EvalRun:
         self.results: dict[str, Any] = {"_meta": {"prompt_format": prompt.to_dict()}}
         self._rows: dict[tuple[str, str], list[dict]] = {}
         self._enc: dict[tuple, list[Encoded]] = {}
+        self._prompts: dict = {}  # prompt ids per question (a question has several answers)
         self._stats: dict[tuple, list[ItemStats]] = {}
 
     # -- data ---------------------------------------------------------------------------------
@@ -100,6 +101,7 @@ class EvalRun:
                     fmt=self.fmt,
                     icl=icl,
                     max_length=self.max_length,
+                    prompt_cache=self._prompts,
                 )
                 for r in rows
             ]
