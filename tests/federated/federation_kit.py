@@ -65,10 +65,10 @@ def summary(workdir):
 class _Reply:
     """What the ServerApp reads of a Flower reply: its sender, its error or its content."""
 
-    def __init__(self, node, content=None, error=None):
+    def __init__(self, node, content=None, error=None, reply_to=""):
         from types import SimpleNamespace
 
-        self.metadata = SimpleNamespace(src_node_id=node)
+        self.metadata = SimpleNamespace(src_node_id=node, reply_to_message_id=reply_to)
         self.content = content
         self.error = SimpleNamespace(reason=error) if error else None
 
@@ -92,29 +92,41 @@ class LoopbackGrid:
         self.sides = dict(enumerate(sides, start=1))
         self.behaviour = behaviour or {}
         self.attempts = {s.name: 0 for s in sides}
+        self.replies: dict[str, _Reply] = {}  # message id -> the reply waiting to be pulled
+        self.pushed = 0
 
     def get_node_ids(self):
         return list(self.sides)
 
-    def send_and_receive(self, messages, *, timeout=None):
+    def push_messages(self, messages):
+        ids = []
+        for msg in messages:
+            self.pushed += 1
+            ids.append(f"m{self.pushed}")
+            reply = self._answer(msg, ids[-1])
+            if reply is not None:
+                self.replies[ids[-1]] = reply
+        return ids
+
+    def pull_messages(self, ids):
+        return [self.replies.pop(i) for i in list(ids) if i in self.replies]
+
+    def _answer(self, msg, msg_id):
         from flwr.app import ConfigRecord, RecordDict
 
         from mpu.federated.client_app import handle_train
 
-        replies = []
-        for msg in messages:
-            node = msg.metadata.dst_node_id
-            side = self.sides[node]
-            if msg.metadata.message_type == "query":
-                replies.append(_Reply(node, RecordDict({"mpu": ConfigRecord({"name": side.name})})))
-                continue
-            self.attempts[side.name] += 1
-            config = msg.content["mpu"]
-            records = handle_train(msg.content, config, side)
-            if side.name in self.behaviour:
-                try:
-                    records = self.behaviour[side.name](records, int(config["round"]))
-                except TimeoutError:
-                    continue  # no reply: the server's timeout
-            replies.append(_Reply(node, RecordDict(records)))
-        return replies
+        node = msg.metadata.dst_node_id
+        side = self.sides[node]
+        if msg.metadata.message_type == "query":
+            name = RecordDict({"mpu": ConfigRecord({"name": side.name})})
+            return _Reply(node, name, reply_to=msg_id)
+        self.attempts[side.name] += 1
+        config = msg.content["mpu"]
+        records = handle_train(msg.content, config, side)
+        if side.name in self.behaviour:
+            try:
+                records = self.behaviour[side.name](records, int(config["round"]))
+            except TimeoutError:
+                return None  # no reply: the server's timeout
+        return _Reply(node, RecordDict(records), reply_to=msg_id)

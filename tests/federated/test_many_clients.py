@@ -154,7 +154,8 @@ def test_a_client_that_does_not_answer_is_asked_again(twin_jobs, tmp_path):
         return records
 
     grid = LoopbackGrid(sides, behaviour={"alice": silent})
-    done = serve(grid, FederationConfig(workdir, rounds=1, clients=1, retries=1))
+    cfg = FederationConfig(workdir, rounds=1, clients=1, retries=1, round_timeout=0.5)
+    done = serve(grid, cfg)  # the first attempt waits out its 0.5 s and is asked again
     assert grid.attempts == {"alice": 2} and done["rounds"] == 1 and not done["dropped"]
     file_path_rounds(twin, tmp_path / "files", data=sides[0].data, split="forget01",
                      method=sides[0].method, rounds=1)  # fmt: skip
