@@ -147,3 +147,11 @@ def test_engine_flag_is_validated():
     assert EvalFlags().engine == "fast"
     with pytest.raises(ConfigError, match="engine"):
         EvalFlags(engine="turbo")
+
+
+def test_sliding_window_caches_fall_back_to_generate():
+    from transformers import Gemma2Config, Gemma2ForCausalLM
+
+    cfg = Gemma2Config(hidden_size=32, intermediate_size=64, num_hidden_layers=2, vocab_size=64,
+                       num_attention_heads=2, num_key_value_heads=1, head_dim=16, sliding_window=8)  # fmt: skip
+    assert "DynamicSlidingWindowLayer" in unsupported_reason(Gemma2ForCausalLM(cfg))

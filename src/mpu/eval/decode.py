@@ -51,6 +51,12 @@ def unsupported_reason(model: torch.nn.Module) -> str | None:
         return "the model's forward takes no `cache` argument"
     if getattr(model.config, "is_encoder_decoder", False):
         return "encoder-decoder model"
+    from transformers import DynamicCache
+    from transformers.cache_utils import DynamicLayer
+
+    kinds = {type(layer) for layer in DynamicCache(config=model.config).layers}
+    if kinds - {DynamicLayer}:  # sliding-window layers keep only their last tokens
+        return f"cache layers {sorted(k.__name__ for k in kinds)} are not plain growing caches"
     return None
 
 
