@@ -47,7 +47,7 @@ def unsupported_reason(model: torch.nn.Module) -> str | None:
     for name, defaults in _PROCESSING.items():
         if cfg is not None and getattr(cfg, name, None) not in defaults:
             return f"generation_config.{name} adds logits processing"
-    if "cache" not in _forward_params(model):
+    if not forward_accepts(model, "cache"):
         return "the model's forward takes no `cache` argument"
     if getattr(model.config, "is_encoder_decoder", False):
         return "encoder-decoder model"
@@ -60,10 +60,11 @@ def unsupported_reason(model: torch.nn.Module) -> str | None:
     return None
 
 
-def _forward_params(model: torch.nn.Module) -> set[str]:
+def forward_accepts(model: torch.nn.Module, name: str) -> bool:
+    """Whether the model's forward takes the keyword `name` (e.g. HF's `logits_to_keep`)."""
     import inspect
 
-    return set(inspect.signature(model.forward).parameters)
+    return name in inspect.signature(model.forward).parameters
 
 
 class _LiveRows:
@@ -130,8 +131,9 @@ def _left_pad(x: torch.Tensor, width: int, dim: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def _prefill(model, prompts, rows, *, pad_id, mask_mode, device) -> _LiveRows:
-    """Run the prompts of `rows` as one left-padded batch, as `generate`'s first step does."""
+def _prefill(model, prompts, rows, *, pad_id, mask_mode, device, extra) -> _LiveRows:
+    """Run the prompts of `rows` as one left-padded batch, as `generate`'s first step does
+    (`extra`: `logits_to_keep=1` where the model takes it, as `generate` passes)."""
     from transformers import DynamicCache
 
     batch = collate([prompts[i] for i in rows], pad_id=pad_id, side="left", mask_mode=mask_mode)
@@ -139,7 +141,6 @@ def _prefill(model, prompts, rows, *, pad_id, mask_mode, device) -> _LiveRows:
     pos = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)
     live = _LiveRows()
     live.cache = DynamicCache(config=model.config)
-    extra = {"logits_to_keep": 1} if "logits_to_keep" in _forward_params(model) else {}
     logits = model(
         input_ids=ids,
         attention_mask=mask,
@@ -207,13 +208,15 @@ def greedy_continuous(
         if sum(rows.ended) >= min(refill_at, len(rows)):
             rows.keep([i for i, e in enumerate(rows.ended) if not e])
 
+    last_only = {"logits_to_keep": 1} if forward_accepts(model, "logits_to_keep") else {}
     waiting = list(range(len(prompts)))
     live = _LiveRows()
     while waiting or live.live():
         free = slots - len(live)
         if waiting and (free >= refill_at or not live.live()):
             group, waiting = waiting[:free], waiting[free:]
-            new = _prefill(model, prompts, group, pad_id=pad_id, mask_mode=mask_mode, device=device)
+            new = _prefill(model, prompts, group, pad_id=pad_id, mask_mode=mask_mode,
+                           device=device, extra=last_only)  # fmt: skip
             collect(new)
             if new.live():
                 live.join(new)

@@ -9,7 +9,6 @@ reuse it across metrics.
 
 from __future__ import annotations
 
-import inspect
 import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -17,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from mpu.eval.decode import forward_accepts, greedy_continuous, unsupported_reason
 from mpu.logs import progress_bar
 from mpu.text import IGNORE_INDEX, Encoded, collate
 
@@ -54,6 +54,12 @@ def chunks(n: int, batch_size: int) -> Iterator[range]:
         yield range(start, min(n, start + batch_size))
 
 
+def _logit_span(pos: torch.Tensor) -> tuple[int, int]:
+    """The positions lo..hi whose logits predict the labelled positions `pos` (non-empty):
+    logits[t - 1] predicts token t, and position 0 is never predicted."""
+    return int(pos[0].clamp(min=1)) - 1, int(pos[-1]) - 1
+
+
 def _row_stats(
     logits: torch.Tensor, ids: torch.Tensor, labels: torch.Tensor, offset: int = 0
 ) -> ItemStats:
@@ -63,8 +69,7 @@ def _row_stats(
     if pos.numel() == 0:
         return ItemStats(float("nan"), empty, empty.astype(int), empty.astype(int), empty)
     scored = pos[pos >= 1]  # CE over shifted positions: logits[t-1] predicts token t
-    lo = int(pos[0].clamp(min=1)) - 1
-    hi = int(pos[-1]) - 1
+    lo, hi = _logit_span(pos)
     logp = torch.log_softmax(logits[lo - offset : hi + 1 - offset].float(), dim=-1)
     tok = logp[scored - 1 - lo, ids[scored]] if scored.numel() else logp.new_zeros(0)
     avg_loss = float(-tok.sum() / pos.numel())
@@ -99,7 +104,7 @@ def _needed_logits(labels: torch.Tensor) -> list[tuple[int, int]]:
     spans = []
     for row in labels:
         pos = (row != IGNORE_INDEX).nonzero(as_tuple=True)[0]
-        spans.append((max(int(pos[0]), 1) - 1, int(pos[-1]) - 1) if pos.numel() else (0, -1))
+        spans.append(_logit_span(pos) if pos.numel() else (0, -1))
     return spans
 
 
@@ -128,7 +133,7 @@ def _scoring_path(model: torch.nn.Module, full_logits: bool) -> str:
         return "full"
     if getattr(model.config, "model_type", None) in PLAIN_HEAD_TYPES:
         return "rows"
-    return "tail" if "logits_to_keep" in inspect.signature(model.forward).parameters else "full"
+    return "tail" if forward_accepts(model, "logits_to_keep") else "full"
 
 
 @torch.no_grad()
@@ -173,6 +178,11 @@ def score_items(
     return out
 
 
+def _stop_windows(tokenizer, stopwords: Sequence[str]) -> list[tuple[str, int]]:
+    """Each stop word with how many last tokens upstream decodes to look for it: its id count + 2."""
+    return [(w, len(tokenizer.encode(w, add_special_tokens=False)) + 2) for w in stopwords]
+
+
 class _StopOnStrings:
     """Stop once every row's recent tokens contain one of the stop strings (upstream
     MultiTokenEOSCriteria: look back len(stop ids) + 2 tokens, decode, test substring)."""
@@ -180,9 +190,7 @@ class _StopOnStrings:
     def __init__(self, tokenizer, stopwords: Sequence[str], prompt_len: int, batch: int) -> None:
         self.tokenizer = tokenizer
         self.prompt_len = prompt_len
-        self.words = [
-            (w, len(tokenizer.encode(w, add_special_tokens=False)) + 2) for w in stopwords
-        ]
+        self.words = _stop_windows(tokenizer, stopwords)
         self.done = [[False] * batch for _ in stopwords]
 
     def __call__(self, input_ids: torch.Tensor, scores, **kwargs) -> torch.Tensor:
@@ -222,7 +230,7 @@ def _eos_ids(model: torch.nn.Module, tokenizer) -> set[int]:
 def _stop_test(tokenizer, stopwords: Sequence[str]):
     """Per-row form of `_StopOnStrings`: a row is done once its last len(ids(word)) + 2 tokens,
     decoded, contain a stop word. Its cut text is then final, so it can leave the batch."""
-    words = [(w, len(tokenizer.encode(w, add_special_tokens=False)) + 2) for w in stopwords]
+    words = _stop_windows(tokenizer, stopwords)
 
     def stopped(tokens: list[int]) -> bool:
         return any(word in tokenizer.decode(tokens[-look:]) for word, look in words)
@@ -253,8 +261,6 @@ def greedy_generate(
     `engine="continuous"` decodes with continuous batching (`mpu.eval.decode`, same texts);
     `"hf"` is `model.generate` on fixed left-padded batches, the reference it is checked
     against, and the fallback for models the loop does not cover."""
-    from mpu.eval.decode import greedy_continuous, unsupported_reason
-
     if engine not in GENERATION_ENGINES:
         raise ValueError(f"generation engine must be one of {GENERATION_ENGINES}, not {engine!r}")
     if engine == "continuous" and (reason := unsupported_reason(model)):

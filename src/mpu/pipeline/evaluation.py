@@ -17,11 +17,11 @@ log = logging.getLogger(__name__)
 
 
 def _hash_files(h, root: Path) -> None:
+    """Fold every file below `root` into `h`: its relative path and its SHA-256."""
+    from mpu.io.checkpoint import sha256_file
+
     for path in sorted(p for p in root.rglob("*") if p.is_file()):
-        h.update(str(path.relative_to(root)).encode() + b"\0")
-        with path.open("rb") as f:
-            while chunk := f.read(1 << 22):
-                h.update(chunk)
+        h.update(f"{path.relative_to(root)}\0{sha256_file(path)}\n".encode())
 
 
 def eval_key(model_dir: Path, data: str, settings: dict) -> str:
