@@ -150,11 +150,11 @@ class DeltaFile:
     def specs(self):
         return self.reader.specs
 
-    def read(self, name: str):
-        return self.reader.read(name)
+    def read(self, name: str, on_bytes=None):
+        return self.reader.read(name, on_bytes)
 
-    def read_flat(self, name: str, start: int, stop: int):
-        return self.reader.read_flat(name, start, stop)
+    def read_flat(self, name: str, start: int, stop: int, on_bytes=None):
+        return self.reader.read_flat(name, start, stop, on_bytes)
 
 
 def delta_metadata(ticket: Ticket) -> dict[str, str]:

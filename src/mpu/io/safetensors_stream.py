@@ -19,7 +19,7 @@ import itertools
 import json
 import os
 import struct
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,7 +61,7 @@ class TensorSpec:
 
     @property
     def nbytes(self) -> int:
-        return self.numel * torch.empty((), dtype=self.dtype).element_size()
+        return self.numel * self.dtype.itemsize
 
 
 def _integer(x: object) -> int:
@@ -179,12 +179,16 @@ class SafetensorsReader:
     def __contains__(self, name: str) -> bool:
         return name in self.specs
 
-    def read(self, name: str) -> torch.Tensor:
-        """The tensor `name`, in its stored dtype, in freshly allocated (not mapped) memory."""
+    def read(self, name: str, on_bytes: Callable[[memoryview], None] | None = None) -> torch.Tensor:
+        """The tensor `name`, in its stored dtype, in freshly allocated (not mapped) memory.
+        `on_bytes`: called with the raw bytes as they are read, in order, a cache-sized slice
+        at a time (hashing them then reads each slice from cache, not from memory)."""
         spec = self._spec_of(name)
-        return self._read_into(name, torch.empty(spec.shape, dtype=spec.dtype), 0)
+        return self._read_into(name, torch.empty(spec.shape, dtype=spec.dtype), 0, on_bytes)
 
-    def read_flat(self, name: str, start: int, stop: int) -> torch.Tensor:
+    def read_flat(
+        self, name: str, start: int, stop: int, on_bytes: Callable[[memoryview], None] | None = None
+    ) -> torch.Tensor:
         """Elements [start, stop) of tensor `name` in its flat (row-major) order, as a 1-D
         tensor: a part of a tensor too large to hold whole beside its m copies (flat memory)."""
         spec = self._spec_of(name)
@@ -193,22 +197,33 @@ class SafetensorsReader:
                 f"{self.path}: elements [{start}, {stop}) are outside tensor {name!r} "
                 f"({spec.numel} elements)"
             )
-        return self._read_into(name, torch.empty(stop - start, dtype=spec.dtype), start)
+        return self._read_into(name, torch.empty(stop - start, dtype=spec.dtype), start, on_bytes)
 
     def _spec_of(self, name: str) -> TensorSpec:
         if name not in self.specs:
             raise CheckpointError(f"{self.path}: no tensor named {name!r}")
         return self.specs[name]
 
-    def _read_into(self, name: str, out: torch.Tensor, first: int) -> torch.Tensor:
+    def _read_into(
+        self, name: str, out: torch.Tensor, first: int, on_bytes: Callable | None = None
+    ) -> torch.Tensor:
         """Fill `out` (not zero-filled: read straight into it) from element `first` on."""
         nbytes = out.numel() * out.element_size()
         if nbytes == 0:
             return out
         begin = self._offsets[name][0] + first * out.element_size()
+        view = memoryview(out.reshape(-1).view(torch.uint8).numpy())
+        step = nbytes if on_bytes is None else HASH_SLICE * 4
+        got = 0
         with open(self.path, "rb") as f:
             f.seek(self._data_start + begin)
-            got = f.readinto(out.reshape(-1).view(torch.uint8).numpy())
+            while got < nbytes:
+                n = f.readinto(view[got : got + step])
+                if not n:
+                    break
+                if on_bytes is not None:
+                    on_bytes(view[got : got + n])
+                got += n
         if got != nbytes:
             raise CheckpointError(f"{self.path}: tensor {name!r} truncated while reading")
         return out
@@ -218,6 +233,24 @@ def tensor_digest(data) -> str:
     """SHA-256 of one tensor's raw bytes, as `_Hasher` records it part by part (the digest of a
     commitment leaf, `mpu.io.transcript.PartsLeaf`); here only for a tensor with no bytes."""
     return hashlib.sha256(data).hexdigest()
+
+
+HASH_SLICE = 64 << 10  # fits in L2: the second hash reads it from cache, not from memory
+
+
+def _update_all(hashes: list, data) -> None:
+    """Feed `data` to every hash, a cache-sized slice at a time: with two hashes of the same
+    bytes (a file's and a tensor's) the second reads each slice from L2 — SHA-256 is
+    memory-bound on a cold buffer (≈ 1.2 GB/s here) and compute-bound on a warm one (≈ 1.8)."""
+    if len(hashes) < 2:
+        for h in hashes:
+            h.update(data)
+        return
+    view = memoryview(data).cast("B")
+    for start in range(0, len(view), HASH_SLICE):
+        piece = view[start : start + HASH_SLICE]
+        for h in hashes:
+            h.update(piece)
 
 
 class _Hasher:
@@ -239,10 +272,10 @@ class _Hasher:
     def _run(self) -> None:
         while (item := self._queue.get()) is not None:
             data, tensor = item
-            if self._hash is not None:
-                self._hash.update(data)
+            hashes = [] if self._hash is None else [self._hash]
             if tensor is not None:
-                self._tensor_hashes.setdefault(tensor, hashlib.sha256()).update(data)
+                hashes.append(self._tensor_hashes.setdefault(tensor, hashlib.sha256()))
+            _update_all(hashes, data)
 
     def update(self, data, tensor: str | None = None) -> None:
         self._queue.put((data, tensor))  # the buffer is kept alive by the queue until hashed

@@ -69,6 +69,10 @@ class PartsLeaf:
         if part.numel():
             self._hash.update(part.reshape(-1).view(torch.uint8).numpy())
 
+    def update_bytes(self, data) -> None:
+        """The next raw bytes of the tensor (a reader's `on_bytes`)."""
+        self._hash.update(data)
+
     def leaf(self) -> tuple[Any, tuple, str]:
         return self._dtype, self._shape, self._hash.hexdigest()
 

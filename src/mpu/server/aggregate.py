@@ -26,7 +26,7 @@ from mpu.errors import UpdateRejectedError, printable
 from mpu.io.checkpoint import Checkpoint, CheckpointWriter, retype_layout
 from mpu.io.delta import DeltaFile
 from mpu.io.pipeline import flat_spans, ordered_map
-from mpu.io.transcript import PartsLeaf, combine, tensor_leaf
+from mpu.io.transcript import PartsLeaf, combine
 from mpu.protocol.aggregate import HarmonicAccumulator, server_step
 from mpu.server import publish
 from mpu.server.config import JobConfig
@@ -279,8 +279,9 @@ class _RoundFold:
         acc = HarmonicAccumulator()
         sq = []
         for rec, delta in self.matched:
-            d = delta.read(name)
-            self.leaves[rec.copy_id][name] = tensor_leaf(d)
+            leaf = PartsLeaf(torch.float32, tuple(self.theta.spec(name).shape))
+            d = delta.read(name, leaf.update_bytes)  # hashed slice by slice as it is read
+            self.leaves[rec.copy_id][name] = leaf.leaf()
             d = d.to(self.device)
             norm = _finite_norm(d, name, delta.path)
             _check_tensor_bound(norm, self.bounds.get(name), d.numel(), name, delta.path, self.cfg)
@@ -316,8 +317,7 @@ class _RoundFold:
         for span in flat_spans(numel, publish.PART_ELEMENTS):
             acc = HarmonicAccumulator()
             for i, (rec, delta) in enumerate(self.matched):
-                d = delta.read_flat(name, *span)
-                hashers[i].update(d)
+                d = delta.read_flat(name, *span, hashers[i].update_bytes)
                 d = d.to(self.device)
                 sq[i] += _finite_norm(d, name, delta.path, span) ** 2
                 self.add(acc, d, name, rec)

@@ -148,14 +148,22 @@ class EmulatedDelta:
             out[name] = TensorSpec(name, dtype, tuple(self._theta.spec(name).shape))
         return out
 
-    def read(self, name: str) -> torch.Tensor:
+    def read(self, name: str, on_bytes=None) -> torch.Tensor:
         cname = self._source[name]
         if cname is None:
-            return torch.zeros(tuple(self._theta.spec(name).shape), dtype=torch.float32)
-        return self.delta.read(cname)
+            return _zeros(tuple(self._theta.spec(name).shape), on_bytes)
+        return self.delta.read(cname, on_bytes)
 
-    def read_flat(self, name: str, start: int, stop: int) -> torch.Tensor:
+    def read_flat(self, name: str, start: int, stop: int, on_bytes=None) -> torch.Tensor:
         cname = self._source[name]
         if cname is None:
-            return torch.zeros(stop - start, dtype=torch.float32)
-        return self.delta.read_flat(cname, start, stop)
+            return _zeros((stop - start,), on_bytes)
+        return self.delta.read_flat(cname, start, stop, on_bytes)
+
+
+def _zeros(shape: tuple[int, ...], on_bytes) -> torch.Tensor:
+    """A zero update, its bytes passed to `on_bytes` as a reader would (the commitment's leaf)."""
+    out = torch.zeros(shape, dtype=torch.float32)
+    if on_bytes is not None and out.numel():
+        on_bytes(memoryview(out.reshape(-1).view(torch.uint8).numpy()))
+    return out

@@ -32,7 +32,7 @@ from mpu.io.checkpoint import (
     clean_debris,
     retype_layout,
 )
-from mpu.io.memory import pin_mmap_threshold
+from mpu.io.memory import reuse_freed_buffers
 from mpu.io.transcript import combine, commitment
 from mpu.protocol.rng import PaperStreams, SecretStreams, new_master_key
 from mpu.server import audit_log
@@ -95,9 +95,8 @@ class Server:
     @contextmanager
     def _command(self):
         """Lock, re-read the state (another command may have advanced it), clean crash debris,
-        log to the workdir."""
-        pin_mmap_threshold()
-        with locked(self.workdir):
+        log to the workdir; tensor buffers are reused within the command (`mpu.io.memory`)."""
+        with reuse_freed_buffers(), locked(self.workdir):
             self._reload()
             clean_debris(self.workdir / "rounds")
             clean_debris(self.workdir / STAGING)
