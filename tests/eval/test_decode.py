@@ -122,7 +122,7 @@ def test_scoring_with_the_head_trimmed_is_bitwise_the_full_logits(
     from mpu.eval import primitives
 
     if not plain_head:  # the generic path: HF's logits_to_keep from the first needed position
-        monkeypatch.setattr(primitives, "PLAIN_HEAD_TYPES", frozenset())
+        monkeypatch.setattr(primitives, "plain_head", lambda model: False)
     assert primitives._scoring_path(model, False) == ("rows" if plain_head else "tail")
     rng = np.random.default_rng(4)
     enc = [

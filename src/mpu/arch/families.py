@@ -131,3 +131,15 @@ def spec_for(model_type: str, where: str = "model") -> ArchSpec:
             f"{where}: unsupported architecture {model_type!r}; supported: {', '.join(sorted(_BY_TYPE))}"
         )
     return _BY_TYPE[model_type]
+
+
+# families whose causal-LM forward is exactly `head(final hidden states)`: no soft-capping or
+# logit scaling after the head (Gemma 2/3 cap their logits, so they are not here)
+PLAIN_HEAD_TYPES = frozenset({"llama", "mistral", "qwen2", "qwen3", "phi3", "gemma", "gpt_neox"})
+
+
+def plain_head(model) -> bool:
+    """Whether `model`'s logits are its output embedding applied to its decoder's last hidden
+    states, so a caller may run the two halves itself and apply the head to chosen positions
+    only (evaluation scoring, answer-only training losses)."""
+    return getattr(getattr(model, "config", None), "model_type", None) in PLAIN_HEAD_TYPES

@@ -96,8 +96,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser(
         "demo",
-        help="the embedded default end to end: synthetic TOFU forget05, tiny target/retain "
-        "models, NPO and GradDiff, m=2, κ=0.01",
+        help="the embedded default end to end: synthetic TOFU "
+        f"{DEMO_DEFAULTS['forget_split']}, tiny target/retain models, "
+        f"{' and '.join(DEMO_DEFAULTS['methods'])}, m={DEMO_DEFAULTS['server']['copies']}, "
+        f"κ={DEMO_DEFAULTS['server']['kappa']}",
         description="`mpu run` with the demo's settings: "
         + ", ".join(f"{k}={v}" for k, v in DEMO_DEFAULTS.items())
         + ". Any setting below can be overridden.",

@@ -58,9 +58,9 @@ class AdversaryConfig:
 def loss_features(model, batch) -> torch.Tensor:
     """[B, 2]: each item's mean answer-token NLL and its Min-K% NLL (the mean of the k-fraction
     highest token losses); differentiable."""
-    from mpu.methods.common import forward_logits, item_means, token_nll
+    from mpu.methods.common import answer_token_nll, item_means
 
-    nll, mask = token_nll(forward_logits(model, batch), batch["labels"])
+    nll, mask = answer_token_nll(model, batch)
     n = mask.sum(-1).clamp(min=1)
     mean = item_means(nll, mask)
     masked = nll.masked_fill(~mask, float("-inf"))

@@ -21,14 +21,14 @@ def forget_loss(model: torch.nn.Module, items: Sequence, tokenizer: Any, limit: 
     """Token-mean cross-entropy of the first `limit` forget answers, in eval mode: the check
     that a run moved the model (a change below 1 % means it did not)."""
     from mpu.client.importance import item_batches
-    from mpu.methods.common import forward_logits, token_nll
+    from mpu.methods.common import answer_token_nll
 
     was = model.training
     model.eval()
     total, count = 0.0, 0
     try:
         for batch in item_batches(items[:limit], tokenizer, 16):
-            nll, mask = token_nll(forward_logits(model, batch), batch["labels"])
+            nll, mask = answer_token_nll(model, batch)
             total += float(nll.sum())
             count += int(mask.sum())
     finally:

@@ -54,9 +54,9 @@ def item_batches(items: Sequence, tokenizer, batch_size: int) -> Iterator[dict]:
 
 def item_losses(model: torch.nn.Module, batch: dict) -> torch.Tensor:
     """ℓ_i for each item of the batch: the token mean of its answer NLL ([B])."""
-    from mpu.methods.common import forward_logits, item_means, token_nll
+    from mpu.methods.common import answer_token_nll, item_means
 
-    return item_means(*token_nll(forward_logits(model, batch), batch["labels"]))
+    return item_means(*answer_token_nll(model, batch))
 
 
 def _zeros(named: Sequence[tuple[str, torch.nn.Parameter]]) -> dict[str, torch.Tensor]:

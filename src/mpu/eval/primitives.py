@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from mpu.arch.families import plain_head
 from mpu.eval.decode import forward_accepts, greedy_continuous, unsupported_reason
 from mpu.logs import progress_bar
 from mpu.text import IGNORE_INDEX, Encoded, collate
@@ -94,11 +95,6 @@ def _row_stats(
     )
 
 
-# families whose causal-LM forward is exactly `head(final hidden states)`: no soft-capping or
-# logit scaling after the head (Gemma 2/3 cap their logits, so they are not here)
-PLAIN_HEAD_TYPES = frozenset({"llama", "mistral", "qwen2", "qwen3", "phi3", "gemma", "gpt_neox"})
-
-
 def _needed_logits(labels: torch.Tensor) -> list[tuple[int, int]]:
     """Per row, the positions lo..hi whose logits predict its labelled tokens (hi < lo: none)."""
     spans = []
@@ -131,7 +127,7 @@ def _scoring_logits(model, ids, mask, labels, how: str) -> list[tuple[torch.Tens
 def _scoring_path(model: torch.nn.Module, full_logits: bool) -> str:
     if full_logits:
         return "full"
-    if getattr(model.config, "model_type", None) in PLAIN_HEAD_TYPES:
+    if plain_head(model):
         return "rows"
     return "tail" if forward_accepts(model, "logits_to_keep") else "full"
 

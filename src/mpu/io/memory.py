@@ -23,7 +23,7 @@ M_MMAP_THRESHOLD = -3
 PINNED_MMAP_THRESHOLD = 1 << 20
 DEFAULT_TRIM_THRESHOLD = 128 << 10  # glibc's own default
 PASS_MMAP_THRESHOLD = 32 << 20  # glibc's ceiling: tensors up to this come from the heap
-PASS_TRIM_THRESHOLD = 64 << 20  # free heap kept for the next tensor, at most, per arena
+PASS_TRIM_THRESHOLD = 16 << 20  # free heap kept for the next tensor, at most, per arena
 
 
 @functools.cache

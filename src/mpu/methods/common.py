@@ -57,6 +57,54 @@ def token_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor,
     return nll[:, :-1], y[:, :-1] != IGNORE_INDEX
 
 
+def answer_token_nll(model: torch.nn.Module, inputs: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """`token_nll(forward_logits(model, inputs), labels)`, with the LM head applied only at the
+    positions that predict a labelled token.
+
+    A TOFU item's question and chat template are about half its tokens, and their logits
+    only ever get a zero gradient: for a small vocabulary model the head and its log-softmax
+    are most of a step. Families whose logits are exactly head(decoder) (`plain_head`) run the
+    decoder, gather the answer rows and apply the head to those; others take the full path.
+    Same values and gradients up to fp32 rounding (a matmul over fewer rows may sum in
+    another order)."""
+    labels = inputs["labels"]
+    if not _head_apart(model):
+        return token_nll(forward_logits(model, inputs), labels)
+    device = next(model.parameters()).device
+    hidden = model.get_decoder()(
+        **{k: v.to(device) for k, v in model_inputs(inputs).items()}
+    ).last_hidden_state
+    y = labels[:, 1:].to(device)
+    mask = y != IGNORE_INDEX
+    logits = model.get_output_embeddings()(hidden[:, :-1][mask]).float()
+    picked = F.cross_entropy(logits, y[mask], reduction="none")
+    return picked.new_zeros(mask.shape).masked_scatter(mask, picked), mask
+
+
+def _head_apart(model: torch.nn.Module) -> bool:
+    """Whether the decoder and the head may be called apart: a Hugging Face model of a
+    plain-head family as it is — not a wrapper whose forward does more (a PEFT model, an
+    adapters-off reference) and not sharded with FSDP (its root's hooks gather the parameters;
+    calling the parts directly would skip them)."""
+    from transformers import PreTrainedModel
+
+    from mpu.arch.families import plain_head
+
+    if not isinstance(model, PreTrainedModel) or not plain_head(model):
+        return False
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:  # pragma: no cover - torch without distributed
+        return True
+    return not isinstance(model, FSDPModule)
+
+
+def answer_ce(model: torch.nn.Module, inputs: Batch) -> torch.Tensor:
+    """CE_θ(batch) (`batch_ce`) on the answer tokens, the head applied only where needed."""
+    nll, mask = answer_token_nll(model, inputs)
+    return nll.sum() / mask.sum().clamp_min(1)
+
+
 def item_means(nll: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Each item's token-mean answer NLL ([B]) from `token_nll`'s output; 0 for an item with no
     answer token (its sum is 0, its count is clamped to 1)."""
@@ -94,12 +142,12 @@ def retain_loss(
     The reference model is an explicit argument: the reference client deep-copied the
     *current* model for KL every step, which makes KL ≡ 0 (docs/protocol.md §10 B27).
     """
-    logits = forward_logits(model, retain)
     if loss_type == "NLL":
-        return batch_ce(logits, retain["labels"])
+        return answer_ce(model, retain)
     if loss_type == "KL":
         if ref is None:
             raise ValueError("retain_loss_type=KL needs a reference model")
+        logits = forward_logits(model, retain)
         return kl_to_reference(logits, reference_logits(ref, retain, logits.device))
     raise ValueError(f"unknown retain_loss_type {loss_type!r} (NLL or KL)")
 
@@ -128,15 +176,15 @@ def combine(
 
 def log_ratio(model, ref, inputs) -> torch.Tensor:
     """Δ_b = log π_θ(b) − log π_ref(b), sums over answer tokens (NPO, DPO)."""
-    logits = forward_logits(model, inputs)
-    ref_logits = reference_logits(ref, inputs, logits.device)
-    return -(sequence_nll(logits, inputs["labels"]) - sequence_nll(ref_logits, inputs["labels"]))
+    nll = answer_token_nll(model, inputs)[0].sum(-1)
+    with torch.no_grad():
+        ref_nll = answer_token_nll(ref, inputs)[0].sum(-1).to(nll.device)
+    return -(nll - ref_nll)
 
 
 def weighted_ascent(model, forget: Batch, weight_fn) -> torch.Tensor:
     """−⟨sg(w(p)) ℓ⟩_A: token-weighted gradient ascent (SatImp, WGA)."""
-    logits = forward_logits(model, forget)
-    nll, mask = token_nll(logits, forget["labels"])
+    nll, mask = answer_token_nll(model, forget)
     with torch.no_grad():
         w = weight_fn(torch.exp(-nll))
     return -(w * nll)[mask].mean()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from mpu.methods.base import Batch, Method, Result
-from mpu.methods.common import batch_ce, forward_logits
+from mpu.methods.common import answer_ce
 
 
 @dataclass
@@ -18,7 +18,7 @@ class GradAscentConfig:
 
 def grad_ascent_loss(model, batch: Batch, ref, hp: GradAscentConfig) -> Result:
     f = batch["forget"]
-    loss = -batch_ce(forward_logits(model, f), f["labels"])
+    loss = -answer_ce(model, f)
     return loss, {"forget_loss": float(loss.detach()), "loss": float(loss.detach())}
 
 

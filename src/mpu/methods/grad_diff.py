@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from mpu.config import field
 from mpu.errors import ConfigError
 from mpu.methods.base import Batch, Method, Result, positive
-from mpu.methods.common import batch_ce, combine, forward_logits
+from mpu.methods.common import answer_ce, combine
 
 RETAIN_LOSS_TYPES = ("NLL", "KL")
 
@@ -34,7 +34,7 @@ class GradDiffConfig:
 
 def grad_diff_loss(model, batch: Batch, ref, hp: GradDiffConfig) -> Result:
     f = batch["forget"]
-    lf = -batch_ce(forward_logits(model, f), f["labels"])
+    lf = -answer_ce(model, f)
     return combine(lf, batch.get("retain"), model, ref, hp)
 
 

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from mpu.config import field
 from mpu.methods.base import Batch, Method, Result, positive
-from mpu.methods.common import combine, forward_logits, token_nll
+from mpu.methods.common import answer_token_nll, combine
 from mpu.methods.grad_diff import GradDiffConfig
 
 
@@ -30,7 +30,7 @@ class SimNPOConfig(GradDiffConfig):
 
 def simnpo_loss(model, batch: Batch, ref, hp: SimNPOConfig) -> Result:
     f = batch["forget"]
-    nll, mask = token_nll(forward_logits(model, f), f["labels"])
+    nll, mask = answer_token_nll(model, f)
     n = mask.sum(-1).clamp_min(1)
     lf = -(2.0 / hp.beta) * F.logsigmoid(hp.beta * (nll.sum(-1) / n - hp.delta)).mean()
     return combine(lf, batch.get("retain"), model, ref, hp)
