@@ -6,6 +6,7 @@ several digits, and the sequence sums of NPO/DPO amplify that (docs/metrics.md, 
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Mapping
 from typing import Any
 
@@ -177,9 +178,47 @@ def combine(
 def log_ratio(model, ref, inputs) -> torch.Tensor:
     """Δ_b = log π_θ(b) − log π_ref(b), sums over answer tokens (NPO, DPO)."""
     nll = answer_token_nll(model, inputs)[0].sum(-1)
-    with torch.no_grad():
-        ref_nll = answer_token_nll(ref, inputs)[0].sum(-1).to(nll.device)
-    return -(nll - ref_nll)
+    return -(nll - reference_sequence_nll(ref, inputs, nll.device))
+
+
+# per frozen reference model: an item's token sequence → NLL_ref(item) (a weak key, so a run's
+# cache goes with its reference model)
+_REFERENCE_NLL: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+@torch.no_grad()
+def reference_sequence_nll(ref: torch.nn.Module, inputs: Batch, device) -> torch.Tensor:
+    """NLL_ref(b) = Σ_{t∈A_b} ℓ_ref[b, t] for each item of the batch ([B], on `device`),
+    remembered per reference model and token sequence.
+
+    The reference is frozen, so an item's value never changes, yet NPO and DPO score every
+    forget item again each epoch: the reference forward is a sixth of such a step. Only the
+    batch's items not seen before are computed. A value computed in another batch may differ
+    from a fresh one in the last bit (other padding, other matmul shapes). A reference with
+    a trainable parameter (a model passed as its own reference, LoRA's adapters-off view) is
+    computed every time."""
+    if any(p.requires_grad for p in ref.parameters()):
+        return answer_token_nll(ref, inputs)[0].sum(-1).to(device)
+    cache = _REFERENCE_NLL.setdefault(ref, {})
+    keys = _sequence_keys(inputs)
+    missing = [i for i, key in enumerate(keys) if key not in cache]
+    if missing:
+        rows = torch.tensor(missing)
+        part = {k: inputs[k][rows] for k in (*_MODEL_KEYS, "labels") if k in inputs}
+        for i, value in zip(missing, answer_token_nll(ref, part)[0].sum(-1).tolist(), strict=True):
+            cache[keys[i]] = value
+    return torch.tensor([cache[key] for key in keys], dtype=torch.float32, device=device)
+
+
+def _sequence_keys(inputs: Batch) -> list[bytes]:
+    """Each row's identity: its attended token ids and its labels (padding left out)."""
+    ids, labels = inputs["input_ids"].cpu(), inputs["labels"].cpu()
+    mask = inputs.get("attention_mask")
+    keep = torch.ones_like(ids, dtype=torch.bool) if mask is None else mask.cpu().bool()
+    return [
+        ids[b][keep[b]].numpy().tobytes() + b"|" + labels[b][keep[b]].numpy().tobytes()
+        for b in range(ids.shape[0])
+    ]
 
 
 def weighted_ascent(model, forget: Batch, weight_fn) -> torch.Tensor:
