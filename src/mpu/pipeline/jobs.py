@@ -37,15 +37,22 @@ def rounds_for(cfg: Any, method: str) -> tuple[int, int]:
     return (1, rounds * epochs) if cfg.rounds_epochs == "single" else (rounds, epochs)
 
 
+# a run's parts in seconds on the demo (tiny model, forget05): their ratios order the runs
+COST_EVAL, COST_COPY, COST_REFERENCE, COST_AUDIT = 10, 12, 3, 5
+
+
 def job_cost(name: str, server: Any, settings: dict[str, ClientSettings]) -> int:
     """Relative run time of the run `name` ("target" or "METHOD-VARIANT"), so the longest
-    start first (fewer idle workers at the end): copies × (2 with a reference model)."""
+    start first (fewer idle workers at the end), in the demo's seconds: an evaluation, each
+    copy's client run (more with a reference model to score), and the privacy audit of every
+    private variant — a Noised run takes about twice a Clean one's time, so Clean runs go last."""
     if name == "target":
-        return 1
+        return COST_EVAL
     method, variant = name.rsplit("-", 1)
     s = settings[method]
     copies = job_config(variant, server).copies
-    return 2 + 2 * copies * (2 if s.method.uses_reference(s.hp) else 1)
+    per_copy = COST_COPY + (COST_REFERENCE if s.method.uses_reference(s.hp) else 0)
+    return COST_EVAL + copies * per_copy + (0 if variant == "clean" else COST_AUDIT)
 
 
 def client_settings(cfg: Any, method: str, n_params: int | None = None) -> ClientSettings:
