@@ -28,6 +28,8 @@ from mpu.privacy.dp import DPConfig
 from mpu.server.config import JobConfig
 from mpu.text import PromptConfig
 
+IMPACT = "impact"  # the job that assesses where the forget set lives in the target (`impact=true`)
+
 
 @dataclasses.dataclass
 class ExperimentConfig:
@@ -183,6 +185,9 @@ class Experiment:
             return self._job(name, data, models, retain_logs)
 
     def _job(self, name: str, data: str, models: Path, retain_logs: dict) -> dict[str, float]:
+        if name == IMPACT:
+            self._impact(data, models)
+            return self.timings
         if name == "target":
             self.evaluate("target", models / "target", data, retain_logs)
             return self.timings
@@ -221,7 +226,7 @@ class Experiment:
         def finished(board: JobBoard, name: str, timings: dict) -> None:
             board.finished(name)
             self.timings.update(timings)
-            spent = sum(v for k, v in timings.items() if k.endswith(f"/{name}"))
+            spent = sum(v for k, v in timings.items() if k == name or k.endswith(f"/{name}"))
             _say(f"[{board.done}/{len(todo)}] {name} done ({spent:.0f} s; "
                  f"{time.perf_counter() - t0:.0f} s elapsed)")  # fmt: skip
 
@@ -248,14 +253,14 @@ class Experiment:
         self.settings = {m: client_settings(self.cfg, m, self.n_params) for m in self.cfg.methods}
         cache = reference_cache(self.cfg, data, models)
         copy_references(cache, self.out / "eval", _say)
-        if self.cfg.impact:
-            self._impact(data, models)
         _say("evaluating the retain and target models (the reference points)")
         retain_logs = self.evaluate("retain", models / "retain", data, None)
         evals = {"retain": self.evaluate("retain", models / "retain", data, retain_logs)}
         names = [f"{m}-{v}" for m in self.cfg.methods for v in self.cfg.variants]
         done = self.out / "eval"
         todo = [n for n in ["target", *names] if not (done / n / "TOFU_EVAL.json").is_file()]
+        if self.cfg.impact and not (self.out / "impact" / "summary.json").is_file():
+            todo.append(IMPACT)  # a job like the others: it fills a worker's idle time
         self._run_jobs(todo, data, models, retain_logs)
         copy_references(self.out / "eval", cache, _say)
         for name in ["target", *names]:
@@ -268,12 +273,10 @@ class Experiment:
         """OUT/impact: where the forget set lives in θ (kept when a rerun finds it)."""
         from mpu.client.assess import AssessRequest, assess
 
-        if (self.out / "impact" / "summary.json").is_file():
-            return
-        _say("assessing where the forget set lives in the target (Fisher, relative to retain)")
+        progress("assessing where the forget set lives in the target (Fisher, relative to retain)")
         t = time.perf_counter()
         assess(AssessRequest(models / "target", data, self.cfg.forget_split, self.out / "impact"))
-        self.timings["impact"] = time.perf_counter() - t
+        self.timings[IMPACT] = time.perf_counter() - t
 
 
 def _job_in_worker(job: tuple) -> dict[str, float]:

@@ -48,6 +48,8 @@ def job_cost(name: str, server: Any, settings: dict[str, ClientSettings]) -> int
     private variant — a Noised run takes about twice a Clean one's time, so Clean runs go last."""
     if name == "target":
         return COST_EVAL
+    if name == "impact":  # the demo's Fisher assessment of the target: about an audit
+        return COST_AUDIT
     method, variant = name.rsplit("-", 1)
     s = settings[method]
     copies = job_config(variant, server).copies
