@@ -112,12 +112,6 @@ def item_means(nll: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return nll.sum(-1) / mask.sum(-1).clamp(min=1)
 
 
-def sequence_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """NLL_θ(b) = Σ_{t∈A_b} ℓ[b, t]: minus the log-probability of each answer (shape [B])."""
-    nll, _ = token_nll(logits, labels)
-    return nll.sum(-1)
-
-
 def batch_ce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """CE_θ(batch): token mean over the whole batch (HF `outputs.loss`), not a mean of means."""
     nll, mask = token_nll(logits, labels)
