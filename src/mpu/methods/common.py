@@ -25,11 +25,15 @@ def model_inputs(inputs: Batch) -> dict[str, torch.Tensor]:
     return {k: inputs[k] for k in _MODEL_KEYS if k in inputs}
 
 
+def _on_device(model: torch.nn.Module, inputs: Batch) -> dict[str, torch.Tensor]:
+    """The forward's keyword inputs, on the model's device."""
+    device = next(model.parameters()).device
+    return {k: v.to(device) for k, v in model_inputs(inputs).items()}
+
+
 def forward_logits(model: torch.nn.Module, inputs: Batch) -> torch.Tensor:
     """fp32 logits [B, T, V] of `model` on `inputs` (moved to the model's device)."""
-    device = next(model.parameters()).device
-    out = model(**{k: v.to(device) for k, v in model_inputs(inputs).items()})
-    return out.logits.float()
+    return model(**_on_device(model, inputs)).logits.float()
 
 
 @torch.no_grad()
@@ -71,11 +75,8 @@ def answer_token_nll(model: torch.nn.Module, inputs: Batch) -> tuple[torch.Tenso
     labels = inputs["labels"]
     if not _head_apart(model):
         return token_nll(forward_logits(model, inputs), labels)
-    device = next(model.parameters()).device
-    hidden = model.get_decoder()(
-        **{k: v.to(device) for k, v in model_inputs(inputs).items()}
-    ).last_hidden_state
-    y = labels[:, 1:].to(device)
+    hidden = model.get_decoder()(**_on_device(model, inputs)).last_hidden_state
+    y = labels[:, 1:].to(hidden.device)
     mask = y != IGNORE_INDEX
     logits = model.get_output_embeddings()(hidden[:, :-1][mask]).float()
     picked = F.cross_entropy(logits, y[mask], reduction="none")

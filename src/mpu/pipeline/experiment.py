@@ -22,13 +22,11 @@ from mpu.errors import ConfigError
 from mpu.io.checkpoint import Checkpoint
 from mpu.logs import console_warnings_only, progress
 from mpu.logs import job as job_label
-from mpu.pipeline.jobs import client_settings, job_cost
+from mpu.pipeline.jobs import IMPACT, client_settings, job_cost
 from mpu.pipeline.variants import VARIANTS
 from mpu.privacy.dp import DPConfig
 from mpu.server.config import JobConfig
 from mpu.text import PromptConfig
-
-IMPACT = "impact"  # the job that assesses where the forget set lives in the target (`impact=true`)
 
 
 @dataclasses.dataclass

@@ -37,6 +37,8 @@ def rounds_for(cfg: Any, method: str) -> tuple[int, int]:
     return (1, rounds * epochs) if cfg.rounds_epochs == "single" else (rounds, epochs)
 
 
+IMPACT = "impact"  # the job that assesses where the forget set lives in the target (`impact=true`)
+
 # a run's parts in seconds on the demo (tiny model, forget05): their ratios order the runs
 COST_EVAL, COST_COPY, COST_REFERENCE, COST_AUDIT = 10, 12, 3, 5
 
@@ -48,7 +50,7 @@ def job_cost(name: str, server: Any, settings: dict[str, ClientSettings]) -> int
     private variant — a Noised run takes about twice a Clean one's time, so Clean runs go last."""
     if name == "target":
         return COST_EVAL
-    if name == "impact":  # the demo's Fisher assessment of the target: about an audit
+    if name == IMPACT:  # the demo's Fisher assessment of the target: about an audit
         return COST_AUDIT
     method, variant = name.rsplit("-", 1)
     s = settings[method]
