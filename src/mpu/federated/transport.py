@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mpu.errors import UpdateRejectedError
-from mpu.io.checkpoint import atomic_write_bytes
+from mpu.io.atomic import atomic_write_bytes
 
 RAW_STYPE = "mpu.raw-bytes"  # an Array whose data are a tensor's bytes as stored on disk
 MAX_HEADER_BYTES = 100 * 2**20  # the safetensors format's own limit
