@@ -15,6 +15,11 @@ would be carried by hand; Flower: the payload of the messages, after content add
 wall time (Flower: end to end from `mpu serve` start, and the round loop alone), as ratios in
 the same run, and checks that both paths end with bit-identical parameters.
 
+The Flower path runs twice, as `mpu join` ships ("warm": a worker that keeps the client's
+imports and data loaded, and short polls) and as Flower does by itself ("stock": `--no-worker
+--poll 3`, a fresh ClientApp process per message and a 3 s idle pull); "fixed cost per round"
+is (round loop − file path) / rounds.
+
     python benchmarks/federated.py [--models tiny smollm2] [--rounds 1] [--copies 2]
 """
 
@@ -90,7 +95,13 @@ def file_path(workdir: Path, root: Path, data: Path, rounds: int) -> dict:
     return {"seconds": time.perf_counter() - start, "bytes": carried}
 
 
-def flower_path(workdir: Path, root: Path, data: Path, rounds: int) -> dict:
+JOINS = {  # how `mpu join` runs, per variant: ours, and Flower's own per-message processes and waits
+    "warm": [],
+    "stock": ["--no-worker", "--poll", "3"],
+}
+
+
+def flower_path(workdir: Path, root: Path, data: Path, rounds: int, join_args=()) -> dict:
     from mpu.federated.certs import make_certs
     from mpu.federated.deploy import free_port
 
@@ -105,7 +116,8 @@ def flower_path(workdir: Path, root: Path, data: Path, rounds: int) -> dict:
     join = subprocess.Popen([*mpu, "join", "--server", address, "--name", "client",
                              "--workdir", str(root / "client"), "--data", str(data),
                              "--split", "forget01", "--method", METHOD, "--ca",
-                             str(certs.ca_cert), "--key", str(certs.client_key(1)), *CLIENT],
+                             str(certs.ca_cert), "--key", str(certs.client_key(1)), *join_args,
+                             *CLIENT],
                             stdout=(root / "join.log").open("wb"), stderr=subprocess.STDOUT,
                             start_new_session=True)  # fmt: skip
     try:
@@ -135,7 +147,7 @@ def identical(a: Path, b: Path) -> bool:
     return ra == rb and fa.keys() == fb.keys() and all(fa[k].equal(fb[k]) for k in fa)
 
 
-def run(kind: str, rounds: int, copies: int, keep: bool = False) -> dict:
+def run(kind: str, rounds: int, copies: int, variants: list[str], keep: bool = False) -> dict:
     from mpu.data import make_dataset
     from mpu.server.config import JobConfig
     from mpu.server.job import Server
@@ -146,20 +158,42 @@ def run(kind: str, rounds: int, copies: int, keep: bool = False) -> dict:
         build(kind, root)
         job = JobConfig(gate=False, kappa=0.1, copies=copies)
         Server.init(root / "target", root / "base", root / "W", job)
-        shutil.copytree(root / "W", root / "W-file")
-        (root / "files").mkdir()
-        (root / "fed").mkdir()
-        files = file_path(root / "W-file", root / "files", data, rounds)
-        flower = flower_path(root / "W", root / "fed", data, rounds)
+        for name in ["file", *variants]:
+            shutil.copytree(root / "W", root / f"W-{name}")
+            (root / name).mkdir()
+        files = file_path(root / "W-file", root / "file", data, rounds)
+        flower = {v: flower_path(root / f"W-{v}", root / v, data, rounds, JOINS[v])
+                  for v in variants}  # fmt: skip
+        for v in variants:
+            flower[v]["identical"] = identical(root / f"W-{v}", root / "W-file")
         model = folder_bytes(root / "target")
         return {"model": kind, "model_bytes": model, "rounds": rounds, "copies": copies,
-                "file": files, "flower": flower,
-                "identical": identical(root / "W", root / "W-file")}  # fmt: skip
+                "file": files, "flower": flower}  # fmt: skip
     finally:
         if keep:
             print(f"kept {root}")
         else:
             shutil.rmtree(root, ignore_errors=True)
+
+
+def print_table(rows: list[dict]) -> None:
+    """One row per model and Flower variant; the fixed cost is what a Flower round costs
+    beyond the file path's round (same server, same client work)."""
+    mib = 2**20
+    print("| model | m | join | file path MiB/round | Flower MiB/round (sent + received) "
+          "| file path s | Flower s (end to end) | Flower s (round loop) "
+          "| fixed cost per round s ((loop − file) / R) | loop / file | same θ |")  # fmt: skip
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for r in rows:
+        f, n = r["file"], r["rounds"]
+        for variant, w in r["flower"].items():
+            print(f"| {r['model']} ({r['model_bytes'] / mib:.1f} MiB) | {r['copies']} | {variant} "
+                  f"| {f['bytes'] / n / mib:.2f} | {w['bytes'] / n / mib:.2f} "
+                  f"({w['bytes_sent'] / n / mib:.2f} + {w['bytes_received'] / n / mib:.2f}) "
+                  f"| {f['seconds']:.1f} | {w['seconds']:.1f} | {w['loop_seconds']:.1f} "
+                  f"| {(w['loop_seconds'] - f['seconds']) / n:.2f} "
+                  f"| {w['loop_seconds'] / f['seconds']:.2f} "
+                  f"| {'yes' if w['identical'] else 'NO'} |")  # fmt: skip
 
 
 def main() -> None:
@@ -169,22 +203,13 @@ def main() -> None:
     p.add_argument("--copies", type=int, default=2)
     p.add_argument("--json", help="also write the rows here")
     p.add_argument("--keep", action="store_true", help="keep the work folders (logs)")
+    p.add_argument("--variants", nargs="+", default=list(JOINS), choices=list(JOINS),
+                   help="warm: `mpu join` as shipped (a warm worker, short polls); stock: "
+                   "Flower's per-message ClientApp process and 3 s idle pull (the baseline)")  # fmt: skip
     args = p.parse_args()
     os.environ.setdefault("MPU_CLIENT_KEY", str(Path(tempfile.mkdtemp()) / "client.key"))
-    rows = [run(kind, args.rounds, args.copies, args.keep) for kind in args.models]
-    mib = 2**20
-    print("| model | m | file path MiB/round | Flower MiB/round (sent + received) | bytes ratio "
-          "| file path s | Flower s (end to end) | Flower s (round loop) | time ratio (e2e / loop) "
-          "| same θ |")  # fmt: skip
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
-    for r in rows:
-        f, w, n = r["file"], r["flower"], r["rounds"]
-        print(f"| {r['model']} ({r['model_bytes'] / mib:.1f} MiB) | {r['copies']} "
-              f"| {f['bytes'] / n / mib:.2f} | {w['bytes'] / n / mib:.2f} "
-              f"({w['bytes_sent'] / n / mib:.2f} + {w['bytes_received'] / n / mib:.2f}) "
-              f"| {w['bytes'] / f['bytes']:.2f} | {f['seconds']:.1f} | {w['seconds']:.1f} "
-              f"| {w['loop_seconds']:.1f} | {w['seconds'] / f['seconds']:.2f} / "
-              f"{w['loop_seconds'] / f['seconds']:.2f} | {'yes' if r['identical'] else 'NO'} |")  # fmt: skip
+    rows = [run(kind, args.rounds, args.copies, args.variants, args.keep) for kind in args.models]
+    print_table(rows)
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))
 

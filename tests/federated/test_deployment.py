@@ -82,6 +82,9 @@ def test_two_rounds_over_tls_equal_the_file_path_and_an_unregistered_node_is_ref
     assert client.poll() is None  # the client stays joined until its owner stops it
     done = summary(workdir)
     assert done["rounds"] == 2 and done["order"] == ["alice"] and not done["dropped"]
+    trained = (tmp_path / "client-alice" / "worker.log").read_text()  # by the warm worker,
+    assert "round 1: 2 copies unlearned" in trained and "round 2: 2 copies" in trained
+    assert "did not answer" not in (tmp_path / "alice.log").read_text()  # not the ClientApp
     file_path_rounds(twin, tmp_path / "files", data=data, split="forget01", method=METHOD, rounds=2)
     assert_bit_identical(workdir, twin)
 

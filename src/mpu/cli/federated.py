@@ -7,6 +7,8 @@ import sys
 from pathlib import Path
 from typing import NoReturn
 
+from mpu.federated.supernode import IDLE_PULL
+
 
 def _certs(args: argparse.Namespace) -> int:
     from mpu.federated.certs import make_certs
@@ -70,6 +72,8 @@ def _join(args: argparse.Namespace) -> NoReturn:
         ca=Path(args.ca) if args.ca else None,
         key=Path(args.key) if args.key else None,
         max_wait=args.max_wait,
+        poll=args.poll,
+        warm=not args.no_worker,
     )
 
 
@@ -127,6 +131,19 @@ def register(sub: argparse._SubParsersAction) -> None:
         type=float,
         default=600.0,
         help="seconds to keep trying while the server refuses this node (default 600)",
+    )
+    p.add_argument(
+        "--poll",
+        type=float,
+        default=IDLE_PULL,
+        help=f"seconds between an idle node's requests for work (default {IDLE_PULL}; "
+        "Flower's own is 3)",
+    )
+    p.add_argument(
+        "--no-worker",
+        action="store_true",
+        help="train in Flower's per-message ClientApp process instead of a warm worker that "
+        "keeps the imports and data loaded across rounds",
     )
     p.add_argument("overrides", nargs="*", help="ClientTrainConfig key=value (e.g. lr=2e-5)")
     p.set_defaults(handler=_join)

@@ -42,6 +42,7 @@ class ClientSide:
     retain_split: str | None = None
     method: str = "NPO"
     settings: tuple[str, ...] = ()
+    worker: str | None = None  # the socket of `mpu join`'s warm worker (worker.py), if any
 
     @classmethod
     def from_mapping(cls, m) -> ClientSide:
@@ -56,6 +57,7 @@ class ClientSide:
             retain_split=str(m["retain-split"]) if str(m.get("retain-split", "")) else None,
             method=str(m.get("method", "NPO")),
             settings=tuple(shlex.split(str(m.get("settings", "")))),
+            worker=str(m["worker"]) if str(m.get("worker", "")) else None,
         )
 
     @classmethod
@@ -82,12 +84,13 @@ def load_side(side: ClientSide):
 
 
 def unlearn_round(
-    side: ClientSide, round_: int, first_round: int, copies: list[Path]
+    side: ClientSide, round_: int, first_round: int, copies: list[Path], loaded=None
 ) -> list[Path]:
-    """Unlearn each copy; returns one folder per copy holding delta.safetensors + receipt.json."""
+    """Unlearn each copy; returns one folder per copy holding delta.safetensors + receipt.json.
+    `loaded`: `load_side(side)`'s result, when the caller keeps it (the warm worker)."""
     from mpu.client.unlearn import unlearn_copy
 
-    cfg, data = load_side(side)
+    cfg, data = loaded if loaded is not None else load_side(side)
     outs = []
     for copy in copies:
         reference = None
@@ -115,9 +118,23 @@ def handle_train(content, config, side: ClientSide):
     where = f"round {round_} copies"
     folder = side.workdir / f"round{round_}" / "copies"
     shutil.rmtree(folder, ignore_errors=True)
-    copies = write_folders(from_records(content, where), folder, where)
-    outs = unlearn_round(side, round_, first, sorted(copies))
-    return to_records(pack_folders(outs, [c.name for c in sorted(copies)], only=DELTA_FILES))
+    copies = sorted(write_folders(from_records(content, where), folder, where))
+    outs = _unlearn_here_or_by_worker(side, round_, first, copies)
+    return to_records(pack_folders(outs, [c.name for c in copies], only=DELTA_FILES))
+
+
+def _unlearn_here_or_by_worker(side: ClientSide, round_: int, first: int, copies: list[Path]):
+    """The warm worker's answer when `mpu join` started one (worker.py); this process trains
+    when there is none or it no longer listens."""
+    if side.worker:
+        from mpu.federated.worker import ask_worker
+
+        try:
+            return ask_worker(Path(side.worker), round_, first, copies)
+        except (OSError, EOFError) as exc:  # none listens, or it died while training
+            log.warning("client %s: the warm worker at %s did not answer (%s); training in the "
+                        "ClientApp's own process", side.name, side.worker, exc)  # fmt: skip
+    return unlearn_round(side, round_, first, copies)
 
 
 DELTA_FILES = ("delta.safetensors", "receipt.json")

@@ -32,6 +32,8 @@ from mpu.federated.certs import CertFiles
 from mpu.federated.client_app import ClientSide, load_side
 from mpu.federated.diagnose import split_address
 from mpu.federated.server_app import FEDERATION, FederationConfig
+from mpu.federated.supernode import IDLE_PULL, POLL_ENV, REPLY_CHECK
+from mpu.federated.worker import SOCKET, worker_folder
 from mpu.io.checkpoint import atomic_write_bytes
 
 log = logging.getLogger("mpu.federated")
@@ -286,10 +288,14 @@ def free_port() -> int:
 
 
 def join(side: ClientSide, *, server: str, security: Security, ca: Path | None = None,
-         key: Path | None = None, max_wait: float = 600.0) -> NoReturn:  # fmt: skip
+         key: Path | None = None, max_wait: float = 600.0, poll: float = IDLE_PULL,
+         warm: bool = True) -> NoReturn:  # fmt: skip
     """Run a SuperNode with the MPU ClientApp until `mpu join` is stopped. A SuperNode that
     stops (the server restarted and forgot it) is started again; one the server refuses, or
-    that cannot connect, is retried for `max_wait` seconds, then this fails with the reason."""
+    that cannot connect, is retried for `max_wait` seconds, then this fails with the reason.
+    `poll`: seconds between an idle node's pulls (supernode.py); `warm`: keep a worker with
+    the imports and data loaded for every round (worker.py), else train in Flower's
+    per-message ClientApp process."""
     if not security.insecure and (ca is None or key is None):
         raise ConfigError(
             "TLS and node authentication are on by default: pass --ca (the server's CA "
@@ -299,24 +305,34 @@ def join(side: ClientSide, *, server: str, security: Security, ca: Path | None =
     for f in (ca, key):
         if f is not None and not Path(f).is_file():
             raise ConfigError(f"{f}: no such file")
+    _tool("flower-supernode")  # Flower is installed (a clear error if not)
     side.workdir.mkdir(parents=True, exist_ok=True)
     os.chmod(side.workdir, 0o700)
-    node_config = {"name": side.name, "workdir": str(side.workdir.resolve()), "data": side.data,
-                   "split": side.split, "method": side.method,
-                   "settings": " ".join(side.settings)}  # fmt: skip
-    if side.retain_split:
-        node_config["retain-split"] = side.retain_split
-    config_file = side.workdir / "node-config.toml"
-    _write_toml(config_file, node_config)
-    home = side.workdir / "flower"
-    cmd = [_tool("flower-supernode"), "--superlink", server, "--node-config", str(config_file),
-           "--port", str(free_port())]  # fmt: skip
-    if security.insecure:
-        cmd += ["--insecure"]
-    else:
-        cmd += ["--root-certificates", str(ca), "--auth-supernode-private-key", str(key)]
-    env = _flower_env(home)
-    home.mkdir(parents=True, exist_ok=True)
+    env = _node_env(side.workdir / "flower", poll)
+    node_config = _node_config(side)
+    worker = _start_worker(side, env) if warm else None
+    try:
+        if worker is not None:
+            node_config["worker"] = str(worker[1] / SOCKET)
+        config_file = side.workdir / "node-config.toml"
+        _write_toml(config_file, node_config)
+        cmd = [sys.executable, "-m", "mpu.federated.supernode", "--superlink", server,
+               "--node-config", str(config_file), "--port", str(free_port())]  # fmt: skip
+        if security.insecure:
+            cmd += ["--insecure"]
+        else:
+            cmd += ["--root-certificates", str(ca), "--auth-supernode-private-key", str(key)]
+        _keep_node_running(cmd, env, server, security, ca, max_wait)
+    finally:
+        if worker is not None:
+            _stop_group(worker[0])
+            shutil.rmtree(worker[1], ignore_errors=True)
+
+
+def _keep_node_running(cmd: list[str], env: dict, server: str, security: Security,
+                       ca: Path | None, max_wait: float) -> NoReturn:  # fmt: skip
+    """Start the SuperNode again whenever it stops, until the server refuses it or cannot be
+    reached for `max_wait` seconds (then MPUError with the cause)."""
     from mpu.federated.diagnose import why_no_connection
 
     probe = lambda: why_no_connection(server, insecure=security.insecure, ca=ca)  # noqa: E731
@@ -335,6 +351,45 @@ def join(side: ClientSide, *, server: str, security: Security, ca: Path | None =
                     "was refused" if refused else f"stopped (exit code {code})", REJOIN_PAUSE,
                     deadline - now)  # fmt: skip
         time.sleep(REJOIN_PAUSE)
+
+
+def _node_env(home: Path, poll: float) -> dict[str, str]:
+    """The SuperNode's environment: Flower's home, and its polls shortened (supernode.py)."""
+    home.mkdir(parents=True, exist_ok=True)
+    env = _flower_env(home)
+    env[POLL_ENV] = str(poll)
+    # the SuperExec asks its (local) SuperNode for a ClientApp to start: Flower's own setting,
+    # 1 s unless set; half the idle pull here, so `--poll 3` is Flower's stock behaviour
+    env["FLWR_SUPEREXEC_TASK_POLL_INTERVAL"] = str(min(1.0, max(REPLY_CHECK, poll / 2)))
+    return env
+
+
+def _node_config(side: ClientSide) -> dict[str, str]:
+    """The SuperNode's node config: the client's private settings, read by its ClientApp."""
+    config = {"name": side.name, "workdir": str(side.workdir.resolve()), "data": side.data,
+              "split": side.split, "method": side.method, "settings": " ".join(side.settings)}  # fmt: skip
+    if side.retain_split:
+        config["retain-split"] = side.retain_split
+    return config
+
+
+def _start_worker(side: ClientSide, env: dict) -> tuple[subprocess.Popen, Path]:
+    """Start the warm worker (worker.py) and wait until it listens: (its process, its private
+    folder). It ends with this process, like the Flower children (`_start`)."""
+    folder = worker_folder(side.workdir)
+    config = folder / "side.toml"
+    _write_toml(config, _node_config(side))
+    logfile = side.workdir / "worker.log"
+    proc = _start([sys.executable, "-m", "mpu.federated.worker", "--node-config", str(config),
+                   "--folder", str(folder)], env, logfile)  # fmt: skip
+    deadline = time.monotonic() + START_TIMEOUT
+    while not (folder / SOCKET).exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            tail = logfile.read_text(errors="replace")[-2000:]
+            _stop_group(proc)
+            raise MPUError(f"the client's worker did not start (see {logfile}):\n{tail}")
+        time.sleep(0.05)
+    return proc, folder
 
 
 def _run_node(cmd: list[str], env: dict, deadline: float, probe) -> tuple[int, bool]:
