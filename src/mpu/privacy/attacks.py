@@ -25,6 +25,7 @@ import torch
 
 from mpu.arch.base import Layout, Role
 from mpu.privacy.align import Invert, Weights, align
+from mpu.protocol.aggregate import harmonic_weights
 
 
 def _sq(t: torch.Tensor) -> float:
@@ -69,11 +70,6 @@ def combine(aligned: Sequence[Weights], weights: Sequence[float]) -> Weights:
     }
 
 
-def harmonic(alphas: Sequence[float]) -> list[float]:
-    inv = [1.0 / a for a in alphas]
-    return [x / sum(inv) for x in inv]
-
-
 def reconstruct(
     layout: Layout,
     copies: Sequence[Weights],
@@ -94,7 +90,7 @@ def reconstruct(
     elif base is not None:
         weights = affine_weights(aligned, base)
     else:
-        weights = harmonic(
+        weights = harmonic_weights(
             assumed_alphas or [1.0 + k / (len(aligned) - 1) for k in range(len(aligned))]
         )
     return {

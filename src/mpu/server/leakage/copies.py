@@ -62,13 +62,13 @@ def combining_weights(cfg, alphas: list[float], ks: list[int]) -> list[float]:
     """Weights with Σ w = 1 that remove the noise of the copies `ks` exactly, given the
     secrets: the harmonic ones for the zero-sum design (all m copies), the two-or-more-point
     Lagrange weights at zero noise for the line design (any two copies of a line suffice)."""
-    from mpu.protocol.aggregate import extrapolation_weights
+    from mpu.protocol.aggregate import extrapolation_weights, harmonic_weights
     from mpu.protocol.noise import line_nodes
 
     if cfg.noise_design == "line" and len(ks) > 1:
         nodes = line_nodes(alphas)
         return extrapolation_weights([nodes[k] for k in ks])
-    return A.harmonic([alphas[k] for k in ks])
+    return harmonic_weights([alphas[k] for k in ks])
 
 
 def with_secrets(
