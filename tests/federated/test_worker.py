@@ -168,3 +168,12 @@ def test_a_workdir_too_deep_for_a_unix_socket_gets_a_private_temp_folder(tmp_pat
         assert len(str(folder / worker.SOCKET)) < worker.SOCKET_PATH_MAX
     finally:
         shutil.rmtree(folder)
+
+
+def test_join_refuses_a_poll_interval_that_cannot_work_before_starting_anything(tmp_path):
+    from mpu.errors import ConfigError
+    from mpu.federated.deploy import Security, join
+
+    side = ClientSide(name="a", workdir=tmp_path / "w", data=str(tmp_path / "no-data"))
+    with pytest.raises(ConfigError, match="--poll=0"):
+        join(side, server="127.0.0.1:1", security=Security(None, True), poll=0, warm=False)

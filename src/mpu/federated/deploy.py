@@ -32,7 +32,7 @@ from mpu.federated.certs import CertFiles
 from mpu.federated.client_app import ClientSide, load_side
 from mpu.federated.diagnose import split_address
 from mpu.federated.server_app import FEDERATION, FederationConfig
-from mpu.federated.supernode import IDLE_PULL, POLL_ENV, REPLY_CHECK
+from mpu.federated.supernode import IDLE_PULL, POLL_ENV, REPLY_CHECK, check_poll
 from mpu.federated.worker import SOCKET, worker_folder
 from mpu.io.checkpoint import atomic_write_bytes
 
@@ -301,6 +301,7 @@ def join(side: ClientSide, *, server: str, security: Security, ca: Path | None =
             "TLS and node authentication are on by default: pass --ca (the server's CA "
             "certificate) and --key (this client's private key from `mpu certs`), or --insecure"
         )
+    check_poll(poll, "--poll")
     load_side(side)
     for f in (ca, key):
         if f is not None and not Path(f).is_file():

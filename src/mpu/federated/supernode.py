@@ -21,6 +21,8 @@ import os
 import time
 import types
 
+from mpu.errors import ConfigError
+
 log = logging.getLogger("mpu.federated")
 POLL_ENV = "MPU_SUPERNODE_POLL"
 IDLE_PULL = 0.2  # seconds between an idle SuperNode's pulls (Flower's own: 3)
@@ -55,16 +57,20 @@ def shorten_waits(idle: float) -> bool:
     return True
 
 
+def check_poll(seconds: float, where: str) -> float:
+    """`seconds` if an idle pull interval can work (0.01 to 60 s), else ConfigError."""
+    if not 0.01 <= seconds <= 60:
+        raise ConfigError(f"{where}={seconds!r}: give seconds between 0.01 and 60")
+    return seconds
+
+
 def poll_interval() -> float:
     """The idle pull interval from `MPU_SUPERNODE_POLL` (seconds), else `IDLE_PULL`."""
     raw = os.environ.get(POLL_ENV, "")
     try:
-        value = float(raw) if raw else IDLE_PULL
-    except ValueError:
-        value = -1.0
-    if not 0.01 <= value <= 60:
-        raise SystemExit(f"{POLL_ENV}={raw!r}: give seconds between 0.01 and 60")
-    return value
+        return check_poll(float(raw) if raw else IDLE_PULL, POLL_ENV)
+    except (ValueError, ConfigError) as exc:
+        raise SystemExit(f"{POLL_ENV}={raw!r}: give seconds between 0.01 and 60") from exc
 
 
 def main() -> None:
