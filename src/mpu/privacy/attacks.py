@@ -25,7 +25,6 @@ import torch
 
 from mpu.arch.base import Layout, Role
 from mpu.privacy.align import Invert, Weights, align
-from mpu.protocol.aggregate import harmonic_weights
 
 
 def _sq(t: torch.Tensor) -> float:
@@ -70,6 +69,13 @@ def combine(aligned: Sequence[Weights], weights: Sequence[float]) -> Weights:
     }
 
 
+def harmonic(alphas: Sequence[float]) -> list[float]:
+    """The paper's combining weights, w_k ∝ 1/α_k, as an attacker who assumes that design
+    would compute them (the privacy domain does not import the protocol's own)."""
+    inv = [1.0 / a for a in alphas]
+    return [x / sum(inv) for x in inv]
+
+
 def reconstruct(
     layout: Layout,
     copies: Sequence[Weights],
@@ -90,7 +96,7 @@ def reconstruct(
     elif base is not None:
         weights = affine_weights(aligned, base)
     else:
-        weights = harmonic_weights(
+        weights = harmonic(
             assumed_alphas or [1.0 + k / (len(aligned) - 1) for k in range(len(aligned))]
         )
     return {
