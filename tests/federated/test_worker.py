@@ -177,3 +177,16 @@ def test_join_refuses_a_poll_interval_that_cannot_work_before_starting_anything(
     side = ClientSide(name="a", workdir=tmp_path / "w", data=str(tmp_path / "no-data"))
     with pytest.raises(ConfigError, match="--poll=0"):
         join(side, server="127.0.0.1:1", security=Security(None, True), poll=0, warm=False)
+
+
+def test_a_round_waits_for_a_worker_that_is_still_loading(tmp_path):
+    """`mpu join` starts the worker beside the SuperNode without waiting; a round that arrives
+    first waits for the socket (the folder holds the worker's settings until it listens)."""
+    folder = worker.worker_folder(tmp_path)
+    (folder / worker.SETTINGS).write_text("name = 'a'\n")
+    fake = FakeWorker()
+    threading.Timer(0.5, fake.serve, args=(folder,)).start()
+    try:
+        assert worker.ask_worker(folder / worker.SOCKET, 1, 1, [Path("/c")]) == [Path("/c-out")]
+    finally:
+        fake.stop()

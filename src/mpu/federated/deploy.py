@@ -33,7 +33,7 @@ from mpu.federated.client_app import ClientSide, load_side
 from mpu.federated.diagnose import split_address
 from mpu.federated.server_app import FEDERATION, FederationConfig
 from mpu.federated.supernode import IDLE_PULL, POLL_ENV, REPLY_CHECK, check_poll
-from mpu.federated.worker import SOCKET, worker_folder
+from mpu.federated.worker import SETTINGS, SOCKET, worker_folder
 from mpu.io.checkpoint import atomic_write_bytes
 
 log = logging.getLogger("mpu.federated")
@@ -375,21 +375,15 @@ def _node_config(side: ClientSide) -> dict[str, str]:
 
 
 def _start_worker(side: ClientSide, env: dict) -> tuple[subprocess.Popen, Path]:
-    """Start the warm worker (worker.py) and wait until it listens: (its process, its private
-    folder). It ends with this process, like the Flower children (`_start`)."""
+    """Start the warm worker (worker.py): (its process, its private folder). It loads while the
+    SuperNode connects, so a failing connection is reported as soon as without it; a ClientApp
+    that gets its round first waits for the worker's socket (`ask_worker`). It ends with this
+    process, like the Flower children (`_start`)."""
     folder = worker_folder(side.workdir)
-    config = folder / "side.toml"
+    config = folder / SETTINGS
     _write_toml(config, _node_config(side))
-    logfile = side.workdir / "worker.log"
     proc = _start([sys.executable, "-m", "mpu.federated.worker", "--node-config", str(config),
-                   "--folder", str(folder)], env, logfile)  # fmt: skip
-    deadline = time.monotonic() + START_TIMEOUT
-    while not (folder / SOCKET).exists():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            tail = logfile.read_text(errors="replace")[-2000:]
-            _stop_group(proc)
-            raise MPUError(f"the client's worker did not start (see {logfile}):\n{tail}")
-        time.sleep(0.05)
+                   "--folder", str(folder)], env, side.workdir / "worker.log")  # fmt: skip
     return proc, folder
 
 

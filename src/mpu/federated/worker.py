@@ -40,6 +40,8 @@ log = logging.getLogger("mpu.federated")
 SOCKET = "worker.sock"
 KEY = "worker.key"
 SOCKET_PATH_MAX = 100  # bytes; the kernel allows 107
+SETTINGS = "side.toml"  # written by `mpu join` before it starts the worker
+START_WAIT = 120.0  # seconds a round waits for a worker that is still loading
 
 
 def worker_folder(workdir: Path | None = None) -> Path:
@@ -55,8 +57,15 @@ def worker_folder(workdir: Path | None = None) -> Path:
 
 
 def ask_worker(socket: Path, round_: int, first_round: int, copies: list[Path]) -> list[Path]:
-    """The worker's answer for one round: one output folder per copy. OSError when no worker
-    listens there (the caller trains itself); MPUError when the worker's training failed."""
+    """The worker's answer for one round: one output folder per copy. A worker still loading
+    (its folder has its settings, not yet its socket) is waited for, up to START_WAIT seconds.
+    OSError when no worker listens (the caller trains itself); MPUError when the worker's
+    training failed."""
+    deadline = time.monotonic() + START_WAIT
+    while not socket.exists() and (socket.parent / SETTINGS).is_file():
+        if time.monotonic() > deadline:
+            raise FileNotFoundError(f"{socket}: the worker did not start in {START_WAIT:.0f} s")
+        time.sleep(0.05)
     key = (socket.parent / KEY).read_bytes()
     with Client(str(socket), family="AF_UNIX", authkey=key) as conn:
         request = {"round": round_, "first_round": first_round, "copies": [str(c) for c in copies]}
