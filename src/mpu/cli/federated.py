@@ -78,6 +78,12 @@ def _join(args: argparse.Namespace) -> NoReturn:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    _register_serve(sub)
+    _register_join(sub)
+    _register_certs(sub)
+
+
+def _register_serve(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "serve",
         help="model owner: serve clients' unlearning requests over the network (Flower)",
@@ -110,6 +116,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.set_defaults(handler=_serve)
 
+
+def _register_join(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "join",
         help="data owner: join a server's federation and unlearn your forget set (Flower)",
@@ -148,6 +156,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("overrides", nargs="*", help="ClientTrainConfig key=value (e.g. lr=2e-5)")
     p.set_defaults(handler=_join)
 
+
+def _register_certs(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "certs",
         help="make a CA, a server certificate and client keys (tests, small deployments)",
