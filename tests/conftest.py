@@ -51,3 +51,28 @@ def tofu_world(tmp_path_factory):
         tok.save_pretrained(models / name)
     torch.manual_seed(0)
     return data, models
+
+
+def pytest_unconfigure(config):
+    """A non-daemon thread that a test left running keeps the interpreter from exiting after the
+    summary: CI then waits out its whole time limit with every test passed. Give such threads a
+    moment to end, then name them with their stacks and exit non-zero instead of hanging."""
+    import os
+    import threading
+    import time
+    import traceback
+
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        stuck = [t for t in threading.enumerate()
+                 if t is not threading.main_thread() and not t.daemon and t.is_alive()]  # fmt: skip
+        if not stuck:
+            return
+        time.sleep(0.1)
+    frames = sys._current_frames()
+    for thread in stuck:
+        print(f"\na test left the non-daemon thread {thread.name!r} running:", file=sys.stderr)
+        traceback.print_stack(frames.get(thread.ident), file=sys.stderr)
+    sys.stderr.flush()
+    sys.stdout.flush()
+    os._exit(3)

@@ -36,8 +36,10 @@ def serving():
     started = []
 
     def start(fake: worker.Worker) -> Path:
-        started.append((fake, folder := worker.worker_folder()))
-        threading.Thread(target=fake.serve, args=(folder,), daemon=True).start()
+        folder = worker.worker_folder()
+        thread = threading.Thread(target=fake.serve, args=(folder,), daemon=True)
+        started.append((fake, folder, thread))
+        thread.start()
         deadline = time.monotonic() + 10
         while not (folder / worker.SOCKET).exists():
             assert time.monotonic() < deadline, "the worker never listened"
@@ -45,8 +47,29 @@ def serving():
         return folder
 
     yield start
-    for fake, folder in started:
+    for fake, folder, thread in started:
         fake.stop()
+        thread.join(timeout=5)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_stop_ends_a_serve_blocked_in_accept_and_removes_its_socket():
+    """A worker thread that outlives its test keeps pytest's interpreter from exiting (CI hung
+    for 90 minutes after all tests passed): stop() must wake accept() and end serve."""
+    fake = FakeWorker()
+    folder = worker.worker_folder()
+    thread = threading.Thread(target=fake.serve, args=(folder,), daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not (folder / worker.SOCKET).exists():
+        assert time.monotonic() < deadline, "the worker never listened"
+        time.sleep(0.01)
+    fake.stop()
+    thread.join(timeout=5)
+    try:
+        assert not thread.is_alive(), "serve is still blocked in accept() after stop()"
+        assert not (folder / worker.SOCKET).exists()
+    finally:
         shutil.rmtree(folder, ignore_errors=True)
 
 
@@ -185,8 +208,12 @@ def test_a_round_waits_for_a_worker_that_is_still_loading(tmp_path):
     folder = worker.worker_folder(tmp_path)
     (folder / worker.SETTINGS).write_text("name = 'a'\n")
     fake = FakeWorker()
-    threading.Timer(0.5, fake.serve, args=(folder,)).start()
+    loading = threading.Timer(0.5, fake.serve, args=(folder,))
+    loading.daemon = True
+    loading.start()
     try:
         assert worker.ask_worker(folder / worker.SOCKET, 1, 1, [Path("/c")]) == [Path("/c-out")]
     finally:
         fake.stop()
+    loading.join(timeout=5)
+    assert not loading.is_alive(), "stop() left serve blocked in accept()"

@@ -19,6 +19,7 @@ own user can hand the worker work. Requests and replies are JSON, never pickles.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import logging
@@ -26,6 +27,7 @@ import os
 import secrets
 import shutil
 import signal
+import socket as pysocket
 import sys
 import tempfile
 import time
@@ -128,9 +130,16 @@ class Worker:
                         log.warning("dropped a request to the worker: %s", exc)
 
     def stop(self) -> None:
-        """End `serve` (from another thread): its socket is removed."""
+        """End `serve` (from another thread); serve removes its socket as it returns. Closing a
+        listening socket does not wake a thread blocked in accept() on Linux, so knock once:
+        the knock fails the key check, and serve sees `stopped` and returns."""
         self.stopped = True
-        self.listener.close()
+        address = getattr(getattr(self, "listener", None), "address", None)
+        if address is None:
+            return
+        with contextlib.suppress(OSError), pysocket.socket(pysocket.AF_UNIX) as knock:
+            knock.settimeout(1.0)
+            knock.connect(address)
 
 
 def main(argv: list[str] | None = None) -> None:
