@@ -154,9 +154,17 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=40)
     ap.add_argument("--copies", type=int, default=2)
     ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--throughput-steps", type=int, default=200,
-                    help="steps of each throughput run (40 steps of the tiny model last 2 s: "
-                    "single runs then vary by ±20 %%)")  # fmt: skip
+    ap.add_argument("--throughput-steps", type=int, default=None,
+                    help="steps of each throughput run (default 200, and --steps // 5 for "
+                    "smollm2; 40 steps of the tiny model last 2 s: single runs then vary by "
+                    "±20 %%)")  # fmt: skip
+    ap.add_argument(
+        "--parts",
+        nargs="+",
+        choices=["overhead", "throughput"],
+        default=["overhead", "throughput"],
+        help="which of the two ratios to measure",
+    )
     args = ap.parse_args()
     from transformers.utils import logging as hf_logging
 
@@ -167,12 +175,22 @@ def main() -> None:
     for spec in args.pair:
         name, folder = spec.split("=", 1)
         steps = args.steps if name != "smollm2" else max(4, args.steps // 5)
-        o = overhead(Path(folder), args.data, args.forget_split, steps, args.copies)
-        t_steps = args.throughput_steps if name != "smollm2" else steps
-        t = throughput(Path(folder), args.data, args.forget_split, t_steps, args.batch)
-        print(f"| {name} | {steps} / {t['steps']} | {o['clean_s']:.1f} | {o['mpu_s']:.1f} (m = {o['m']}) "
-              f"| {o['ratio']:.3f} | {t['ours_steps_s']:.2f} | {t['trainer_steps_s']:.2f} "
-              f"| {t['ratio']:.3f} |", flush=True)  # fmt: skip
+        o = t = None
+        if "overhead" in args.parts:
+            o = overhead(Path(folder), args.data, args.forget_split, steps, args.copies)
+        if "throughput" in args.parts:
+            t_steps = args.throughput_steps or (200 if name != "smollm2" else steps)
+            t = throughput(Path(folder), args.data, args.forget_split, t_steps, args.batch)
+        print(_row(name, steps, o, t), flush=True)
+
+
+def _row(name: str, steps: int, o: dict | None, t: dict | None) -> str:
+    """One Markdown row; a part not measured is a dash."""
+    over = (f"{o['clean_s']:.1f} | {o['mpu_s']:.1f} (m = {o['m']}) | {o['ratio']:.3f}"
+            if o else "– | – | –")  # fmt: skip
+    thr = (f"{t['ours_steps_s']:.2f} | {t['trainer_steps_s']:.2f} | {t['ratio']:.3f} "
+           f"(runs {', '.join(f'{r:.3f}' for r in t['ratios'])})" if t else "– | – | –")  # fmt: skip
+    return f"| {name} | {steps} / {t['steps'] if t else '–'} | {over} | {thr} |"
 
 
 if __name__ == "__main__":
