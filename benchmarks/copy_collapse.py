@@ -10,6 +10,10 @@ language model at all. A round leaks as much as its most telling copy, so L is t
 the two.
 
     python benchmarks/copy_collapse.py --models PAIR --data DATA --kappas 1 3 10 15 20 25 30 100
+    python benchmarks/copy_collapse.py ... --kappas 0.1 10 --set emulator=layer_drop emulator_stride=2
+
+`--set` passes server settings to `mpu server init` (the emulator's copies keep only some of the
+middle blocks; docs/threat-model.md).
 """
 
 from __future__ import annotations
@@ -22,13 +26,13 @@ import tempfile
 from pathlib import Path
 
 
-def publish(pair: Path, kappa: float, root: Path) -> list[Path]:
+def publish(pair: Path, kappa: float, root: Path, settings: list[str] = ()) -> list[Path]:
     """The copies of a fresh two-copy job at `kappa` (secret key, as a user's job)."""
     work, out = root / f"W-k{kappa:g}", root / f"pub-k{kappa:g}"
     mpu = [sys.executable, "-m", "mpu.cli"]
     subprocess.run([*mpu, "server", "init", "--model", str(pair / "target"), "--base",
                     str(pair / "base"), "--workdir", str(work), "copies=2", f"kappa={kappa}",
-                    "gate=false"], check=True, capture_output=True)  # fmt: skip
+                    "gate=false", *settings], check=True, capture_output=True)  # fmt: skip
     subprocess.run([*mpu, "server", "publish", "--workdir", str(work), "--out", str(out),
                     "--quiet"], check=True, capture_output=True)  # fmt: skip
     return sorted(out.glob("copy-*"))
@@ -44,6 +48,13 @@ def main() -> None:
     p.add_argument("--memorised", default="forget01", help="split θ was fine-tuned on")
     p.add_argument("--unseen", default="holdout01", help="split no model was trained on")
     p.add_argument("--kappas", nargs="+", type=float, default=[1, 3, 10, 20, 30])
+    p.add_argument(
+        "--set",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="more server settings for every job (e.g. emulator=layer_drop)",
+    )
     p.add_argument("--json", type=Path)
     args = p.parse_args()
     target = args.models / "target"
@@ -63,7 +74,7 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory(prefix="mpu-collapse-") as tmp:
         for kappa in args.kappas:
-            per_copy = [scores(c) for c in publish(args.models, kappa, Path(tmp))]
+            per_copy = [scores(c) for c in publish(args.models, kappa, Path(tmp), args.set)]
             ls = [leakage(c["memorised"], theta["memorised"], base["memorised"]) for c in per_copy]
             top = {k: max(x[k] for x in ls) for k in ls[0]}
             rows.append({"kappa": kappa, "L_one_copy": top, "copies": per_copy})
