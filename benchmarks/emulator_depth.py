@@ -1,0 +1,88 @@
+"""How many of θ's middle blocks a layer-drop emulator can leave out before it stops working.
+
+An emulator copy (`server.emulator=layer_drop`, docs/threat-model.md) keeps θ's outer blocks and
+only some of its middle ones. Without any noise, θ with `d` middle blocks left out (evenly
+spaced, the outer `--outer` blocks at each end always kept) is the best any such copy can be:
+MPU's noise only lowers it. For each d this scores that model on what θ memorised (its
+functional leakage L, as `mpu privacy audit` computes it) and on items no model here was trained
+on (whether it still works as a language model). The published emulator with stride s leaves out
+all but every s-th middle block: d = M − ⌈M / s⌉ of the M middle blocks.
+
+    python benchmarks/emulator_depth.py --models PAIR --data DATA --drops 0 1 2 4 6 8 13
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+
+def dropped_blocks(n_layers: int, outer: int, drop: int) -> list[int]:
+    """`drop` middle block indices spread evenly over θ's middle (the outer blocks stay)."""
+    middle = list(range(outer, n_layers - outer))
+    if drop > len(middle):
+        raise SystemExit(f"--drops {drop}: the model has only {len(middle)} middle blocks")
+    if drop == 0:
+        return []
+    step = len(middle) / drop
+    return [middle[int(step * i + step / 2)] for i in range(drop)]
+
+
+def without_blocks(model, blocks: list[int]):
+    """`model` with the decoder blocks `blocks` removed (in place), renumbered for attention."""
+    layers = model.model.layers
+    kept = [layer for i, layer in enumerate(layers) if i not in set(blocks)]
+    model.model.layers = torch.nn.ModuleList(kept)
+    for i, layer in enumerate(kept):
+        layer.self_attn.layer_idx = i
+    model.config.num_hidden_layers = len(kept)
+    if getattr(model.config, "layer_types", None):
+        model.config.layer_types = model.config.layer_types[: len(kept)]
+    return model
+
+
+def main() -> None:
+    from mpu.server.leakage.functional import knowledge, leakage, score
+    from mpu.server.leakage.models import model_with
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--models", required=True, type=Path, help="prepared pair: base/, target/")
+    p.add_argument("--data", required=True, type=Path)
+    p.add_argument("--memorised", default="forget01", help="split θ was fine-tuned on")
+    p.add_argument("--unseen", default="holdout01", help="split no model was trained on")
+    p.add_argument("--outer", type=int, default=2, help="blocks always kept at each end")
+    p.add_argument("--drops", nargs="+", type=int, default=[0, 1, 2, 4, 8])
+    p.add_argument("--json", type=Path)
+    args = p.parse_args()
+    target = args.models / "target"
+    sets = {n: knowledge(target, args.data / split, 0)
+            for n, split in (("memorised", args.memorised), ("unseen", args.unseen))}  # fmt: skip
+
+    def scores(model) -> dict:
+        return {n: score(model, items) for n, items in sets.items()}
+
+    theta, base = scores(model_with(target)), scores(model_with(args.models / "base"))
+    n_layers = model_with(target).config.num_hidden_layers
+    print(f"θ ({n_layers} blocks): memorised {theta['memorised']['answer_prob']:.3f}, unseen "
+          f"{theta['unseen']['answer_prob']:.3f}; base: {base['memorised']['answer_prob']:.3f}, "
+          f"{base['unseen']['answer_prob']:.3f}")  # fmt: skip
+    print("| middle blocks left out | blocks kept | L (answer prob / log-likelihood) "
+          "| memorised prob | unseen prob |\n|---|---|---|---|---|")  # fmt: skip
+    rows = []
+    for drop in args.drops:
+        blocks = dropped_blocks(n_layers, args.outer, drop)
+        s = scores(without_blocks(model_with(target), blocks))
+        ell = leakage(s["memorised"], theta["memorised"], base["memorised"])
+        rows.append({"drop": drop, "blocks": blocks, "L": ell, "scores": s})
+        print(f"| {drop} | {n_layers - drop} | {ell['answer_prob']:.2f} / "
+              f"{ell['log_likelihood']:.2f} | {s['memorised']['answer_prob']:.3f} | "
+              f"{s['unseen']['answer_prob']:.3f} |", flush=True)  # fmt: skip
+    if args.json:
+        args.json.write_text(json.dumps({"theta": theta, "base": base, "rows": rows}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
