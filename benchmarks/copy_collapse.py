@@ -38,15 +38,40 @@ def publish(pair: Path, kappa: float, root: Path, settings: list[str] = ()) -> l
     return sorted(out.glob("copy-*"))
 
 
-def main() -> None:
-    from mpu.server.leakage.functional import knowledge, leakage, score
-    from mpu.server.leakage.models import model_with
-
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_item_arguments(p: argparse.ArgumentParser) -> None:
+    """The pair and the two item sets every functional-leakage benchmark scores on."""
     p.add_argument("--models", required=True, type=Path, help="prepared pair: base/, target/")
     p.add_argument("--data", required=True, type=Path)
     p.add_argument("--memorised", default="forget01", help="split θ was fine-tuned on")
     p.add_argument("--unseen", default="holdout01", help="split no model was trained on")
+
+
+def item_scorer(args: argparse.Namespace):
+    """(scores, θ's scores, the base's scores): `scores(model)` scores a model, in memory, on
+    what θ memorised and on the unseen items; θ's and the base's are printed."""
+    from mpu.server.leakage.functional import knowledge, score
+    from mpu.server.leakage.models import model_with
+
+    target = args.models / "target"
+    sets = {n: knowledge(target, args.data / split, 0)
+            for n, split in (("memorised", args.memorised), ("unseen", args.unseen))}  # fmt: skip
+
+    def scores(model) -> dict:
+        return {n: score(model, items) for n, items in sets.items()}
+
+    theta, base = scores(model_with(target)), scores(model_with(args.models / "base"))
+    print(f"θ: memorised {theta['memorised']['answer_prob']:.3f}, unseen "
+          f"{theta['unseen']['answer_prob']:.3f}; base: {base['memorised']['answer_prob']:.3f}, "
+          f"{base['unseen']['answer_prob']:.3f}")  # fmt: skip
+    return scores, theta, base
+
+
+def main() -> None:
+    from mpu.server.leakage.functional import leakage
+    from mpu.server.leakage.models import model_with
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_item_arguments(p)
     p.add_argument("--kappas", nargs="+", type=float, default=[1, 3, 10, 20, 30])
     p.add_argument(
         "--set",
@@ -57,24 +82,15 @@ def main() -> None:
     )
     p.add_argument("--json", type=Path)
     args = p.parse_args()
-    target = args.models / "target"
-    sets = {n: knowledge(target, args.data / split, 0)
-            for n, split in (("memorised", args.memorised), ("unseen", args.unseen))}  # fmt: skip
-
-    def scores(model_dir: Path) -> dict:
-        model = model_with(model_dir)
-        return {n: score(model, items) for n, items in sets.items()}
-
-    theta, base = scores(target), scores(args.models / "base")
-    print(f"θ: memorised {theta['memorised']['answer_prob']:.3f}, unseen "
-          f"{theta['unseen']['answer_prob']:.3f}; base: {base['memorised']['answer_prob']:.3f}, "
-          f"{base['unseen']['answer_prob']:.3f}")  # fmt: skip
+    scores, theta, base = item_scorer(args)
     print("| κ | L one copy (answer prob / log-likelihood) | the copies' memorised prob "
           "| the copies' unseen prob |\n|---|---|---|---|")  # fmt: skip
     rows = []
     with tempfile.TemporaryDirectory(prefix="mpu-collapse-") as tmp:
         for kappa in args.kappas:
-            per_copy = [scores(c) for c in publish(args.models, kappa, Path(tmp), args.set)]
+            per_copy = [
+                scores(model_with(c)) for c in publish(args.models, kappa, Path(tmp), args.set)
+            ]
             ls = [leakage(c["memorised"], theta["memorised"], base["memorised"]) for c in per_copy]
             top = {k: max(x[k] for x in ls) for k in ls[0]}
             rows.append({"kappa": kappa, "L_one_copy": top, "copies": per_copy})

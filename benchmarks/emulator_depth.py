@@ -45,30 +45,19 @@ def without_blocks(model, blocks: list[int]):
 
 
 def main() -> None:
-    from mpu.server.leakage.functional import knowledge, leakage, score
+    from copy_collapse import add_item_arguments, item_scorer
+    from mpu.server.leakage.functional import leakage
     from mpu.server.leakage.models import model_with
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--models", required=True, type=Path, help="prepared pair: base/, target/")
-    p.add_argument("--data", required=True, type=Path)
-    p.add_argument("--memorised", default="forget01", help="split θ was fine-tuned on")
-    p.add_argument("--unseen", default="holdout01", help="split no model was trained on")
+    add_item_arguments(p)
     p.add_argument("--outer", type=int, default=2, help="blocks always kept at each end")
     p.add_argument("--drops", nargs="+", type=int, default=[0, 1, 2, 4, 8])
     p.add_argument("--json", type=Path)
     args = p.parse_args()
+    scores, theta, base = item_scorer(args)
     target = args.models / "target"
-    sets = {n: knowledge(target, args.data / split, 0)
-            for n, split in (("memorised", args.memorised), ("unseen", args.unseen))}  # fmt: skip
-
-    def scores(model) -> dict:
-        return {n: score(model, items) for n, items in sets.items()}
-
-    theta, base = scores(model_with(target)), scores(model_with(args.models / "base"))
     n_layers = model_with(target).config.num_hidden_layers
-    print(f"θ ({n_layers} blocks): memorised {theta['memorised']['answer_prob']:.3f}, unseen "
-          f"{theta['unseen']['answer_prob']:.3f}; base: {base['memorised']['answer_prob']:.3f}, "
-          f"{base['unseen']['answer_prob']:.3f}")  # fmt: skip
     print("| middle blocks left out | blocks kept | L (answer prob / log-likelihood) "
           "| memorised prob | unseen prob |\n|---|---|---|---|---|")  # fmt: skip
     rows = []
