@@ -86,6 +86,26 @@ def test_clipping_bounds_every_returned_update(moved, tmp_path):
     assert noisy == pytest.approx(math.sqrt(clip**2 + n * (z * clip) ** 2), rel=0.01)
 
 
+def test_a_dp_setting_that_drowns_the_update_is_said_plainly(moved, tmp_path, caplog):
+    """Noise of norm z·C·√d against an update of norm ≤ C: the ratio is reported and, above 1,
+    the user is told that no clip helps (the update will undo little or nothing)."""
+    copy, after = moved
+    n = _norm(make_delta(copy, after, tmp_path / "raw.safetensors"))[1]
+    for clip, z in ((0.1, 0.5), (1e-3, 0.5)):  # ‖Δ‖ > 0.1: the ratio does not depend on C
+        stats: dict = {}
+        with caplog.at_level("WARNING", logger="mpu.client"):
+            make_delta(copy, after, tmp_path / f"z{clip}.safetensors", stats=stats,
+                       dp=DPConfig(clip=clip, noise_multiplier=z))  # fmt: skip
+        assert stats["dp"]["noise_to_update"] == pytest.approx(z * math.sqrt(n), rel=1e-9)
+        assert "No clip helps" in caplog.text and f"z{clip}.safetensors" in caplog.text
+        caplog.clear()
+    stats = {}
+    with caplog.at_level("WARNING", logger="mpu.client"):  # noise well under the update
+        make_delta(copy, after, tmp_path / "quiet.safetensors", stats=stats,
+                   dp=DPConfig(clip=0.1, noise_multiplier=0.5 / n))  # fmt: skip
+    assert stats["dp"]["noise_to_update"] < 1 and "No clip helps" not in caplog.text
+
+
 @pytest.mark.slow
 def test_a_dp_run_is_its_own_variant_in_the_report(tofu_world, tmp_path):
     from mpu.cli import main

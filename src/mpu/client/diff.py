@@ -9,6 +9,7 @@ missing tensor, another shape or a non-finite value is refused before anything i
 from __future__ import annotations
 
 import logging
+import math
 import os
 from pathlib import Path
 
@@ -69,17 +70,18 @@ def make_delta(
         return after_ck.read(name).to(torch.float32) - before_ck.read(name).to(torch.float32)
 
     factor, std, gen, dp_stats = 1.0, 0.0, None, {}
+    entries = sum(spec.numel for spec in specs)
     if dp is not None and dp.enabled:
         norm, factor = clip_factor(
             (float(torch.linalg.vector_norm(diff(n))) for n in names), dp.clip
         )
         std = dp.z() * dp.clip
         gen = torch.Generator().manual_seed(int.from_bytes(os.urandom(8), "little") >> 1)
-        if dp.z() == 0:
-            log.warning("dp.noise_multiplier = 0: the update is clipped but not private (ε = ∞)")
         dp_stats = {"update_norm": norm, "clip": dp.clip, "clip_factor": factor,
                     "noise_multiplier": dp.z(), "releases": dp.releases, "delta": dp.delta,
-                    "epsilon": dp.spent()}  # fmt: skip
+                    "epsilon": dp.spent(),
+                    "noise_to_update": noise_to_update(dp, norm, entries)}  # fmt: skip
+        _warn_about_dp(dp, dp_stats["noise_to_update"], entries, out)
     changed = total = 0
     with SafetensorsWriter(out, specs, delta_metadata(ticket)) as writer:
         for name in names:
@@ -96,3 +98,26 @@ def make_delta(
         if dp_stats:
             stats["dp"] = dp_stats
     return out
+
+
+def noise_to_update(dp: DPConfig, norm: float, entries: int) -> float:
+    """The DP noise's expected norm (z·C·√d over d entries) over the clipped update's norm
+    min(‖Δ‖, C): above 1 the returned update is more noise than update. It is at least z·√d
+    whatever C is, since C scales the noise and bounds the update alike."""
+    signal = min(norm, dp.clip)
+    noise = dp.z() * dp.clip * math.sqrt(entries)
+    return noise / signal if signal > 0 else math.inf
+
+
+def _warn_about_dp(dp: DPConfig, ratio: float, entries: int, out: Path) -> None:
+    """Say plainly when the DP setting cannot leave a usable update (no silent no-op)."""
+    if dp.z() == 0:
+        log.warning("dp.noise_multiplier = 0: the update is clipped but not private (ε = ∞)")
+    elif ratio > 1:
+        log.warning(
+            "%s: the DP noise is %.0f× the clipped update (z = %.2f over %d entries): the update "
+            "returned is mostly noise and will undo little or nothing. No clip helps (the noise "
+            "is at least z·√d times any clipped update); only a larger ε does "
+            "(docs/threat-model.md)",
+            out.name, ratio, dp.z(), entries,
+        )  # fmt: skip
