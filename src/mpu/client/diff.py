@@ -47,31 +47,15 @@ def make_delta(
         raise CheckpointError(f"{out}: already exists; choose another --out (nothing was written)")
     before_ck, after_ck = Checkpoint(before), Checkpoint(after)
     ticket = read_ticket(before)
-    hashes = before_ck.sha256()
-    if hashes != ticket.weights_sha256:
-        raise CheckpointError(
-            f"{before}: weights do not match the copy's ticket (edited after publication? "
-            "unlearn into a separate folder and pass it as --after)"
-        )
-    names = before_ck.names()
-    missing = [n for n in names if n not in after_ck.file_of]
-    if missing:
-        raise CheckpointError(f"{after}: missing tensor {missing[0]!r} ({len(missing)} in all)")
-    specs = []
-    for name in names:
-        b, a = before_ck.spec(name), after_ck.spec(name)
-        if a.shape != b.shape:
-            raise CheckpointError(
-                f"{after}: tensor {name!r} has shape {a.shape}, the copy has {b.shape}"
-            )
-        specs.append(TensorSpec(name, torch.float32, b.shape))
+    specs = _checked_specs(before_ck, after_ck, ticket, before, after)
+    names = [spec.name for spec in specs]
 
     def diff(name: str) -> torch.Tensor:
         return after_ck.read(name).to(torch.float32) - before_ck.read(name).to(torch.float32)
 
     factor, std, gen, dp_stats = 1.0, 0.0, None, {}
-    entries = sum(spec.numel for spec in specs)
     if dp is not None and dp.enabled:
+        entries = sum(spec.numel for spec in specs)
         norm, factor = clip_factor(
             (float(torch.linalg.vector_norm(diff(n))) for n in names), dp.clip
         )
@@ -98,6 +82,29 @@ def make_delta(
         if dp_stats:
             stats["dp"] = dp_stats
     return out
+
+
+def _checked_specs(before_ck, after_ck, ticket, before, after) -> list[TensorSpec]:
+    """The delta's tensors (fp32, the copy's shapes), once the copy is the one its ticket
+    names and the unlearned model has every tensor at the copy's shape."""
+    if before_ck.sha256() != ticket.weights_sha256:
+        raise CheckpointError(
+            f"{before}: weights do not match the copy's ticket (edited after publication? "
+            "unlearn into a separate folder and pass it as --after)"
+        )
+    names = before_ck.names()
+    missing = [n for n in names if n not in after_ck.file_of]
+    if missing:
+        raise CheckpointError(f"{after}: missing tensor {missing[0]!r} ({len(missing)} in all)")
+    specs = []
+    for name in names:
+        b, a = before_ck.spec(name), after_ck.spec(name)
+        if a.shape != b.shape:
+            raise CheckpointError(
+                f"{after}: tensor {name!r} has shape {a.shape}, the copy has {b.shape}"
+            )
+        specs.append(TensorSpec(name, torch.float32, b.shape))
+    return specs
 
 
 def noise_to_update(dp: DPConfig, norm: float, entries: int) -> float:
