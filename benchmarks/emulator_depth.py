@@ -33,8 +33,8 @@ def dropped_blocks(n_layers: int, outer: int, drop: int) -> list[int]:
 
 def without_blocks(model, blocks: list[int]):
     """`model` with the decoder blocks `blocks` removed (in place), renumbered for attention."""
-    layers = model.model.layers
-    kept = [layer for i, layer in enumerate(layers) if i not in set(blocks)]
+    left_out = set(blocks)
+    kept = [layer for i, layer in enumerate(model.model.layers) if i not in left_out]
     model.model.layers = torch.nn.ModuleList(kept)
     for i, layer in enumerate(kept):
         layer.self_attn.layer_idx = i
@@ -45,6 +45,8 @@ def without_blocks(model, blocks: list[int]):
 
 
 def main() -> None:
+    from transformers import AutoConfig
+
     from copy_collapse import add_item_arguments, item_scorer
     from mpu.server.leakage.functional import leakage
     from mpu.server.leakage.models import model_with
@@ -57,7 +59,7 @@ def main() -> None:
     args = p.parse_args()
     scores, theta, base = item_scorer(args)
     target = args.models / "target"
-    n_layers = model_with(target).config.num_hidden_layers
+    n_layers = AutoConfig.from_pretrained(str(target)).num_hidden_layers
     print("| middle blocks left out | blocks kept | L (answer prob / log-likelihood) "
           "| memorised prob | unseen prob |\n|---|---|---|---|---|")  # fmt: skip
     rows = []

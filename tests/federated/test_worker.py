@@ -37,13 +37,7 @@ def serving():
 
     def start(fake: worker.Worker) -> Path:
         folder = worker.worker_folder()
-        thread = threading.Thread(target=fake.serve, args=(folder,), daemon=True)
-        started.append((fake, folder, thread))
-        thread.start()
-        deadline = time.monotonic() + 10
-        while not (folder / worker.SOCKET).exists():
-            assert time.monotonic() < deadline, "the worker never listened"
-            time.sleep(0.01)
+        started.append((fake, folder, _listening(fake, folder)))
         return folder
 
     yield start
@@ -53,17 +47,23 @@ def serving():
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def test_stop_ends_a_serve_blocked_in_accept_and_removes_its_socket():
-    """A worker thread that outlives its test keeps pytest's interpreter from exiting (CI hung
-    for 90 minutes after all tests passed): stop() must wake accept() and end serve."""
-    fake = FakeWorker()
-    folder = worker.worker_folder()
+def _listening(fake: worker.Worker, folder: Path) -> threading.Thread:
+    """`fake` serving in `folder` on a daemon thread, returned once its socket exists."""
     thread = threading.Thread(target=fake.serve, args=(folder,), daemon=True)
     thread.start()
     deadline = time.monotonic() + 10
     while not (folder / worker.SOCKET).exists():
         assert time.monotonic() < deadline, "the worker never listened"
         time.sleep(0.01)
+    return thread
+
+
+def test_stop_ends_a_serve_blocked_in_accept_and_removes_its_socket():
+    """A worker thread that outlives its test keeps pytest's interpreter from exiting (CI hung
+    for 90 minutes after all tests passed): stop() must wake accept() and end serve."""
+    fake = FakeWorker()
+    folder = worker.worker_folder()
+    thread = _listening(fake, folder)
     fake.stop()
     thread.join(timeout=5)
     try:

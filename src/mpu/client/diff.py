@@ -59,13 +59,14 @@ def make_delta(
         norm, factor = clip_factor(
             (float(torch.linalg.vector_norm(diff(n))) for n in names), dp.clip
         )
-        std = dp.z() * dp.clip
+        z = dp.z()  # from a target ε this is opacus' search: once
+        std = z * dp.clip
         gen = torch.Generator().manual_seed(int.from_bytes(os.urandom(8), "little") >> 1)
         dp_stats = {"update_norm": norm, "clip": dp.clip, "clip_factor": factor,
-                    "noise_multiplier": dp.z(), "releases": dp.releases, "delta": dp.delta,
+                    "noise_multiplier": z, "releases": dp.releases, "delta": dp.delta,
                     "epsilon": dp.spent(),
-                    "noise_to_update": noise_to_update(dp, norm, entries)}  # fmt: skip
-        _warn_about_dp(dp, dp_stats["noise_to_update"], entries, out)
+                    "noise_to_update": noise_to_update(z, dp.clip, norm, entries)}  # fmt: skip
+        _warn_about_dp(z, dp_stats["noise_to_update"], entries, out)
     changed = total = 0
     with SafetensorsWriter(out, specs, delta_metadata(ticket)) as writer:
         for name in names:
@@ -107,18 +108,18 @@ def _checked_specs(before_ck, after_ck, ticket, before, after) -> list[TensorSpe
     return specs
 
 
-def noise_to_update(dp: DPConfig, norm: float, entries: int) -> float:
+def noise_to_update(z: float, clip: float, norm: float, entries: int) -> float:
     """The DP noise's expected norm (z·C·√d over d entries) over the clipped update's norm
     min(‖Δ‖, C): above 1 the returned update is more noise than update. It is at least z·√d
     whatever C is, since C scales the noise and bounds the update alike."""
-    signal = min(norm, dp.clip)
-    noise = dp.z() * dp.clip * math.sqrt(entries)
+    signal = min(norm, clip)
+    noise = z * clip * math.sqrt(entries)
     return noise / signal if signal > 0 else math.inf
 
 
-def _warn_about_dp(dp: DPConfig, ratio: float, entries: int, out: Path) -> None:
+def _warn_about_dp(z: float, ratio: float, entries: int, out: Path) -> None:
     """Say plainly when the DP setting cannot leave a usable update (no silent no-op)."""
-    if dp.z() == 0:
+    if z == 0:
         log.warning("dp.noise_multiplier = 0: the update is clipped but not private (ε = ∞)")
     elif ratio > 1:
         log.warning(
@@ -126,5 +127,5 @@ def _warn_about_dp(dp: DPConfig, ratio: float, entries: int, out: Path) -> None:
             "returned is mostly noise and will undo little or nothing. No clip helps (the noise "
             "is at least z·√d times any clipped update); only a larger ε does "
             "(docs/threat-model.md)",
-            out.name, ratio, dp.z(), entries,
+            out.name, ratio, z, entries,
         )  # fmt: skip

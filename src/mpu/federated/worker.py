@@ -82,6 +82,7 @@ class Worker:
     """The loaded client: its settings, its data, and every heavy import, kept warm."""
 
     stopped = False
+    listener: Listener | None = None  # set by serve
 
     def __init__(self, side) -> None:
         from mpu.client.unlearn import unlearn_copy  # noqa: F401  (the heavy imports, now)
@@ -134,12 +135,11 @@ class Worker:
         listening socket does not wake a thread blocked in accept() on Linux, so knock once:
         the knock fails the key check, and serve sees `stopped` and returns."""
         self.stopped = True
-        address = getattr(getattr(self, "listener", None), "address", None)
-        if address is None:
+        if self.listener is None:  # not listening yet: serve will see `stopped` and not loop
             return
         with contextlib.suppress(OSError), pysocket.socket(pysocket.AF_UNIX) as knock:
             knock.settimeout(1.0)
-            knock.connect(address)
+            knock.connect(self.listener.address)
 
 
 def main(argv: list[str] | None = None) -> None:
