@@ -34,7 +34,8 @@ METHODS = ["NPO", "GradDiff"]
 
 
 def setting_name(s: dict) -> str:
-    eps = "" if math.isinf(s["epsilon"]) else f"-e{s['epsilon']:g}"
+    unit = "E" if s.get("unit") == "example" else "e"  # E: DP-SGD, each forget item the unit
+    eps = "" if math.isinf(s["epsilon"]) else f"-{unit}{s['epsilon']:g}"
     return f"k{s['kappa']:g}-r{s['residual']:g}-m{s['copies']}{eps}"
 
 
@@ -56,6 +57,7 @@ def settings(args, kappas: list[float]) -> list[dict]:
         if i == 0:
             out += [{"kappa": kappa, "residual": rho0, "copies": m0, "epsilon": e}
                     for e in args.epsilons if not math.isinf(e)]  # fmt: skip
+    out = [{**s, "unit": args.dp_unit} if not math.isinf(s["epsilon"]) else s for s in out]
     return [dict(t) for t in dict.fromkeys(tuple(sorted(s.items())) for s in out)]
 
 
@@ -73,7 +75,7 @@ def run_cell(args, inputs: dict, seed: int, setting: dict | None) -> None:
         variants = ["dp" if dp_cell else "mpu"]
         server = {k: setting[k] for k in ("kappa", "residual", "copies")}
         if dp_cell:
-            dp = {"clip": args.dp_clip, "epsilon": setting["epsilon"]}
+            dp = {"clip": args.dp_clip, "epsilon": setting["epsilon"], "unit": args.dp_unit}
     cfg = ExperimentConfig(
         out=str(folder), data=data, models=str(models), forget_split=args.forget_split,
         methods=list(args.methods), variants=variants, server={**server, **key_values(args.server, "--server")},
@@ -133,7 +135,7 @@ def summarise(rows: list[dict]) -> list[dict]:
 
 def _order(cell: str) -> tuple:
     parts = dict((p[0], float(p[1:])) for p in cell.split("-"))
-    return parts["k"], parts["r"], parts["m"], -parts.get("e", math.inf)
+    return parts["k"], parts["r"], parts["m"], -parts.get("e", parts.get("E", math.inf)), "E" in parts
 
 
 def table(summary: list[dict]) -> str:
@@ -212,6 +214,8 @@ def main() -> None:
     ap.add_argument("--copies", type=int, nargs="+", default=[2, 3])
     ap.add_argument("--epsilons", type=float, nargs="+", default=[math.inf, 8.0, 2.0])
     ap.add_argument("--dp-clip", type=float, default=1.0, help="the DP cells' clip norm C")
+    ap.add_argument("--dp-unit", choices=["update", "example"], default="update",
+                    help="the DP cells' unit: the whole update, or one forget item (DP-SGD)")
     ap.add_argument("--grid", choices=["star", "full"], default="star")
     ap.add_argument("--extend", action="store_true", help="raise κ until one copy's L < 0.5")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])

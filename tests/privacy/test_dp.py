@@ -135,3 +135,30 @@ def test_a_dp_run_is_its_own_variant_in_the_report(tofu_world, tmp_path):
     assert 'id="privacy"' in html and "DP ε" in html
     md = (out / "report.md").read_text()
     assert "## What the protocol protected" in md and "-DP" in md
+
+
+@pytest.mark.slow
+def test_a_dp_sgd_run_reports_the_epsilon_of_its_own_accounting(tofu_world, tmp_path):
+    """dp.unit=example through `mpu run`: the client trains with DP-SGD, the returned updates
+    carry no extra noise, and the report's ε is the trainer's accounting (q, the job's steps,
+    the m copies' shared sampling), at most the target."""
+    from mpu.cli import main
+
+    data, models = tofu_world
+    out = tmp_path / "run"
+    code = main(["run", f"data={data}", f"models={models}", f"out={out}", "methods=[GradDiff]",
+                 "forget_split=forget01", "eval_limit=6", "eval_max_new_tokens=8",
+                 "progress=false", "client.precision=fp32", "client.lr=1e-3", "workers=1",
+                 "variants=[dp]", "server.copies=2", "dp.unit=example", "dp.clip=1.0",
+                 "dp.epsilon=8"])  # fmt: skip
+    assert code == 0
+    report = json.loads((out / "report.json").read_text())
+    dp = next(r for r in report["runs"] if r["variant"] == "dp")["privacy"]
+    acct = json.loads((out / "eval" / "GradDiff-dp" / "dp_accounting.json").read_text())
+    assert acct["copies"] == 2 and 0 < acct["sample_rate"] <= 1 and acct["steps"] >= 1
+    expected = DPConfig(clip=1.0, epsilon=8, unit="example", copies=2)
+    assert dp["dp_unit"] == "example"
+    assert dp["dp_epsilon"] == pytest.approx(
+        expected.example_spent(acct["sample_rate"], acct["steps"]), rel=1e-9
+    )
+    assert 7 < dp["dp_epsilon"] <= 8

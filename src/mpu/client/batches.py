@@ -20,7 +20,7 @@ import torch
 from mpu.errors import DataError
 from mpu.text import Encoded, PromptFormat, collate, encode_completion, encode_qa, pad_id_of
 
-_STREAMS = {"forget": 0, "retain": 1, "idk": 2}
+_STREAMS = {"forget": 0, "retain": 1, "idk": 2, "poisson": 3}
 
 
 def _row_kind(row: Any, where: str) -> str:
@@ -107,6 +107,28 @@ def epoch_batches(
             )
         )
     return out
+
+
+def poisson_batch(
+    n_forget: int, n_retain: int, n_idk: int, rate: float, *, seed: int, step: int
+) -> MicroBatch:
+    """DP-SGD's batch for `step` (dp.unit=example): every forget item with probability `rate`,
+    each with a retain item and an IDK line drawn for it; deterministic in (seed, step), so
+    the copies of a round sample alike."""
+    from mpu.privacy.dp_sgd import poisson_indices
+
+    gen = _generator(seed, "poisson", step)
+    f = poisson_indices(n_forget, rate, gen)
+    pair = torch.randint(n_retain, (len(f),), generator=gen).tolist() if n_retain else []
+    idk = torch.randint(n_idk, (len(f),), generator=gen).tolist() if n_idk else []
+    return MicroBatch(tuple(f), tuple(pair), tuple(idk))
+
+
+def single_items(mb: MicroBatch) -> list[MicroBatch]:
+    """A micro-batch split into micro-batches of one forget item each (with its pairs)."""
+    return [
+        MicroBatch((f,), mb.retain[k : k + 1], mb.idk[k : k + 1]) for k, f in enumerate(mb.forget)
+    ]
 
 
 class BatchBuilder:

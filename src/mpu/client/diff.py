@@ -54,7 +54,7 @@ def make_delta(
         return after_ck.read(name).to(torch.float32) - before_ck.read(name).to(torch.float32)
 
     factor, std, gen, dp_stats = 1.0, 0.0, None, {}
-    if dp is not None and dp.enabled:
+    if dp is not None and dp.on_update:  # unit=example: the trainer did it (DP-SGD)
         entries = sum(spec.numel for spec in specs)
         norm, factor = clip_factor(
             (float(torch.linalg.vector_norm(diff(n))) for n in names), dp.clip

@@ -105,8 +105,11 @@ def train_unlearning(
     torch.use_deterministic_algorithms(str(run.device).startswith("cuda"), warn_only=True)
     was_training = model.training
     opt = _optimizer(run, plan, tokenizer)
+    run_loop = _loop
+    if plan.eff.dp.on_examples:
+        from mpu.client.dp_loop import dp_loop as run_loop
     try:
-        loop = _loop(run, opt, plan, tokenizer, order_seed, progress, on_step)
+        loop = run_loop(run, opt, plan, tokenizer, order_seed, progress, on_step)
     finally:
         _finish(model, run, plan, det, was_training)
     logs = _logs(plan, run, opt, loop)
@@ -157,6 +160,10 @@ def _plan(model, tokenizer, forget_rows, retain_rows, idk_answers, cfg, frozen) 
         model, tokenizer, forget_rows, retain_rows, idk_answers, eff, *frozen
     )
     procs = current_processes()
+    if eff.dp.on_examples and eff.max_grad_norm:
+        log.info("dp.unit=example: per-item clipping at dp.clip=%g replaces max_grad_norm=%g",
+                 eff.dp.clip, eff.max_grad_norm)  # fmt: skip
+        eff = eff.replace(max_grad_norm=0.0)
     if procs.count > 1 and (spec.new_state is not None or eff.mia_adversary.enabled):
         what = "the membership adversary" if eff.mia_adversary.enabled else spec.name
         raise ConfigError(f"{what} keeps per-step state (a dual variable, an adversary) that "
@@ -178,11 +185,16 @@ def _plan(model, tokenizer, forget_rows, retain_rows, idk_answers, cfg, frozen) 
             f"schedule_offset_steps={eff.schedule_offset_steps} + {total_local} steps exceeds "
             f"total_steps={total}"
         )
-    return _Plan(eff, spec, hp, procs, per_process_accum, fmt, forget, f_rows, f_drop,
+    plan = _Plan(eff, spec, hp, procs, per_process_accum, fmt, forget, f_rows, f_drop,
                  list(retain_rows) if use_retain else [],
                  list(idk_answers or ()) if spec.needs_idk else [],
                  total_local, warmup, total,
                  [list(r["alternate"]) for r in f_rows] if spec.needs_alternates else None)  # fmt: skip
+    if eff.dp.on_examples:
+        from mpu.client.dp_loop import check_dp_sgd
+
+        check_dp_sgd(plan, procs.count)
+    return plan
 
 
 @dataclass
@@ -302,6 +314,7 @@ class _Loop:
     micro_batches: int
     last_epoch: int
     builder: BatchBuilder
+    dp: dict | None = None  # dp.unit=example: the run's accounting (client/dp_loop.py)
 
 
 def _loop(run: _Run, opt: _Optim, plan: _Plan, tokenizer, order_seed, progress, on_step) -> _Loop:
@@ -467,6 +480,8 @@ def _logs(plan: _Plan, run: _Run, opt: _Optim, loop: _Loop) -> dict[str, Any]:
     }
     if opt.mask_info is not None:
         logs["salient"] = opt.mask_info
+    if loop.dp is not None:
+        logs["dp_sgd"] = loop.dp
     if plan.spec.name == "RMU":
         logs["rmu_steering_seed"] = plan.hp.steering_seed
     if run.peft_model is not None:

@@ -208,7 +208,7 @@ def unlearn_copy(
         "forget_loss": result.logs["forget_loss"],
         "changed_fraction": stats["changed_fraction"],
         "no_effect": warning,
-        "dp": stats.get("dp"),
+        "dp": stats.get("dp") or result.logs.get("dp_sgd"),
     }
     return model_dir, delta, info
 

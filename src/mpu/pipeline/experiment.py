@@ -204,6 +204,10 @@ class Experiment:
             audit_job(self.cfg, work, data, self.out / "eval" / name)
             self.timings[f"audit/{name}"] = time.perf_counter() - t
         keep_curves(work, self.out / "curves" / name)
+        if variant == "dp":
+            from mpu.pipeline.jobs import keep_dp_accounting
+
+            keep_dp_accounting(work, self.out / "eval" / name)
         if not self.cfg.keep_models:
             shutil.rmtree(work, ignore_errors=True)
         return self.timings

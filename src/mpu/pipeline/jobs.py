@@ -66,16 +66,40 @@ def client_settings(cfg: Any, method: str, n_params: int | None = None) -> Clien
 
 
 def job_dp(cfg: Any, method: str):
-    """The dp variant's DP settings: every update of the job is a release, R rounds × m copies."""
+    """The dp variant's DP settings: every update of the job is a release, R rounds × m copies
+    (unit=example: the m copies of a round share their sampled items, which the trainer's
+    accounting charges for)."""
     from mpu.pipeline.variants import job_config
 
     rounds, _ = rounds_for(cfg, method)
-    return dataclasses.replace(cfg.dp, releases=rounds * job_config("dp", cfg.server).copies)
+    m = job_config("dp", cfg.server).copies
+    return dataclasses.replace(cfg.dp, releases=rounds * m, copies=m)
 
 
-def dp_epsilon(cfg: Any, method: str) -> float:
-    """ε the dp variant of `method` spends over the whole job (opacus RDP)."""
-    return job_dp(cfg, method).spent()
+def dp_epsilon(cfg: Any, method: str, accounting: dict | None = None) -> float:
+    """ε the dp variant of `method` spends over the whole job (opacus RDP); unit=example needs
+    the trainer's `accounting` (its sample rate and the job's steps: `DP_ACCOUNTING`)."""
+    dp = job_dp(cfg, method)
+    if not dp.on_examples:
+        return dp.spent()
+    if accounting is None:
+        raise ValueError("dp.unit=example: ε needs the client's accounting (sample rate, steps)")
+    return dp.example_spent(accounting["sample_rate"], accounting["steps"])
+
+
+DP_ACCOUNTING = "dp_accounting.json"
+
+
+def keep_dp_accounting(work: Path, dest: Path) -> None:
+    """The trainer's DP-SGD accounting of a job's first client run (every run of a job has the
+    same) into `dest/DP_ACCOUNTING`: the work folder goes, the ε stays for the report."""
+    from mpu.io.checkpoint import atomic_write_json
+
+    for path in sorted(work.glob("round1/client-*/train_log.json"))[:1]:
+        found = json.loads(path.read_text()).get("dp_sgd")
+        if found:
+            dest.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(dest / DP_ACCOUNTING, found)
 
 
 def local_client(

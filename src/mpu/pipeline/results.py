@@ -22,9 +22,13 @@ def privacy_of(cfg: Any, out: Path | None, name: str, variant: str) -> dict | No
     if found:
         info["transcript"] = read(out / "eval" / name / "leakage.json").get("transcript")
     if variant == "dp":
-        from mpu.pipeline.jobs import dp_epsilon
+        from mpu.pipeline.jobs import DP_ACCOUNTING, dp_epsilon
 
-        info["dp_epsilon"], info["dp_delta"] = dp_epsilon(cfg, name.rsplit("-", 1)[0]), cfg.dp.delta
+        kept = out / "eval" / name / DP_ACCOUNTING if out is not None else None
+        acct = json.loads(kept.read_text()) if kept is not None and kept.is_file() else None
+        if acct is not None or not cfg.dp.on_examples:
+            info["dp_epsilon"] = dp_epsilon(cfg, name.rsplit("-", 1)[0], acct)
+            info["dp_delta"], info["dp_unit"] = cfg.dp.delta, cfg.dp.unit
     return info or None
 
 
