@@ -135,7 +135,13 @@ def summarise(rows: list[dict]) -> list[dict]:
 
 def _order(cell: str) -> tuple:
     parts = dict((p[0], float(p[1:])) for p in cell.split("-"))
-    return parts["k"], parts["r"], parts["m"], -parts.get("e", parts.get("E", math.inf)), "E" in parts
+    return (
+        parts["k"],
+        parts["r"],
+        parts["m"],
+        -parts.get("e", parts.get("E", math.inf)),
+        "E" in parts,
+    )
 
 
 def table(summary: list[dict]) -> str:
@@ -214,8 +220,12 @@ def main() -> None:
     ap.add_argument("--copies", type=int, nargs="+", default=[2, 3])
     ap.add_argument("--epsilons", type=float, nargs="+", default=[math.inf, 8.0, 2.0])
     ap.add_argument("--dp-clip", type=float, default=1.0, help="the DP cells' clip norm C")
-    ap.add_argument("--dp-unit", choices=["update", "example"], default="update",
-                    help="the DP cells' unit: the whole update, or one forget item (DP-SGD)")
+    ap.add_argument(
+        "--dp-unit",
+        choices=["update", "example"],
+        default="update",
+        help="the DP cells' unit: the whole update, or one forget item (DP-SGD)",
+    )
     ap.add_argument("--grid", choices=["star", "full"], default="star")
     ap.add_argument("--extend", action="store_true", help="raise κ until one copy's L < 0.5")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])

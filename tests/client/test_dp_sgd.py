@@ -122,7 +122,7 @@ def test_copies_sample_alike_and_draw_their_own_noise(target, tok, rows):
 
 
 def test_what_dp_sgd_cannot_do_is_refused(target, tok, rows):
-    with pytest.raises(ConfigError, match="dp.unit='sample'"):
+    with pytest.raises(ConfigError, match=r"dp\.unit='sample'"):
         DPConfig(clip=1.0, epsilon=8.0, unit="sample")
     bad = [({"trainable": "salient"}, "salient"),
            ({"method": "PDU", "hparams": {"retain_loss_eps": 0.3}}, "PDU")]  # fmt: skip

@@ -26,7 +26,9 @@ from mpu.config import check_number, field
 from mpu.errors import ConfigError
 
 
-def epsilon(noise_multiplier: float, releases: int, delta: float, sample_rate: float = 1.0) -> float:
+def epsilon(
+    noise_multiplier: float, releases: int, delta: float, sample_rate: float = 1.0
+) -> float:
     """ε of `releases` Gaussian releases of noise multiplier z, each seeing every unit with
     probability `sample_rate` (Poisson sampling; 1: all the data), at `delta` (opacus RDP)."""
     from opacus.accountants import RDPAccountant
