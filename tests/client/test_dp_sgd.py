@@ -14,7 +14,7 @@ from mpu.client.batches import poisson_batch
 from mpu.client.train_config import ClientTrainConfig
 from mpu.client.trainer import train_unlearning
 from mpu.errors import ConfigError
-from mpu.privacy.dp import DPConfig, epsilon
+from mpu.privacy.dp import DPConfig, epsilon, rdp_orders
 from mpu.privacy.dp_sgd import ExampleClipper
 
 
@@ -65,7 +65,9 @@ def test_the_accounting_is_opacus_with_the_shared_sampling_charged(z, q, steps, 
     for _ in range(steps):
         acc.step(noise_multiplier=z / math.sqrt(m), sample_rate=q)
     cfg = DPConfig(clip=1.0, noise_multiplier=z, unit="example", copies=m)
-    assert cfg.example_spent(q, steps) == pytest.approx(acc.get_epsilon(1e-5), rel=1e-12)
+    assert cfg.example_spent(q, steps) == pytest.approx(
+        acc.get_epsilon(1e-5, alphas=rdp_orders()), rel=1e-12
+    )
     assert epsilon(z, steps, 1e-5, q) < epsilon(z, steps, 1e-5)  # sampling amplifies
 
 
@@ -130,3 +132,21 @@ def test_what_dp_sgd_cannot_do_is_refused(target, tok, rows):
         cfg = ClientTrainConfig(**{**_dp_cfg(clip=1.0, epsilon=8.0).__dict__, **change})
         with pytest.raises(ConfigError, match=f"DP-SGD.*{what}"):
             train_unlearning(copy.deepcopy(target), tok, rows[:4], rows[4:8], cfg, progress=False)
+
+
+def test_a_dp_sgd_run_drowned_by_its_noise_says_so(target, tok, rows):
+    """AdamW under noise 50× the clip: the steps are the noise's, the forget loss barely moves,
+    and the warning names the noise (with its measured ratio), not the learning rate."""
+    from mpu.client.effect import no_effect
+
+    cfg = ClientTrainConfig(method="GradAscent", precision="fp32", lr=1e-4, batch_size=4,
+                            grad_accum=1, max_steps=2, warmup_steps=0,
+                            dp={"unit": "example", "clip": 1.0, "noise_multiplier": 50.0})  # fmt: skip
+    res = train_unlearning(copy.deepcopy(target), tok, rows[:16], None, cfg, progress=False)
+    acct = res.logs["dp_sgd"]
+    d = sum(p.numel() for p in target.parameters())
+    assert acct["noise_to_signal"] == pytest.approx(50.0 * math.sqrt(d) / (4.0 * math.sqrt(2)))
+    settings = cfg.resolve(d)
+    said = no_effect(res.logs, 1.0, settings)
+    assert said is not None and "under DP-SGD" in said
+    assert f"{acct['noise_to_signal']:.0f}x" in said and "raise lr" not in said

@@ -11,6 +11,7 @@ batch b·g), so a DP run and a plain one spend the same number of steps.
 from __future__ import annotations
 
 import contextlib
+import math
 
 import torch
 
@@ -36,16 +37,21 @@ def check_dp_sgd(plan, procs_count: int) -> None:
         raise ConfigError(f"dp.unit=example (DP-SGD) {why}")
 
 
-def accounting(plan) -> dict:
-    """q, the job's steps, z and ε for this run (docs/threat-model.md, "Differential privacy")."""
+def accounting(plan, trainable: int) -> dict:
+    """q, the job's steps, z and ε for this run (docs/threat-model.md, "Differential privacy"),
+    and `noise_to_signal`: the run's summed noise over the largest signal its items can give,
+    z·√d / (q·N·√T) for d trainable entries and this run's T steps (every sampled item's
+    clipped gradient pointing the same way every step)."""
     eff, dp = plan.eff, plan.eff.dp
     expected = eff.batch_size * eff.grad_accum
     rate = min(1.0, expected / len(plan.forget))
     steps = max(plan.total, plan.total_local)  # every round of the job, at this run's q
     z = dp.example_z(rate, steps)
+    batch = rate * len(plan.forget)
     return {"unit": "example", "clip": dp.clip, "noise_multiplier": z, "sample_rate": rate,
-            "expected_batch": rate * len(plan.forget), "steps": steps, "copies": dp.copies,
-            "delta": dp.delta, "epsilon": dp.example_spent(rate, steps)}  # fmt: skip
+            "expected_batch": batch, "steps": steps, "copies": dp.copies,
+            "delta": dp.delta, "epsilon": dp.example_spent(rate, steps),
+            "noise_to_signal": z * math.sqrt(trainable) / (batch * math.sqrt(plan.total_local))}  # fmt: skip
 
 
 def dp_loop(run, opt, plan, tokenizer, order_seed, progress, on_step):
@@ -53,7 +59,7 @@ def dp_loop(run, opt, plan, tokenizer, order_seed, progress, on_step):
     from mpu.client.trainer import _Loop, _step
 
     eff = plan.eff
-    acct = accounting(plan)
+    acct = accounting(plan, sum(p.numel() for _, p in opt.named))
     clipper = ExampleClipper([p for _, p in opt.named], clip=eff.dp.clip,
                              noise_multiplier=acct["noise_multiplier"],
                              expected_batch=acct["expected_batch"])  # fmt: skip

@@ -60,6 +60,14 @@ def no_effect(logs: dict, changed_fraction: float | None, eff: ClientSettings) -
     what = f"forget-set loss {before:.4f} → {after:.4f} ({100 * rel:.2f} % change)"
     if changed_fraction is not None:
         what += f", {100 * changed_fraction:.1f} % of the weights changed"
+    dp = logs.get("dp_sgd")
+    if dp:  # the noise, not the learning rate, is what held it (client/dp_loop.py)
+        return (f"the {eff.method.name} run did not move the model under DP-SGD: {what}; its "
+                f"noise is {dp['noise_to_signal']:.0f}x the largest signal its items can give "
+                f"(z = {dp['noise_multiplier']:.2f} for epsilon {dp['epsilon']:.2f}). With AdamW "
+                "the noise sets every coordinate's step and the signal is lost: try "
+                "optimizer=sgd with a larger lr, fewer trainable entries (trainable=lora), a "
+                "larger forget set per step (batch_size) or a larger epsilon")  # fmt: skip
     advice = [f"raise lr (now {eff.lr:g})"]
     if eff.precision in ("bf16_weights", "pure_bf16"):
         advice.append(f"use precision=fp32 (now {eff.precision}: bf16 rounds small updates away)")

@@ -26,6 +26,14 @@ from mpu.config import check_number, field
 from mpu.errors import ConfigError
 
 
+def rdp_orders() -> list[float]:
+    """opacus' default Rényi orders (up to 63) and larger ones: at large ε or few releases the
+    best order is past 63, and RDP holds at every order, so more orders only tighten ε."""
+    from opacus.accountants import RDPAccountant
+
+    return [*RDPAccountant.DEFAULT_ALPHAS, 80, 96, 128, 192, 256, 384, 512, 768, 1024]
+
+
 def epsilon(
     noise_multiplier: float, releases: int, delta: float, sample_rate: float = 1.0
 ) -> float:
@@ -37,7 +45,7 @@ def epsilon(
         return math.inf
     acc = RDPAccountant()
     acc.history = [(noise_multiplier, sample_rate, releases)]
-    return float(acc.get_epsilon(delta))
+    return float(acc.get_epsilon(delta, alphas=rdp_orders()))
 
 
 def noise_for(
@@ -50,7 +58,7 @@ def noise_for(
         raise ConfigError(f"dp_epsilon={target_epsilon}: expected a finite number > 0")
     return float(get_noise_multiplier(target_epsilon=target_epsilon, target_delta=delta,
                                       sample_rate=sample_rate, steps=releases,
-                                      accountant="rdp"))  # fmt: skip
+                                      accountant="rdp", alphas=rdp_orders()))  # fmt: skip
 
 
 def clip_factor(norms: Iterable[float], clip: float) -> tuple[float, float]:
