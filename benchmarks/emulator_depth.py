@@ -9,6 +9,13 @@ on (whether it still works as a language model). The published emulator with str
 all but every s-th middle block: d = M − ⌈M / s⌉ of the M middle blocks.
 
     python benchmarks/emulator_depth.py --models PAIR --data DATA --drops 0 1 2 4 6 8 13
+    python benchmarks/emulator_depth.py --models PAIR --data DATA --drops 4 8 13 --distill-steps 200
+
+`--distill-steps N` adds Offsite-Tuning's second step: the server distils the thinned model
+towards θ on public text it chooses before publishing it. Here the public text is sampled from
+the public base model (nothing of θ's fine-tuning data), and only the kept middle blocks train
+(the outer blocks are the adapter the client would unlearn), on KL(θ ‖ emulator) over every
+position. Each d is then scored twice: as left out, and distilled.
 """
 
 from __future__ import annotations
@@ -44,6 +51,69 @@ def without_blocks(model, blocks: list[int]):
     return model
 
 
+def public_text(base: Path, n: int, length: int, seed: int) -> torch.Tensor:
+    """[n, length] token ids sampled from the public base model (temperature 1) from BOS:
+    general text that carries nothing of θ's fine-tuning data."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(base))
+    model = AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32).eval()
+    start = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
+    torch.manual_seed(seed)
+    out = []
+    for i in range(0, n, 16):
+        prompt = torch.full((min(16, n - i), 1), start)
+        with torch.no_grad():
+            ids = model.generate(prompt, attention_mask=torch.ones_like(prompt), do_sample=True,
+                                 top_k=0, max_new_tokens=length - 1, min_new_tokens=length - 1,
+                                 pad_token_id=start)  # fmt: skip
+        out.append(ids[:, :length])
+    return torch.cat(out)
+
+
+def distill(student, teacher, texts: torch.Tensor, trainable: list[int], *, steps: int,
+            lr: float, batch: int, seed: int) -> list[float]:  # fmt: skip
+    """Train the student's blocks `trainable` (renumbered indices) towards the teacher's
+    next-token distribution on `texts` (KL(teacher ‖ student), every position); the losses."""
+    import torch.nn.functional as F
+
+    for p in student.parameters():
+        p.requires_grad_(False)
+    params = [p for i in trainable for p in student.model.layers[i].parameters()]
+    for p in params:
+        p.requires_grad_(True)
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    gen = torch.Generator().manual_seed(seed)
+    student.train()
+    losses = []
+    for _ in range(steps):
+        ids = texts[torch.randint(len(texts), (batch,), generator=gen)]
+        with torch.no_grad():
+            target = F.log_softmax(teacher(input_ids=ids).logits.float(), -1)
+        logp = F.log_softmax(student(input_ids=ids).logits.float(), -1)
+        loss = F.kl_div(logp, target, log_target=True, reduction="none").sum(-1).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    student.eval()
+    for p in student.parameters():
+        p.requires_grad_(False)
+    return losses
+
+
+def _distilled(args, target: Path, blocks: list[int], n_layers: int, texts, teacher):
+    """θ without `blocks`, its kept middle blocks distilled towards θ; the losses."""
+    from mpu.server.leakage.models import model_with
+
+    student = without_blocks(model_with(target), blocks)
+    kept = n_layers - len(blocks)
+    middle = list(range(args.outer, kept - args.outer))
+    losses = distill(student, teacher, texts, middle, steps=args.distill_steps,
+                     lr=args.distill_lr, batch=args.distill_batch, seed=0)  # fmt: skip
+    return student, losses
+
+
 def main() -> None:
     from transformers import AutoConfig
 
@@ -56,21 +126,37 @@ def main() -> None:
     p.add_argument("--outer", type=int, default=2, help="blocks always kept at each end")
     p.add_argument("--drops", nargs="+", type=int, default=[0, 1, 2, 4, 8])
     p.add_argument("--json", type=Path)
+    p.add_argument("--distill-steps", type=int, default=0, help="also distil each (0: no)")
+    p.add_argument("--distill-lr", type=float, default=1e-4)
+    p.add_argument("--distill-batch", type=int, default=8)
+    p.add_argument("--distill-texts", type=int, default=256, help="public sequences sampled")
+    p.add_argument("--distill-length", type=int, default=64, help="tokens per sequence")
     args = p.parse_args()
     scores, theta, base = item_scorer(args)
     target = args.models / "target"
     n_layers = AutoConfig.from_pretrained(str(target)).num_hidden_layers
-    print("| middle blocks left out | blocks kept | L (answer prob / log-likelihood) "
-          "| memorised prob | unseen prob |\n|---|---|---|---|---|")  # fmt: skip
+    texts = teacher = None
+    if args.distill_steps:
+        texts = public_text(args.models / "base", args.distill_texts, args.distill_length, 0)
+        teacher = model_with(target).eval()
+    print("| middle blocks left out | blocks kept | distilled | L (answer prob / log-likelihood) "
+          "| memorised prob | unseen prob |\n|---|---|---|---|---|---|")  # fmt: skip
     rows = []
     for drop in args.drops:
         blocks = dropped_blocks(n_layers, args.outer, drop)
-        s = scores(without_blocks(model_with(target), blocks))
-        ell = leakage(s["memorised"], theta["memorised"], base["memorised"])
-        rows.append({"drop": drop, "blocks": blocks, "L": ell, "scores": s})
-        print(f"| {drop} | {n_layers - drop} | {ell['answer_prob']:.2f} / "
-              f"{ell['log_likelihood']:.2f} | {s['memorised']['answer_prob']:.3f} | "
-              f"{s['unseen']['answer_prob']:.3f} |", flush=True)  # fmt: skip
+        variants = [("no", without_blocks(model_with(target), blocks), None)]
+        if args.distill_steps and drop:
+            student, losses = _distilled(args, target, blocks, n_layers, texts, teacher)
+            variants.append((f"{args.distill_steps} steps", student, losses))
+        for how, model, losses in variants:
+            s = scores(model)
+            ell = leakage(s["memorised"], theta["memorised"], base["memorised"])
+            rows.append({"drop": drop, "blocks": blocks, "distilled": how, "L": ell, "scores": s,
+                         "distill_loss": losses and [losses[0], losses[-1]]})  # fmt: skip
+            print(f"| {drop} | {n_layers - drop} | {how} | {ell['answer_prob']:.2f} / "
+                  f"{ell['log_likelihood']:.2f} | {s['memorised']['answer_prob']:.3f} | "
+                  f"{s['unseen']['answer_prob']:.3f} |"
+                  + (f" KL {losses[0]:.2f} → {losses[-1]:.2f}" if losses else ""), flush=True)  # fmt: skip
     if args.json:
         args.json.write_text(json.dumps({"theta": theta, "base": base, "rows": rows}, indent=1))
 
