@@ -10,12 +10,9 @@ batch b·g), so a DP run and a plain one spend the same number of steps.
 
 from __future__ import annotations
 
-import contextlib
 import math
 
-import torch
-
-from mpu.client.batches import BatchBuilder, poisson_batch, single_items
+from mpu.client.batches import poisson_batch, single_items
 from mpu.errors import ConfigError
 from mpu.logs import progress_bar
 from mpu.privacy.dp_sgd import ExampleClipper
@@ -56,24 +53,17 @@ def accounting(plan, trainable: int) -> dict:
 
 def dp_loop(run, opt, plan, tokenizer, order_seed, progress, on_step):
     """Poisson-sampled steps, per-item clipped gradients, the noised mean stepped on."""
-    from mpu.client.trainer import _Loop, _step
+    from mpu.client.trainer import _autocast, _builder, _Loop, _step
 
     eff = plan.eff
     acct = accounting(plan, sum(p.numel() for _, p in opt.named))
     clipper = ExampleClipper([p for _, p in opt.named], clip=eff.dp.clip,
                              noise_multiplier=acct["noise_multiplier"],
                              expected_batch=acct["expected_batch"])  # fmt: skip
-    builder = BatchBuilder(
-        tokenizer, plan.forget, plan.f_rows, plan.retain, plan.idk, fmt=plan.fmt,
-        max_length=eff.max_length, alternates=plan.alternates,
-    )  # fmt: skip
+    builder = _builder(plan, tokenizer)
     seed = eff.seed if order_seed is None else order_seed
     out = _Loop([], 0, 0, 0, builder, dp=acct)
-    autocast = (
-        torch.autocast(device_type=torch.device(run.device).type, dtype=torch.bfloat16)
-        if eff.precision == "bf16-mixed"
-        else contextlib.nullcontext()
-    )
+    autocast = _autocast(run, eff)
     run.train_model.train()
     bar = progress_bar(total=plan.total_local, desc=f"{plan.spec.name} unlearning (DP-SGD)",
                        disable=not progress)  # fmt: skip

@@ -321,15 +321,8 @@ def _loop(run: _Run, opt: _Optim, plan: _Plan, tokenizer, order_seed, progress, 
     """Micro-batches in the seeded order; an optimizer step at each window's end (the
     profile's accumulation rule); this process computes the micro-batches it owns."""
     eff, procs = plan.eff, plan.procs
-    autocast = (
-        torch.autocast(device_type=torch.device(run.device).type, dtype=torch.bfloat16)
-        if eff.precision == "bf16-mixed"
-        else contextlib.nullcontext()
-    )
-    builder = BatchBuilder(
-        tokenizer, plan.forget, plan.f_rows, plan.retain, plan.idk, fmt=plan.fmt,
-        max_length=eff.max_length, alternates=plan.alternates,
-    )  # fmt: skip
+    autocast = _autocast(run, eff)
+    builder = _builder(plan, tokenizer)
     stream = iterate(len(plan.forget), len(plan.retain), plan.choices, eff.batch_size,
                      seed=(eff.seed if order_seed is None else order_seed))  # fmt: skip
     out = _Loop([], 0, 0, 0, builder)
@@ -372,6 +365,21 @@ def _loop(run: _Run, opt: _Optim, plan: _Plan, tokenizer, order_seed, progress, 
     finally:
         bar.close()
     return out
+
+
+def _autocast(run: _Run, eff: ClientSettings):
+    """bf16 autocast for precision=bf16-mixed, else nothing."""
+    if eff.precision == "bf16-mixed":
+        return torch.autocast(device_type=torch.device(run.device).type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _builder(plan: _Plan, tokenizer) -> BatchBuilder:
+    """The micro-batch builder over the run's encoded forget items and raw retain rows."""
+    return BatchBuilder(
+        tokenizer, plan.forget, plan.f_rows, plan.retain, plan.idk, fmt=plan.fmt,
+        max_length=plan.eff.max_length, alternates=plan.alternates,
+    )  # fmt: skip
 
 
 def _adversary(plan: _Plan, tokenizer, holdout_rows, order_seed):
