@@ -114,13 +114,7 @@ def _distilled(args, target: Path, blocks: list[int], n_layers: int, texts, teac
     return student, losses
 
 
-def main() -> None:
-    from transformers import AutoConfig
-
-    from copy_collapse import add_item_arguments, item_scorer
-    from mpu.server.leakage.functional import leakage
-    from mpu.server.leakage.models import model_with
-
+def _arguments(add_item_arguments) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_item_arguments(p)
     p.add_argument("--outer", type=int, default=2, help="blocks always kept at each end")
@@ -131,7 +125,17 @@ def main() -> None:
     p.add_argument("--distill-batch", type=int, default=8)
     p.add_argument("--distill-texts", type=int, default=256, help="public sequences sampled")
     p.add_argument("--distill-length", type=int, default=64, help="tokens per sequence")
-    args = p.parse_args()
+    return p.parse_args()
+
+
+def main() -> None:
+    from transformers import AutoConfig
+
+    from copy_collapse import add_item_arguments, item_scorer
+    from mpu.server.leakage.functional import leakage
+    from mpu.server.leakage.models import model_with
+
+    args = _arguments(add_item_arguments)
     scores, theta, base = item_scorer(args)
     target = args.models / "target"
     n_layers = AutoConfig.from_pretrained(str(target)).num_hidden_layers
