@@ -47,7 +47,7 @@ def accounting(plan, trainable: int) -> dict:
     batch = rate * len(plan.forget)
     return {"unit": "example", "clip": dp.clip, "noise_multiplier": z, "sample_rate": rate,
             "expected_batch": batch, "steps": steps, "copies": dp.copies,
-            "delta": dp.delta, "epsilon": dp.example_spent(rate, steps),
+            "delta": dp.delta, "epsilon": dp.example_spent(rate, steps, z),
             "noise_to_signal": z * math.sqrt(trainable) / (batch * math.sqrt(plan.total_local))}  # fmt: skip
 
 

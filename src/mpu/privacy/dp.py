@@ -67,8 +67,10 @@ def clip_factor(norms: Iterable[float], clip: float) -> tuple[float, float]:
     return total, (1.0 if total <= clip else clip / total)
 
 
-def gaussian_noise(shape: torch.Size, std: float, gen: torch.Generator) -> torch.Tensor:
-    return torch.randn(tuple(shape), generator=gen, dtype=torch.float32).mul_(std)
+def gaussian_noise(
+    shape: torch.Size, std: float, gen: torch.Generator, device: torch.device | None = None
+) -> torch.Tensor:
+    return torch.randn(tuple(shape), generator=gen, dtype=torch.float32, device=device).mul_(std)
 
 
 @dataclass
@@ -153,7 +155,8 @@ class DPConfig:
             return self.noise_multiplier
         return math.sqrt(self.copies) * noise_for(self.epsilon, steps, self.delta, sample_rate)
 
-    def example_spent(self, sample_rate: float, steps: int) -> float:
-        """unit=example: ε of the whole job at `delta` (opacus RDP, Poisson sampling)."""
-        z = self.example_z(sample_rate, steps) / math.sqrt(self.copies)
-        return epsilon(z, steps, self.delta, sample_rate)
+    def example_spent(self, sample_rate: float, steps: int, z: float | None = None) -> float:
+        """unit=example: ε of the whole job at `delta` (opacus RDP, Poisson sampling); `z`, when
+        the caller already has `example_z`, spares opacus' search a second run."""
+        z = self.example_z(sample_rate, steps) if z is None else z
+        return epsilon(z / math.sqrt(self.copies), steps, self.delta, sample_rate)

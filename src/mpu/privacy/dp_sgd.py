@@ -23,6 +23,8 @@ from collections.abc import Sequence
 
 import torch
 
+from mpu.privacy.dp import gaussian_noise
+
 
 class ExampleClipper:
     """Collects one step's per-item gradients clipped to `clip`, then releases their noised
@@ -69,7 +71,7 @@ class ExampleClipper:
         std = self.z * self.clip
         for p, s in zip(self.params, self.sums, strict=True):
             if std > 0:
-                s.add_(_normal(s.shape, std, self._generator(s.device), s.device))
+                s.add_(gaussian_noise(s.shape, std, self._generator(s.device), s.device))
             p.grad = s.div_(self.expected).to(p.dtype)
         self.sums = [torch.zeros_like(p, dtype=torch.float32) for p in self.params]
         norms, self.norms = self.norms, []
@@ -86,10 +88,6 @@ class ExampleClipper:
             seed = int.from_bytes(os.urandom(8), "little") >> 1
             self.gens[device] = torch.Generator(device=device).manual_seed(seed)
         return self.gens[device]
-
-
-def _normal(shape: torch.Size, std: float, gen: torch.Generator, device) -> torch.Tensor:
-    return torch.randn(tuple(shape), generator=gen, device=device).mul_(std)
 
 
 def poisson_indices(n: int, rate: float, gen: torch.Generator) -> list[int]:
