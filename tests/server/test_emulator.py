@@ -161,3 +161,91 @@ def test_the_audit_measures_an_emulator_copy_like_any_other(six_blocks, tmp_path
     assert emu["all_copies_with_base"]["answer_prob"] < plain["all_copies_with_base"]["answer_prob"]
     # the weight-space audit still reads the copies right where they hold θ's blocks
     assert found["emu"]["client_view"]["exact_with_secrets"] < 1e-6
+
+
+def _kl_to_theta(model_dir, student, ids) -> float:
+    """Mean KL(θ ‖ student) per position on `ids`."""
+    import torch.nn.functional as F
+
+    from mpu.server.leakage.models import model_with
+
+    with torch.no_grad():
+        target = F.log_softmax(model_with(model_dir)(input_ids=ids).logits, -1)
+        logp = F.log_softmax(student(input_ids=ids).logits, -1)
+    return float(F.kl_div(logp, target, log_target=True, reduction="none").sum(-1).mean())
+
+
+def test_a_distilled_emulator_is_nearer_theta_and_leaves_the_adapter_alone(six_blocks, tmp_path):
+    """The server trains only the kept middle blocks towards θ before publishing: a noise-free,
+    unmapped copy then holds θ's outer blocks bit for bit, the distilled middle (the file
+    whose hash the job recorded), and computes θ's function more closely than the thinned
+    model it started from; the audit still undoes the copies exactly."""
+    from transformers import AutoModelForCausalLM
+
+    from mpu.server.distill import distilled_path
+    from mpu.server.leakage import audit
+
+    _, models = six_blocks
+    settings = {"emulator": "layer_drop", "emulator_outer": 1, "emulator_drop": 2}
+    copies = {}
+    for name, extra in (("thin", {}), ("distilled", {"emulator_distill_steps": 40,
+                        "emulator_distill_texts": 16, "emulator_distill_length": 12})):  # fmt: skip
+        cfg = JobConfig(kappa=0, reparameterize=False, copies=2, gate=False, seeds="paper_public",
+                        **settings, **extra)  # fmt: skip
+        server = Server.init(models / "target", models / "base", tmp_path / name / "srv", cfg)
+        copies[name] = server.publish(tmp_path / name / "outbox", progress=False)[0]
+    event = next(h for h in server.state.history if h.get("event") == "distill")
+    assert event["steps"] == 40 and event["kl_last"] < event["kl_first"]
+    thin, distilled = _tensors(copies["thin"]), _tensors(copies["distilled"])
+    stored = _tensors_of_file(distilled_path(server.workdir))
+    kept = json.loads((copies["distilled"] / "config.json").read_text())["mpu_emulator"]
+    assert kept["kept_blocks"] == [0, 1, 3, 5] and kept["trainable_blocks"] == [0, 3]
+    for name, t in distilled.items():
+        block = int(name.split(".")[2]) if name.startswith("model.layers.") else None
+        if block in (1, 2):  # the emulator: θ's blocks 1 and 3, distilled
+            theta_name = name.replace(f"layers.{block}.", f"layers.{kept['kept_blocks'][block]}.")
+            assert torch.equal(t, stored[theta_name]), name
+            assert not torch.equal(t, thin[name]), f"{name} was not distilled"
+        else:  # the adapter and everything outside the blocks: θ's own
+            assert torch.equal(t, thin[name]), name
+    ids = torch.randint(3, 400, (4, 12), generator=torch.Generator().manual_seed(1))
+    kl = {n: _kl_to_theta(models / "target", AutoModelForCausalLM.from_pretrained(str(c)), ids)
+          for n, c in copies.items()}  # fmt: skip
+    assert kl["distilled"] < kl["thin"], kl
+    found = audit(server.workdir, copies_dir=copies["distilled"].parent)
+    assert found["client_view"]["exact_with_secrets"] < 1e-6
+
+
+def test_a_changed_distilled_emulator_is_refused_at_publication(six_blocks, tmp_path):
+    from mpu.errors import CheckpointError
+    from mpu.server.distill import distilled_path
+
+    _, models = six_blocks
+    cfg = JobConfig(kappa=0.1, copies=2, gate=False, seeds="paper_public", emulator="layer_drop",
+                    emulator_outer=1, emulator_drop=2, emulator_distill_steps=2,
+                    emulator_distill_texts=4, emulator_distill_length=8)  # fmt: skip
+    server = Server.init(models / "target", models / "base", tmp_path / "srv", cfg)
+    path = distilled_path(server.workdir)
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match=r"emulator/model\.safetensors: .*SHA-256"):
+        server.publish(tmp_path / "outbox", progress=False)
+
+
+def test_distillation_settings_that_cannot_work_are_refused(six_blocks, tmp_path):
+    with pytest.raises(ConfigError, match="emulator=off"):
+        JobConfig(emulator_distill_steps=10)
+    with pytest.raises(ConfigError, match="set one of them"):
+        JobConfig(emulator="layer_drop", emulator_drop=2, emulator_stride=3)
+    with pytest.raises(ConfigError, match="4 middle blocks"):
+        _job(six_blocks, tmp_path / "a", emulator="layer_drop", emulator_outer=1, emulator_drop=5)
+    with pytest.raises(ConfigError, match="keeps every block"):
+        _job(six_blocks, tmp_path / "b", emulator="layer_drop", emulator_stride=1,
+             emulator_distill_steps=5)  # fmt: skip
+
+
+def _tensors_of_file(path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(path))

@@ -120,6 +120,36 @@ class JobConfig:
     )
     emulator_outer: int = field(2, help="emulator: blocks kept and trained at each end")
     emulator_stride: int = field(2, help="emulator: keep every n-th middle block (1 keeps all)")
+    emulator_drop: int = field(
+        0, help="emulator: leave out this many middle blocks, evenly spaced, instead of the stride"
+    )
+    emulator_distill_steps: int = field(
+        0,
+        help="emulator: before round 1, train the kept middle blocks towards θ for this many "
+        "steps on public text sampled from the base (0: publish them as θ's; docs/threat-model.md)",
+    )
+    emulator_distill_texts: int = field(256, help="emulator distillation: public sequences")
+    emulator_distill_length: int = field(64, help="emulator distillation: tokens per sequence")
+    emulator_distill_lr: float = field(1e-4, help="emulator distillation: AdamW learning rate")
+
+    def _check_emulator(self) -> None:
+        for name, low in (("emulator_outer", 1), ("emulator_stride", 1), ("emulator_drop", 0),
+                          ("emulator_distill_steps", 0), ("emulator_distill_texts", 1),
+                          ("emulator_distill_length", 2)):  # fmt: skip
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ConfigError(f"{name} must be an integer ≥ {low}, got {value!r}")
+        check_number(self, "emulator_distill_lr", self.emulator_distill_lr, low=0, low_open=True,
+                     allow_none=False)  # fmt: skip
+        if self.emulator_drop and self.emulator_stride != 2:
+            raise ConfigError(
+                f"emulator_drop={self.emulator_drop} and emulator_stride={self.emulator_stride}: "
+                "set one of them (emulator_drop replaces the stride)"
+            )
+        if self.emulator_distill_steps and self.emulator == "off":
+            raise ConfigError(
+                "emulator_distill_steps is set but emulator=off: there is no emulator to distil"
+            )
 
     def __post_init__(self) -> None:
         check_number(self, "copies", self.copies, low=1, high=64, allow_none=False)
@@ -143,10 +173,7 @@ class JobConfig:
         ):
             raise ConfigError(f"gate_blocks must be an integer ≥ 0, got {self.gate_blocks!r}")
         check_device_name(self.device)
-        for name in ("emulator_outer", "emulator_stride"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"{name} must be an integer ≥ 1, got {value!r}")
+        self._check_emulator()
         check_number(
             self, "median_factor", self.median_factor, low=1, low_open=True, allow_none=False
         )

@@ -3,7 +3,10 @@
 A published copy normally holds every block of θ, so it runs as θ does up to the noise. With
 `server.emulator=layer_drop` the copy keeps the first and last `emulator_outer` blocks — the
 *adapter*, which the client unlearns and the server applies — and of the middle blocks only
-every `emulator_stride`-th one, renumbered into a shorter model: the *emulator*. The kept
+every `emulator_stride`-th one (or all but `emulator_drop` of them, left out evenly spaced),
+renumbered into a shorter model: the *emulator*. With `emulator_distill_steps` the server
+first trains the kept middle blocks towards θ on public text (`mpu.server.distill`), so that
+the thinned model still works as a language model. The kept
 blocks are ordinary MPU blocks (noised, reparameterized) and the emulator's are frozen: the
 client trains the adapter against it, and the server maps the adapter's updates back onto
 θ's outer blocks. The middle blocks the copy lacks were never sent, so no combination of the
@@ -32,11 +35,13 @@ EMULATORS = ("off", "layer_drop")
 
 @dataclass(frozen=True)
 class Emulator:
-    """Which of θ's `n_layers` blocks a copy keeps, and which of those the client trains."""
+    """Which of θ's `n_layers` blocks a copy keeps, and which of those the client trains:
+    every `stride`-th middle block, or (`drop` > 0) all but `drop` evenly spaced ones."""
 
     n_layers: int
     outer: int
     stride: int
+    drop: int = 0
 
     def __post_init__(self) -> None:
         if self.outer < 1 or self.stride < 1:
@@ -48,13 +53,33 @@ class Emulator:
                 f"emulator_outer={self.outer}: the model has {self.n_layers} blocks, fewer than "
                 f"the {2 * self.outer} outer blocks asked for"
             )
+        middle = self.n_layers - 2 * self.outer
+        if self.drop < 0 or self.drop > middle:
+            raise ConfigError(
+                f"emulator_drop={self.drop}: the model has {middle} middle blocks between its "
+                f"{self.outer} outer blocks at each end"
+            )
+
+    @cached_property
+    def left_out(self) -> list[int]:
+        """θ's middle blocks the copies lack: `drop` of them spread evenly over the middle, or
+        all but every `stride`-th one."""
+        middle = list(range(self.outer, self.n_layers - self.outer))
+        if self.drop:
+            step = len(middle) / self.drop
+            return [middle[int(step * i + step / 2)] for i in range(self.drop)]
+        return [b for i, b in enumerate(middle) if i % self.stride]
 
     @cached_property
     def kept(self) -> list[int]:
         """θ's block index of each of the copy's blocks, in order."""
-        middle = list(range(self.outer, self.n_layers - self.outer))
-        tail = range(self.n_layers - self.outer, self.n_layers)
-        return [*range(self.outer), *middle[:: self.stride], *tail]
+        gone = set(self.left_out)
+        return [b for b in range(self.n_layers) if b not in gone]
+
+    @cached_property
+    def middle(self) -> list[int]:
+        """The copy's own indices of the kept middle blocks (the emulator proper)."""
+        return [i for i in range(len(self.kept)) if i not in set(self.trainable)]
 
     @property
     def drops(self) -> bool:
@@ -105,7 +130,8 @@ def emulator_of(cfg, layout: Layout) -> Emulator | None:
     """The job's emulator for this model, or None when `server.emulator=off`."""
     if cfg.emulator == "off":
         return None
-    return Emulator(layout.geometry.n_layers, cfg.emulator_outer, cfg.emulator_stride)
+    return Emulator(layout.geometry.n_layers, cfg.emulator_outer, cfg.emulator_stride,
+                    cfg.emulator_drop)  # fmt: skip
 
 
 class EmulatedDelta:

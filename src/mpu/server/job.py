@@ -201,11 +201,23 @@ class Server:
         if gate is not None:  # what init checked, for `mpu server init` to say
             state.history.append({"round": 0, "event": "gate", **asdict(gate)})
         state.commitments["1"] = combine(leaves["theta"])
+        if cfg.emulator_distill_steps:  # a job exists once its emulator does
+            state.history.append(cls._distil(state, layout, workdir, cfg))
         state.log_seq = 1
         audit_log.start(workdir, job_id=state.job_id, theta=state.commitments["1"],
                         base=combine(leaves["base"]), config=asdict(cfg))  # fmt: skip
         save_state(workdir, state)
         return state
+
+    @staticmethod
+    def _distil(state: ServerState, layout: Layout, workdir: Path, cfg: JobConfig) -> dict:
+        """Distil the emulator's middle blocks towards θ_1 (mpu.server.distill); its record."""
+        from mpu.server.distill import distil_emulator, distilled_path
+
+        streams = PaperStreams() if cfg.seeds == "paper_public" else SecretStreams(state.key)
+        return distil_emulator(round_dir(workdir, 1), Path(state.base_dir), emulator_of(cfg, layout),
+                               layout.spec.block_prefix, cfg, out=distilled_path(workdir),
+                               seed=streams.seed(1, "emulator-distill"))  # fmt: skip
 
     @staticmethod
     def _gate(theta: Checkpoint, layout: Layout, cfg: JobConfig, config):
@@ -307,8 +319,19 @@ class Server:
             log.info("round %d: published %d copies to %s", self.round, len(records), out_dir)
             return folders
 
+    def publication_source(self, round_: int) -> Checkpoint:
+        """θ_r as the copies are made from it: θ_r itself, or with a distilled emulator its
+        middle blocks read from the distilled file (checked against the hash recorded at init)."""
+        theta_dir = round_dir(self.workdir, round_)
+        done = [h for h in self.state.history if h.get("event") == "distill"]
+        if not done:
+            return Checkpoint(theta_dir)
+        from mpu.server.distill import DistilledTheta, distilled_path
+
+        return DistilledTheta(theta_dir, distilled_path(self.workdir), done[-1]["sha256"])
+
     def _write_copies(self, round_, alphas, records, sigmas, out_dir: Path, progress: bool) -> dict:
-        theta = Checkpoint(round_dir(self.workdir, round_))
+        theta = self.publication_source(round_)
         dtype_name = self._publication_dtype()
         if dtype_name not in DTYPES:
             raise ConfigError(f"cannot publish in dtype {dtype_name!r}")

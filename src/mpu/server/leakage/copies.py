@@ -95,10 +95,14 @@ def with_secrets(
     weights = combining_weights(cfg, alphas, [k for _, k in copies])
     exact = ideal = floor = 0.0
     rename, _ = copy_names(Checkpoint(round_dir(server.workdir, round_)), layout, cfg)
+    source = server.publication_source(round_)  # a distilled emulator's middle is not θ's
+    distilled = getattr(source, "distilled_names", frozenset())
     for name in theta:
         if rename[name] is None:  # an emulator copy lacks this block: nothing to undo
             continue
-        target = theta[name].double()
+        target = (
+            source.read(name).to(torch.float32) if name in distilled else theta[name]
+        ).double()
         inverted = [
             transforms.apply(ck.read(rename[name]), name, k, inverse=True).double()
             for ck, k in copies
