@@ -24,92 +24,32 @@ import argparse
 import json
 from pathlib import Path
 
-import torch
+PREFIX = "model.layers"  # the Llama-family block list (SmolLM2, the tiny models)
 
 
 def dropped_blocks(n_layers: int, outer: int, drop: int) -> list[int]:
-    """`drop` middle block indices spread evenly over θ's middle (the outer blocks stay)."""
-    middle = list(range(outer, n_layers - outer))
-    if drop > len(middle):
-        raise SystemExit(f"--drops {drop}: the model has only {len(middle)} middle blocks")
-    if drop == 0:
-        return []
-    step = len(middle) / drop
-    return [middle[int(step * i + step / 2)] for i in range(drop)]
+    """`drop` middle block indices spread evenly over θ's middle (the outer blocks stay): the
+    blocks `server.emulator_drop=drop` leaves out."""
+    from mpu.errors import ConfigError
+    from mpu.server.emulator import Emulator
 
-
-def without_blocks(model, blocks: list[int]):
-    """`model` with the decoder blocks `blocks` removed (in place), renumbered for attention."""
-    left_out = set(blocks)
-    kept = [layer for i, layer in enumerate(model.model.layers) if i not in left_out]
-    model.model.layers = torch.nn.ModuleList(kept)
-    for i, layer in enumerate(kept):
-        layer.self_attn.layer_idx = i
-    model.config.num_hidden_layers = len(kept)
-    if getattr(model.config, "layer_types", None):
-        model.config.layer_types = model.config.layer_types[: len(kept)]
-    return model
-
-
-def public_text(base: Path, n: int, length: int, seed: int) -> torch.Tensor:
-    """[n, length] token ids sampled from the public base model (temperature 1) from BOS:
-    general text that carries nothing of θ's fine-tuning data."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(str(base))
-    model = AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32).eval()
-    start = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
-    torch.manual_seed(seed)
-    out = []
-    for i in range(0, n, 16):
-        prompt = torch.full((min(16, n - i), 1), start)
-        with torch.no_grad():
-            ids = model.generate(prompt, attention_mask=torch.ones_like(prompt), do_sample=True,
-                                 top_k=0, max_new_tokens=length - 1, min_new_tokens=length - 1,
-                                 pad_token_id=start)  # fmt: skip
-        out.append(ids[:, :length])
-    return torch.cat(out)
-
-
-def distill(student, teacher, texts: torch.Tensor, trainable: list[int], *, steps: int,
-            lr: float, batch: int, seed: int) -> list[float]:  # fmt: skip
-    """Train the student's blocks `trainable` (renumbered indices) towards the teacher's
-    next-token distribution on `texts` (KL(teacher ‖ student), every position); the losses."""
-    import torch.nn.functional as F
-
-    for p in student.parameters():
-        p.requires_grad_(False)
-    params = [p for i in trainable for p in student.model.layers[i].parameters()]
-    for p in params:
-        p.requires_grad_(True)
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-    gen = torch.Generator().manual_seed(seed)
-    student.train()
-    losses = []
-    for _ in range(steps):
-        ids = texts[torch.randint(len(texts), (batch,), generator=gen)]
-        with torch.no_grad():
-            target = F.log_softmax(teacher(input_ids=ids).logits.float(), -1)
-        logp = F.log_softmax(student(input_ids=ids).logits.float(), -1)
-        loss = F.kl_div(logp, target, log_target=True, reduction="none").sum(-1).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        losses.append(float(loss.detach()))
-    student.eval()
-    for p in student.parameters():
-        p.requires_grad_(False)
-    return losses
+    try:
+        return Emulator(n_layers, outer, 2, drop).left_out if drop else []
+    except ConfigError as e:
+        raise SystemExit(f"--drops {drop}: {e}") from None
 
 
 def _distilled(args, target: Path, blocks: list[int], n_layers: int, texts, teacher):
-    """θ without `blocks`, its kept middle blocks distilled towards θ; the losses."""
+    """θ without `blocks`, its kept middle blocks distilled towards θ (as the server does under
+    `server.emulator_distill_steps`); the losses."""
+    from mpu.server.distill import block_list, distill, without_blocks
     from mpu.server.leakage.models import model_with
 
-    student = without_blocks(model_with(target), blocks)
-    kept = n_layers - len(blocks)
-    middle = list(range(args.outer, kept - args.outer))
-    losses = distill(student, teacher, texts, middle, steps=args.distill_steps,
+    student = without_blocks(model_with(target), PREFIX, blocks)
+    kept = block_list(student, PREFIX)
+    middle = range(args.outer, n_layers - len(blocks) - args.outer)
+    params = [p for i in middle for p in kept[i].parameters()]
+    losses = distill(student, teacher, texts, params, steps=args.distill_steps,
                      lr=args.distill_lr, batch=args.distill_batch, seed=0)  # fmt: skip
     return student, losses
 
@@ -132,6 +72,7 @@ def main() -> None:
     from transformers import AutoConfig
 
     from copy_collapse import add_item_arguments, item_scorer
+    from mpu.server.distill import public_text, without_blocks
     from mpu.server.leakage.functional import leakage
     from mpu.server.leakage.models import model_with
 
@@ -148,7 +89,7 @@ def main() -> None:
     rows = []
     for drop in args.drops:
         blocks = dropped_blocks(n_layers, args.outer, drop)
-        variants = [("no", without_blocks(model_with(target), blocks), None)]
+        variants = [("no", without_blocks(model_with(target), PREFIX, blocks), None)]
         if args.distill_steps and drop:
             student, losses = _distilled(args, target, blocks, n_layers, texts, teacher)
             variants.append((f"{args.distill_steps} steps", student, losses))

@@ -20,3 +20,23 @@ def test_mpu_then_noised_then_clean_for_every_method():
     assert variants == ["mpu", "mpu", "noised", "noised", "clean", "clean"], order
     # NPO scores a reference model: its runs cost more than GradDiff's of the same variant
     assert order.index("NPO-mpu") < order.index("GradDiff-mpu")
+
+
+def test_clean_is_the_whole_exact_model_even_when_the_experiment_uses_an_emulator():
+    """An emulator is a protection setting like κ: Clean (the reference every variant is
+    measured against) unlearns all of θ, while Noised and MPU keep the experiment's emulator."""
+    from mpu.pipeline.variants import job_config
+    from mpu.server.config import JobConfig
+
+    server = JobConfig(kappa=0.1, emulator="layer_drop", emulator_drop=4,
+                       emulator_distill_steps=300)  # fmt: skip
+    clean = job_config("clean", server)
+    assert (clean.emulator, clean.emulator_drop, clean.emulator_distill_steps) == ("off", 0, 0)
+    assert (clean.kappa, clean.copies, clean.reparameterize) == (0.0, 1, False)
+    for variant in ("noised", "mpu"):
+        job = job_config(variant, server)
+        assert (job.emulator, job.emulator_drop, job.emulator_distill_steps) == (
+            "layer_drop",
+            4,
+            300,
+        )

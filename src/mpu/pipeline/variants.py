@@ -1,8 +1,8 @@
 """The experiment's variants: one table from a variant name to the server job it runs and
 whether its client releases differentially private updates.
 
-- **clean**: the client unlearns θ itself (m = 1, no noise, no reparameterization): what a
-  trusted server would do, the upper bound;
+- **clean**: the client unlearns θ itself (m = 1, no noise, no reparameterization, no
+  emulator): what a trusted server would do, the upper bound;
 - **noised**: one perturbed copy (m = 1, no centring, no harmonic denoising), its update mapped
   back and applied to θ: the single-noisy-copy baseline;
 - **mpu**: m perturbed copies aggregated with the job's weights (by default copies on one noise
@@ -24,6 +24,10 @@ from dataclasses import dataclass
 
 from mpu.server.config import JobConfig
 
+# Clean is the whole exact model: an emulator (a protection setting) stays off there
+NO_EMULATOR = {"emulator": "off", "emulator_drop": 0, "emulator_stride": 2,
+               "emulator_distill_steps": 0}  # fmt: skip
+
 
 @dataclass(frozen=True)
 class Variant:
@@ -35,7 +39,7 @@ class Variant:
 VARIANTS: dict[str, Variant] = {
     "clean": Variant(
         lambda s: dataclasses.replace(
-            s, copies=1, kappa=0.0, alphas="linspace", reparameterize=False
+            s, copies=1, kappa=0.0, alphas="linspace", reparameterize=False, **NO_EMULATOR
         ),
         "the client unlearns the exact model (no privacy; the reference result)",
     ),

@@ -92,7 +92,7 @@ def without_blocks(model, prefix: str, left_out: list[int]):
 
 
 def distill(student, teacher, texts: torch.Tensor, params: list, *, steps: int, lr: float,
-            seed: int) -> list[float]:  # fmt: skip
+            seed: int, batch: int = BATCH) -> list[float]:  # fmt: skip
     """Train `params` of the student towards the teacher's next-token distribution on `texts`
     (KL(teacher ‖ student), every position); the loss of every step."""
     import torch.nn.functional as F
@@ -106,7 +106,7 @@ def distill(student, teacher, texts: torch.Tensor, params: list, *, steps: int, 
     student.train()
     losses = []
     for _ in range(steps):
-        ids = texts[torch.randint(len(texts), (BATCH,), generator=gen)]
+        ids = texts[torch.randint(len(texts), (batch,), generator=gen)]
         with torch.no_grad():
             target = F.log_softmax(teacher(input_ids=ids).logits.float(), -1)
         logp = F.log_softmax(student(input_ids=ids).logits.float(), -1)
