@@ -159,6 +159,12 @@ def test_the_audit_measures_an_emulator_copy_like_any_other(six_blocks, tmp_path
     assert emu["theta"]["answer_prob"] == 1.0 and emu["base"]["answer_prob"] == 0.0
     assert emu["one_copy"]["answer_prob"] < plain["one_copy"]["answer_prob"]
     assert emu["all_copies_with_base"]["answer_prob"] < plain["all_copies_with_base"]["answer_prob"]
+    # the client's two ways to run all copies: gaps filled with the base's blocks, or the
+    # copies' own depth; the round's figure is the better of the two
+    filled, short = emu["all_copies_base_filled"], emu["all_copies_at_emulator_depth"]
+    for key in ("answer_prob", "log_likelihood"):
+        assert emu["all_copies_with_base"][key] == max(filled[key], short[key])
+    assert "all_copies_at_emulator_depth" not in plain
     # the weight-space audit still reads the copies right where they hold θ's blocks
     assert found["emu"]["client_view"]["exact_with_secrets"] < 1e-6
 

@@ -126,4 +126,23 @@ def functional_view(view: RoundView, knowledge: str | Path, limit: int) -> dict:
     items = F.knowledge(view.theta_dir, knowledge, limit)
     recs = {"one_copy_aligned": view.with_base["one"], "all_copies_with_base": view.with_base["all"],
             "all_copies_without_base": view.no_base["all"]}  # fmt: skip
-    return F.functional_view(view.theta_dir, view.theta, view.base, view.copies, recs, items)
+    out = F.functional_view(view.theta_dir, view.theta, view.base, view.copies, recs, items)
+    if any(c is None for c in view.rename.values()):
+        _at_emulator_depth(out, view, items)
+    return out
+
+
+def _at_emulator_depth(out: dict, view: RoundView, items) -> None:
+    """An emulator round's copies lack some of θ's blocks. The client can fill the gaps with
+    the base's blocks (full depth: scored as `all_copies_with_base`) or run its combination of
+    the copies at the copies' own depth, which a distilled middle was trained to work at. The
+    round's `all_copies_with_base` becomes the better of the two; both are kept."""
+    from mpu.server.leakage import functional as F
+    from mpu.server.leakage.models import model_with
+
+    weights = {c: view.with_base["all"][n] for n, c in view.rename.items() if c is not None}
+    scores = F.score(model_with(view.copies[0], weights), items)
+    short = F.leakage(scores, out["scores"]["theta"], out["scores"]["base"])
+    filled = out["all_copies_with_base"]
+    out["all_copies_base_filled"], out["all_copies_at_emulator_depth"] = filled, short
+    out["all_copies_with_base"] = {k: max(filled[k], short[k]) for k in F.SCORES}

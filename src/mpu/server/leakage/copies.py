@@ -9,7 +9,7 @@ the true secrets give (they undo a copy exactly; combined, they give the best an
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -143,6 +143,7 @@ class RoundView:
     published: list[dict]
     with_base: dict
     no_base: dict
+    rename: dict = field(default_factory=dict)  # θ's name → the copies' (None: a block they lack)
 
 
 def read_copy(ck: Checkpoint, rename: dict[str, str | None], base: dict) -> dict:
@@ -168,7 +169,7 @@ def read_round(server: Server, round_: int, copies: list[Path]) -> RoundView:
     return RoundView(
         theta_ck.path, layout, load(theta_ck, names), base, list(copies), published,
         with_base=A.reconstruct(layout, published, invert, base=base),
-        no_base=A.reconstruct(layout, published, invert, base=None),
+        no_base=A.reconstruct(layout, published, invert, base=None), rename=rename,
     )  # fmt: skip
 
 

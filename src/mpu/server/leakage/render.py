@@ -77,6 +77,8 @@ def _functional_lines(f: dict | None) -> list[str]:
     lines += [row(f"copy {i + 1} as published", x) for i, x in enumerate(f["copies_as_published"])]
     for key, label in (("one_copy_aligned", "one copy aligned to the base"),
                        ("all_copies_with_base", "all copies combined with the base"),
+                       ("all_copies_base_filled", "… emulator: the blocks they lack the base's"),
+                       ("all_copies_at_emulator_depth", "… emulator: run at the copies' depth"),
                        ("all_copies_without_base", "all copies combined without the base")):  # fmt: skip
         if key in f:
             lines.append(row(label, f[key]))
