@@ -33,3 +33,18 @@ def test_running_the_recommendation_lands_within_a_tenth_of_the_prediction(tofu_
     # until the target is crossed
     ells = [p["L"] for p in result["evidence"]]
     assert ells[0] > 0.5 >= min(ells)
+
+
+def test_other_job_settings_reach_every_publication_and_the_recommendation(tofu_world, tmp_path):
+    from mpu.errors import ConfigError
+    from mpu.server.plan import describe
+
+    data, models = tofu_world
+    knowledge = f"{data}/forget01"
+    with pytest.raises(ConfigError, match="emulator=off"):  # the setting reached the job
+        measure(models / "target", models / "base", knowledge, kappa=0.1, copies=2, residual=1.0,
+                limit=4, work=tmp_path, settings=["emulator_distill_steps=5"])  # fmt: skip
+    result = plan(models / "target", models / "base", 0.99, knowledge, copies=2, limit=10,
+                  ladder=(3.0,), verify=False, settings=["angles=continuous"])  # fmt: skip
+    assert result["recommendation"]["server.angles"] == "continuous"
+    assert "server.angles=continuous" in describe(result)

@@ -36,7 +36,8 @@ def _plan(args: argparse.Namespace) -> int:
 
         raise ConfigError("mpu privacy plan needs --data (its full split) or --knowledge")
     result = plan(args.model, args.base, args.target_leakage, knowledge, copies=args.copies,
-                  residual=args.residual, limit=args.limit, verify=not args.no_check)  # fmt: skip
+                  residual=args.residual, limit=args.limit, verify=not args.no_check,
+                  settings=args.settings)  # fmt: skip
     print(describe(result))
     if args.out:
         atomic_write_json(args.out, result)
@@ -180,6 +181,9 @@ def _register_plan(psub: argparse._SubParsersAction) -> None:
     p.add_argument("--limit", type=int, default=100, help="knowledge items scored per copy")
     p.add_argument("--no-check", action="store_true", help="skip publishing at the result")
     p.add_argument("--out", help="write the plan and its evidence as JSON")
+    p.add_argument("settings", nargs="*", metavar="KEY=VALUE",
+                   help="other job settings every publication uses (e.g. emulator=layer_drop "
+                   "emulator_drop=4 emulator_distill_steps=300)")  # fmt: skip
     p.set_defaults(handler=_plan)
 
 

@@ -24,17 +24,22 @@ from pathlib import Path
 
 from mpu.errors import ConfigError
 
-LADDER = (0.03, 0.1, 0.3, 1.0, 3.0, 10.0)  # JobConfig allows κ ≤ 10
+# κ up to 30: on a pre-trained model one copy keeps L ≥ 0.8 up to κ = 20 (SmolLM2,
+# benchmarks/RESULTS.md); JobConfig allows α·κ ≤ 100
+LADDER = (0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0)
 
 
 def measure(theta: Path, base: Path, knowledge, *, kappa: float, copies: int, residual: float,
-            limit: int, work: Path) -> dict:  # fmt: skip
-    """Publish round 1 at κ and score its functional leakage (no client run)."""
+            limit: int, work: Path, settings: Sequence[str] = ()) -> dict:  # fmt: skip
+    """Publish round 1 at κ (with any other job `settings`, key=value) and score its
+    functional leakage (no client run)."""
+    from mpu.config import load_config
     from mpu.server.config import JobConfig
     from mpu.server.job import Server
     from mpu.server.leakage import functional_view, read_round
 
-    cfg = JobConfig(kappa=kappa, copies=copies, residual=residual, gate=False)
+    cfg = load_config(JobConfig, overrides=[*settings, f"kappa={kappa}", f"copies={copies}",
+                                            f"residual={residual}", "gate=false"])  # fmt: skip
     server = Server.init(theta, base, work / "server", cfg)
     published = server.publish(work / "outbox", progress=False)
     f = functional_view(read_round(server, 1, published), knowledge, limit)
@@ -68,17 +73,20 @@ def _monotone(points: list[dict]) -> list[dict]:
 
 def plan(theta: str | Path, base: str | Path, target: float, knowledge: str | Path, *,
          copies: int = 4, residual: float = 1.0, ladder: Sequence[float] = LADDER,
-         limit: int = 100, refine: int = 2, verify: bool = True) -> dict:  # fmt: skip
+         limit: int = 100, refine: int = 2, verify: bool = True,
+         settings: Sequence[str] = ()) -> dict:  # fmt: skip
     """The recommended setting for leakage ≤ `target` on this model, with the evidence:
     the ladder until L falls under the target, then `refine` more publications at the
-    interpolated κ (each narrows the bracket), then one independent check."""
+    interpolated κ (each narrows the bracket), then one independent check. `settings`: other
+    job settings (key=value) every publication uses, e.g. an emulator."""
     if not 0 < target < 1:
         raise ConfigError(f"--target-leakage {target}: expected a number in (0, 1)")
     theta, base = Path(theta), Path(base)
     points: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="mpu-plan-") as tmp:
         run = lambda k, name: measure(theta, base, knowledge, kappa=k, copies=copies,  # noqa: E731
-                                      residual=residual, limit=limit, work=Path(tmp) / name)  # fmt: skip
+                                      residual=residual, limit=limit, work=Path(tmp) / name,
+                                      settings=settings)  # fmt: skip
         for i, kappa in enumerate(ladder):
             points.append(run(kappa, f"k{i}"))
             if points[-1]["L"] <= target:
@@ -89,14 +97,19 @@ def plan(theta: str | Path, base: str | Path, target: float, knowledge: str | Pa
             kappa = interpolate(_monotone(points), target)
         check = run(kappa, "check") if verify and kappa is not None else None
     out = {"target": target, "copies": copies, "residual": residual, "evidence": points,
-           "knowledge": str(knowledge), "items": limit}  # fmt: skip
+           "knowledge": str(knowledge), "items": limit, "settings": list(settings)}  # fmt: skip
     if kappa is None:
         out["recommendation"] = None
         out["why"] = (f"no κ up to {ladder[-1]:g} brings the leakage to {target} with ρ = "
-                      f"{residual:g}: raise server.residual or use fewer copies")  # fmt: skip
+                      f"{residual:g}: raise server.residual or use fewer copies; on a "
+                      "pre-trained model noise removes a fine-tune only with the model, so try "
+                      "an emulator (emulator=layer_drop emulator_drop=D "
+                      "emulator_distill_steps=N; docs/threat-model.md)")  # fmt: skip
         return out
     out["recommendation"] = {"server.kappa": round(kappa, 4), "server.residual": residual,
-                             "server.copies": copies}  # fmt: skip
+                             "server.copies": copies,
+                             **{f"server.{kv.split('=', 1)[0]}": kv.split("=", 1)[1]
+                                for kv in settings}}  # fmt: skip
     out["predicted_leakage"] = target if points[0]["L"] > target else points[0]["L"]
     if check is not None:
         out["measured_at_recommendation"] = check
@@ -113,7 +126,8 @@ def describe(result: dict) -> str:
     rec = result["recommendation"]
     if rec is None:
         return "\n".join([*lines, f"No recommendation: {result['why']}."])
-    settings = " ".join(f"{k}={v:g}" for k, v in rec.items())
+    settings = " ".join(f"{k}={v:g}" if isinstance(v, float | int) else f"{k}={v}"
+                        for k, v in rec.items())  # fmt: skip
     lines.append(f"Recommended: {settings} (predicted L = {result['predicted_leakage']:.3f}).")
     check = result.get("measured_at_recommendation")
     if check is not None:
