@@ -33,6 +33,7 @@ log = logging.getLogger("mpu.server")
 
 FOLDER = "emulator"  # in the server's workdir
 BATCH = 8  # sequences per distillation step
+LOG_EVERY = 50  # steps between progress lines
 SAMPLE_BATCH = 16  # sequences generated at once
 
 
@@ -119,6 +120,8 @@ def distill(student, teacher, texts: torch.Tensor, params: list, *, steps: int, 
             loss.backward()
             opt.step()
             losses.append(float(loss.detach()))
+            if len(losses) % LOG_EVERY == 0:  # a long silent step otherwise (minutes on CPU)
+                log.info("distillation step %d/%d: KL %.3f", len(losses), steps, losses[-1])
     student.eval()
     for p in params:
         p.requires_grad_(False)
