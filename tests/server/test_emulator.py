@@ -255,3 +255,37 @@ def _tensors_of_file(path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
     return load_file(str(path))
+
+
+def test_a_distilled_middle_is_reused_only_for_the_same_theta_and_emulator(six_blocks, tmp_path):
+    """Distillation is the expensive part of an emulator job; a later job on the same θ and
+    emulator copies the earlier job's distilled middle (and its record) instead."""
+    from mpu.server.distill import distilled_path
+
+    _, models = six_blocks
+    settings = {"kappa": 0, "reparameterize": False, "copies": 2, "gate": False,
+                "seeds": "paper_public", "emulator": "layer_drop", "emulator_outer": 1}  # fmt: skip
+    first = Server.init(models / "target", models / "base", tmp_path / "first",
+                        JobConfig(**settings, emulator_drop=2, emulator_distill_steps=3,
+                                  emulator_distill_texts=4, emulator_distill_length=8))  # fmt: skip
+    again = Server.init(models / "target", models / "base", tmp_path / "again",
+                        JobConfig(**settings, emulator_drop=2,
+                                  emulator_distilled_from=str(first.workdir)))  # fmt: skip
+    assert distilled_path(again.workdir).read_bytes() == distilled_path(first.workdir).read_bytes()
+    copies = [s.publish(tmp_path / name / "outbox", progress=False)[0]
+              for s, name in ((first, "first"), (again, "again"))]  # fmt: skip
+    assert _tensors(copies[0]).keys() == _tensors(copies[1]).keys()
+    for name, t in _tensors(copies[0]).items():
+        assert torch.equal(t, _tensors(copies[1])[name]), name
+    with pytest.raises(ConfigError, match="leaves out blocks"):  # another emulator
+        Server.init(models / "target", models / "base", tmp_path / "other",
+                    JobConfig(**settings, emulator_drop=1,
+                              emulator_distilled_from=str(first.workdir)))  # fmt: skip
+    with pytest.raises(ConfigError, match="another model"):  # another θ
+        Server.init(models / "base", models / "base", tmp_path / "base",
+                    JobConfig(**settings, emulator_drop=2,
+                              emulator_distilled_from=str(first.workdir)))  # fmt: skip
+    with pytest.raises(ConfigError, match="no distilled emulator there"):
+        Server.init(models / "target", models / "base", tmp_path / "none",
+                    JobConfig(**settings, emulator_drop=2,
+                              emulator_distilled_from=str(tmp_path)))  # fmt: skip

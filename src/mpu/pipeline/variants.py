@@ -26,7 +26,7 @@ from mpu.server.config import JobConfig
 
 # Clean is the whole exact model: an emulator (a protection setting) stays off there
 NO_EMULATOR = {"emulator": "off", "emulator_drop": 0, "emulator_stride": 2,
-               "emulator_distill_steps": 0}  # fmt: skip
+               "emulator_distill_steps": 0, "emulator_distilled_from": ""}  # fmt: skip
 
 
 @dataclass(frozen=True)

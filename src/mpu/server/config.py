@@ -131,6 +131,11 @@ class JobConfig:
     emulator_distill_texts: int = field(256, help="emulator distillation: public sequences")
     emulator_distill_length: int = field(64, help="emulator distillation: tokens per sequence")
     emulator_distill_lr: float = field(1e-4, help="emulator distillation: AdamW learning rate")
+    emulator_distilled_from: str = field(
+        "",
+        help="emulator: the workdir of an earlier job on the same θ and emulator whose distilled "
+        "middle is reused instead of distilling again",
+    )
 
     def _check_emulator(self) -> None:
         for name, low in (("emulator_outer", 1), ("emulator_stride", 1), ("emulator_drop", 0),
@@ -146,7 +151,7 @@ class JobConfig:
                 f"emulator_drop={self.emulator_drop} and emulator_stride={self.emulator_stride}: "
                 "set one of them (emulator_drop replaces the stride)"
             )
-        if self.emulator_distill_steps and self.emulator == "off":
+        if (self.emulator_distill_steps or self.emulator_distilled_from) and self.emulator == "off":
             raise ConfigError(
                 "emulator_distill_steps is set but emulator=off: there is no emulator to distil"
             )

@@ -24,7 +24,14 @@ from pathlib import Path
 import torch
 
 from mpu.errors import CheckpointError, ConfigError
-from mpu.io.checkpoint import Checkpoint, TensorSpec, sha256_file
+from mpu.io.checkpoint import (
+    Checkpoint,
+    TensorSpec,
+    atomic_write_bytes,
+    atomic_write_json,
+    read_json,
+    sha256_file,
+)
 from mpu.io.memory import reuse_freed_buffers
 from mpu.io.safetensors_stream import SafetensorsReader, SafetensorsWriter
 from mpu.server.emulator import Emulator
@@ -32,6 +39,7 @@ from mpu.server.emulator import Emulator
 log = logging.getLogger("mpu.server")
 
 FOLDER = "emulator"  # in the server's workdir
+RECORD = "distill.json"  # beside the distilled blocks: what they were distilled from, how
 BATCH = 8  # sequences per distillation step
 LOG_EVERY = 50  # steps between progress lines
 SAMPLE_BATCH = 16  # sequences generated at once
@@ -129,7 +137,7 @@ def distill(student, teacher, texts: torch.Tensor, params: list, *, steps: int, 
 
 
 def distil_emulator(theta: Path, base: Path, emulator: Emulator, prefix: str, cfg, *,
-                    seed: int, out: Path) -> dict:  # fmt: skip
+                    seed: int, out: Path, theta_commitment: str) -> dict:  # fmt: skip
     """Distil the emulator's kept middle blocks towards θ and write them, in θ's names, to
     `out` (a model.safetensors, atomically); what it did, for the job's history."""
     from mpu.server.leakage.models import model_with
@@ -155,8 +163,35 @@ def distil_emulator(theta: Path, base: Path, emulator: Emulator, prefix: str, cf
     seconds = time.perf_counter() - started
     log.info("emulator distilled in %.0f s: KL(θ ‖ emulator) %.3f → %.3f", seconds, losses[0],
              losses[-1])  # fmt: skip
-    return {"event": "distill", "sha256": sha256_file(out), "kl_first": losses[0],
-            "kl_last": losses[-1], "steps": len(losses), "seconds": round(seconds, 1)}  # fmt: skip
+    record = {"event": "distill", "sha256": sha256_file(out), "kl_first": losses[0],
+              "kl_last": losses[-1], "steps": len(losses), "seconds": round(seconds, 1),
+              "theta": theta_commitment, "left_out": emulator.left_out}  # fmt: skip
+    atomic_write_json(out.parent / RECORD, record)
+    return record
+
+
+def reuse_emulator(source: Path, out: Path, emulator: Emulator, theta_commitment: str) -> dict:
+    """Copy the distilled middle of an earlier job on the same θ and emulator (`source`: its
+    workdir) instead of distilling again; what was reused, for the job's history."""
+    found = distilled_path(source)
+    record_path = found.parent / RECORD
+    if not found.is_file() or not record_path.is_file():
+        raise ConfigError(f"emulator_distilled_from={source}: no distilled emulator there "
+                          f"({found} and {record_path} expected)")  # fmt: skip
+    record = read_json(record_path, "distilled emulator record")
+    if record.get("theta") != theta_commitment:
+        raise ConfigError(f"{record_path}: distilled from another model than this job's θ")
+    if record.get("left_out") != emulator.left_out:
+        raise ConfigError(f"{record_path}: its emulator leaves out blocks "
+                          f"{record.get('left_out')}, this job's {emulator.left_out}")  # fmt: skip
+    if sha256_file(found) != record.get("sha256"):
+        raise CheckpointError(f"{found}: not the file its record describes (changed or corrupted)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(out, found.read_bytes())
+    atomic_write_json(out.parent / RECORD, record)
+    log.info("emulator: the distilled middle of %s reused (%d steps, KL %.3f)", source,
+             record["steps"], record["kl_last"])  # fmt: skip
+    return {**record, "reused_from": str(source)}
 
 
 def _write_blocks(out: Path, theta: Checkpoint, blocks: dict[int, torch.nn.Module], prefix: str):

@@ -201,8 +201,8 @@ class Server:
         if gate is not None:  # what init checked, for `mpu server init` to say
             state.history.append({"round": 0, "event": "gate", **asdict(gate)})
         state.commitments["1"] = combine(leaves["theta"])
-        if cfg.emulator_distill_steps:  # a job exists once its emulator does
-            state.history.append(cls._distil(state, layout, workdir, cfg))
+        if cfg.emulator_distill_steps or cfg.emulator_distilled_from:  # a job exists once
+            state.history.append(cls._distil(state, layout, workdir, cfg))  # its emulator does
         state.log_seq = 1
         audit_log.start(workdir, job_id=state.job_id, theta=state.commitments["1"],
                         base=combine(leaves["base"]), config=asdict(cfg))  # fmt: skip
@@ -212,11 +212,18 @@ class Server:
     @staticmethod
     def _distil(state: ServerState, layout: Layout, workdir: Path, cfg: JobConfig) -> dict:
         """Distil the emulator's middle blocks towards θ_1 (mpu.server.distill); its record."""
-        from mpu.server.distill import distil_emulator, distilled_path
+        from mpu.server.distill import distil_emulator, distilled_path, reuse_emulator
 
+        emulator, out, theta = (
+            emulator_of(cfg, layout),
+            distilled_path(workdir),
+            state.commitments["1"],
+        )
+        if cfg.emulator_distilled_from:
+            return reuse_emulator(Path(cfg.emulator_distilled_from), out, emulator, theta)
         streams = PaperStreams() if cfg.seeds == "paper_public" else SecretStreams(state.key)
-        return distil_emulator(round_dir(workdir, 1), Path(state.base_dir), emulator_of(cfg, layout),
-                               layout.spec.block_prefix, cfg, out=distilled_path(workdir),
+        return distil_emulator(round_dir(workdir, 1), Path(state.base_dir), emulator,
+                               layout.spec.block_prefix, cfg, out=out, theta_commitment=theta,
                                seed=streams.seed(1, "emulator-distill"))  # fmt: skip
 
     @staticmethod
