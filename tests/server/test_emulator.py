@@ -106,6 +106,11 @@ def test_layer_drop_publishes_a_shorter_copy_and_updates_only_the_outer_blocks(
             if name.startswith(("model.layers.1.", "model.layers.2.")):
                 assert not delta.read(name).any(), f"emulator block {name} was trained"
     server.aggregate(deltas, progress=False)
+    # the signed transcript replays: each update's logged commitment is its file's, though
+    # the server read it in θ's names with zeros for the blocks the copy lacks
+    from mpu.server.audit_log import verify
+
+    assert verify(server.workdir)["rounds_replayed"] == 1
     before, after = _tensors(round_dir(server.workdir, 1)), _tensors(round_dir(server.workdir, 2))
     for name in before:
         moved = not torch.equal(before[name], after[name])

@@ -210,6 +210,9 @@ def aggregate_updates(
     fold = _RoundFold(theta, layout, matched, streams=streams, round_=round_, alphas=alphas,
                       cfg=cfg, out=out, bounds=theta_norms or {}, device=device, base=base)  # fmt: skip
     norms, mean_sq, sigmas, new_norms = fold.run(progress)
+    for rec, delta in matched:  # an emulator update's frozen blocks: hashed, never applied
+        if hasattr(delta, "unread_leaves"):
+            fold.leaves[rec.copy_id].update(delta.unread_leaves())
     by_folder = sorted(
         ((rec.folder, n) for (rec, _), n in zip(matched, norms, strict=True)),
         key=lambda fn: int(fn[0].split("-")[1]),
@@ -269,6 +272,14 @@ class _RoundFold:
             )
         return norm
 
+    def record_leaf(self, rec, delta, name: str, leaf: str) -> None:
+        """The commitment leaf of the update's tensor `name`, under the name the update file
+        stores it by: an emulator copy's update is read in θ's names, with zeros for the blocks
+        the copy lacks, but its logged commitment must be the file's (`mpu verify`)."""
+        stored = delta.stored_name(name) if hasattr(delta, "stored_name") else name
+        if stored is not None:
+            self.leaves[rec.copy_id][stored] = leaf
+
     def fold(
         self, name: str
     ) -> tuple[str, torch.Tensor | None, list[float], float, float, tuple | None]:
@@ -281,7 +292,7 @@ class _RoundFold:
         for rec, delta in self.matched:
             leaf = PartsLeaf(torch.float32, tuple(self.theta.spec(name).shape))
             d = delta.read(name, leaf.update_bytes)  # hashed slice by slice as it is read
-            self.leaves[rec.copy_id][name] = leaf.leaf()
+            self.record_leaf(rec, delta, name, leaf.leaf())
             d = d.to(self.device)
             norm = _finite_norm(d, name, delta.path)
             _check_tensor_bound(norm, self.bounds.get(name), d.numel(), name, delta.path, self.cfg)
@@ -335,7 +346,7 @@ class _RoundFold:
         for (rec, delta), h, copy_sq in zip(self.matched, hashers, sq, strict=True):
             _check_tensor_bound(math.sqrt(copy_sq), self.bounds.get(name), numel, name,
                                 delta.path, self.cfg)  # fmt: skip
-            self.leaves[rec.copy_id][name] = h.leaf()
+            self.record_leaf(rec, delta, name, h.leaf())
         return sq, mean_sq, new_norm, (key, moment_sq, numel) if key is not None else None
 
     def run(self, progress: bool) -> tuple[list[float], float, dict, dict[str, float]]:

@@ -29,6 +29,7 @@ from mpu.arch import EMULATOR_CONFIG_KEY as CONFIG_KEY
 from mpu.arch.base import Layout
 from mpu.errors import ConfigError, UpdateRejectedError
 from mpu.io.checkpoint import TensorSpec
+from mpu.io.transcript import PartsLeaf
 
 EMULATORS = ("off", "layer_drop")
 
@@ -165,6 +166,24 @@ class EmulatedDelta:
                     f"{self.path}: tensor {cname!r} has shape {tuple(have[cname].shape)}, the "
                     f"copy's is {tuple(self._theta.spec(name).shape)}"
                 )
+
+    def stored_name(self, name: str) -> str | None:
+        """The update file's name for θ's tensor `name`; None where the update reads as zero
+        (a block the copy lacks, or an emulator block the server does not apply)."""
+        return self._source[name]
+
+    def unread_leaves(self) -> dict[str, tuple]:
+        """Commitment leaves of the file's tensors the server never reads (the emulator blocks
+        the client held frozen), hashed from the file, so that the logged commitment of the
+        update is the file's (`mpu verify` recomputes it from the file)."""
+        read = {c for c in self._source.values() if c is not None}
+        out = {}
+        for cname, spec in self.delta.specs.items():
+            if cname not in read:
+                leaf = PartsLeaf(spec.dtype, tuple(spec.shape))
+                self.delta.read(cname, leaf.update_bytes)
+                out[cname] = leaf.leaf()
+        return out
 
     @property
     def specs(self) -> dict[str, TensorSpec]:
