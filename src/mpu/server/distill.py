@@ -107,8 +107,6 @@ def distill(student, teacher, texts: torch.Tensor, params: list, *, steps: int, 
     (KL(teacher ‖ student), every position); the loss of every step. Activation buffers are
     reused from step to step (`mpu.io.memory`: 10 % faster on SmolLM2 than mapping them
     afresh, benchmarks/distill_speed.py)."""
-    import torch.nn.functional as F
-
     for p in student.parameters():
         p.requires_grad_(False)
     for p in params:
@@ -120,20 +118,28 @@ def distill(student, teacher, texts: torch.Tensor, params: list, *, steps: int, 
     with reuse_freed_buffers():
         for _ in range(steps):
             ids = texts[torch.randint(len(texts), (batch,), generator=gen)]
-            with torch.no_grad():
-                target = F.log_softmax(teacher(input_ids=ids).logits.float(), -1)
-            logp = F.log_softmax(student(input_ids=ids).logits.float(), -1)
-            loss = F.kl_div(logp, target, log_target=True, reduction="none").sum(-1).mean()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            losses.append(float(loss.detach()))
+            losses.append(kl_step(student, teacher, ids, opt))
             if len(losses) % LOG_EVERY == 0:  # a long silent step otherwise (minutes on CPU)
                 log.info("distillation step %d/%d: KL %.3f", len(losses), steps, losses[-1])
     student.eval()
     for p in params:
         p.requires_grad_(False)
     return losses
+
+
+def kl_step(student, teacher, ids: torch.Tensor, opt) -> float:
+    """One optimizer step of the student on KL(teacher ‖ student) over every position of
+    `ids`; the loss."""
+    import torch.nn.functional as F
+
+    with torch.no_grad():
+        target = F.log_softmax(teacher(input_ids=ids).logits.float(), -1)
+    logp = F.log_softmax(student(input_ids=ids).logits.float(), -1)
+    loss = F.kl_div(logp, target, log_target=True, reduction="none").sum(-1).mean()
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return float(loss.detach())
 
 
 def distil_emulator(theta: Path, base: Path, emulator: Emulator, prefix: str, cfg, *,
