@@ -272,7 +272,7 @@ class _RoundFold:
             )
         return norm
 
-    def record_leaf(self, rec, delta, name: str, leaf: str) -> None:
+    def record_leaf(self, rec, delta, name: str, leaf: tuple) -> None:
         """The commitment leaf of the update's tensor `name`, under the name the update file
         stores it by: an emulator copy's update is read in θ's names, with zeros for the blocks
         the copy lacks, but its logged commitment must be the file's (`mpu verify`)."""
