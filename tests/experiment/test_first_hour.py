@@ -204,8 +204,11 @@ def test_a_signal_stops_every_process_in_one_line_and_a_rerun_resumes(
     data, models = tofu_world
     out = tmp_path / "run"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    # as from a terminal: a suite started in the background (`cmd &`) inherits SIGINT ignored,
+    # and Python then keeps ignoring it, so the run would finish instead of stopping
     proc = subprocess.Popen(_cmd(data, models, out), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=env)  # fmt: skip
+                            text=True, env=env,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
     for line in proc.stdout:  # wait for the job phase
         if "runs in 2 worker processes" in line:
             break
