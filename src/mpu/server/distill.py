@@ -193,7 +193,7 @@ def reuse_emulator(source: Path, out: Path, emulator: Emulator, theta_commitment
     if sha256_file(found) != record.get("sha256"):
         raise CheckpointError(f"{found}: not the file its record describes (changed or corrupted)")
     out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(out, found.read_bytes())
+    atomic_write_bytes(out, _chunks(found))  # streamed: the middle of a model, not held
     atomic_write_json(out.parent / RECORD, record)
     log.info("emulator: the distilled middle of %s reused (%d steps, KL %.3f)", source,
              record["steps"], record["kl_last"])  # fmt: skip
@@ -252,3 +252,10 @@ class DistilledTheta(Checkpoint):
         if name in self._distilled.specs:
             return self._distilled.read_flat(name, start, stop)
         return super().read_flat(name, start, stop)
+
+
+def _chunks(path: Path, size: int = 1 << 22):
+    """The file's bytes in `size`-byte pieces."""
+    with open(path, "rb") as f:
+        while chunk := f.read(size):
+            yield chunk
