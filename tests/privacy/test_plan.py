@@ -22,7 +22,8 @@ def test_interpolation_is_linear_in_log_kappa_and_says_when_nothing_reaches_the_
 def test_running_the_recommendation_lands_within_a_tenth_of_the_prediction(tofu_world, tmp_path):
     data, models = tofu_world
     knowledge = f"{data}/forget01"
-    result = plan(models / "target", models / "base", 0.5, knowledge, copies=2, limit=40)
+    # L 0.7 falls near κ = 0.25, where the copies still keep ≥ 95% of θ's general answers
+    result = plan(models / "target", models / "base", 0.7, knowledge, copies=2, limit=40)
     rec = result["recommendation"]
     assert rec is not None and rec["server.residual"] == 1.0
     # an independent publication (a fresh secret key) at the recommended κ
@@ -32,7 +33,7 @@ def test_running_the_recommendation_lands_within_a_tenth_of_the_prediction(tofu_
     # the ladder's evidence is what the recommendation was read from: L falls as κ grows
     # until the target is crossed
     ells = [p["L"] for p in result["evidence"]]
-    assert ells[0] > 0.5 >= min(ells)
+    assert ells[0] > 0.7 >= min(ells)
 
 
 def test_other_job_settings_reach_every_publication_and_the_recommendation(tofu_world, tmp_path):
@@ -45,6 +46,29 @@ def test_other_job_settings_reach_every_publication_and_the_recommendation(tofu_
         measure(models / "target", models / "base", knowledge, kappa=0.1, copies=2, residual=1.0,
                 limit=4, work=tmp_path, settings=["emulator_distill_steps=5"])  # fmt: skip
     result = plan(models / "target", models / "base", 0.99, knowledge, copies=2, limit=10,
-                  ladder=(3.0,), verify=False, settings=["angles=continuous"])  # fmt: skip
+                  ladder=(3.0,), verify=False, settings=["angles=continuous"],
+                  min_capability=0)  # fmt: skip
     assert result["recommendation"]["server.angles"] == "continuous"
     assert "server.angles=continuous" in describe(result)
+
+
+def test_copies_that_no_longer_work_are_never_recommended(tofu_world, tmp_path):
+    """Low leakage bought by destroying the model is refused: at κ = 30 (noise thirty times
+    the fine-tune on a model whose base is random) the copies keep a fraction of θ's answers
+    on the general questions, so a plan that must keep 90% of them recommends nothing and says
+    why, while the same plan with the check off recommends that κ."""
+    from mpu.server.plan import capability, describe, general_items
+
+    data, models = tofu_world
+    knowledge = f"{data}/forget01"
+    general = general_items(knowledge, models / "target", 20)
+    assert general is not None and "world_facts" in general.source
+    assert capability(models / "target", [models / "target"], general)["weakest"] == 1.0
+    kw = dict(copies=2, limit=20, ladder=(30.0,), verify=False)
+    broken = plan(models / "target", models / "base", 0.9, knowledge, **kw)
+    c = broken["evidence"][0]["capability"]
+    assert broken["recommendation"] is None and c < 0.9
+    assert "working copy" in broken["why"] and f"{100 * c:.0f}%" in describe(broken)
+    unchecked = plan(models / "target", models / "base", 0.9, knowledge, min_capability=0, **kw)
+    assert unchecked["recommendation"]["server.kappa"] == 30.0
+    assert "not checked" in describe(unchecked)

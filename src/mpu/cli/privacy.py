@@ -37,7 +37,7 @@ def _plan(args: argparse.Namespace) -> int:
         raise ConfigError("mpu privacy plan needs --data (its full split) or --knowledge")
     result = plan(args.model, args.base, args.target_leakage, knowledge, copies=args.copies,
                   residual=args.residual, limit=args.limit, verify=not args.no_check,
-                  settings=args.settings)  # fmt: skip
+                  settings=args.settings, min_capability=args.min_capability)  # fmt: skip
     print(describe(result))
     if args.out:
         atomic_write_json(args.out, result)
@@ -163,6 +163,8 @@ def _register_audit(psub: argparse._SubParsersAction) -> None:
 
 
 def _register_plan(psub: argparse._SubParsersAction) -> None:
+    from mpu.server.plan import MIN_CAPABILITY  # no torch: plan imports it where it scores
+
     p = psub.add_parser(
         "plan",
         help="the smallest κ whose copies leak at most a target, measured on your model",
@@ -180,6 +182,10 @@ def _register_plan(psub: argparse._SubParsersAction) -> None:
     p.add_argument("--residual", type=float, default=1.0, help="ρ (default 1)")
     p.add_argument("--limit", type=int, default=100, help="knowledge items scored per copy")
     p.add_argument("--no-check", action="store_true", help="skip publishing at the result")
+    p.add_argument("--min-capability", type=float, default=MIN_CAPABILITY,
+                   help="never recommend a κ whose weakest copy keeps less than this share of "
+                   "θ's answer probability on general questions (world_facts, real_authors "
+                   f"beside the data; default {MIN_CAPABILITY:g}, 0: no check)")  # fmt: skip
     p.add_argument("--out", help="write the plan and its evidence as JSON")
     p.add_argument("settings", nargs="*", metavar="KEY=VALUE",
                    help="other job settings every publication uses (e.g. emulator=layer_drop "

@@ -12,6 +12,13 @@ the recommended κ (`verify=True`).
 
 The round's leakage is max(L one copy, L all): without residual noise the copies together
 determine θ (L all ≈ 1 at any κ), so the plan keeps `server.residual` (ρ, default 1) on.
+
+Low leakage is worth nothing if the copies no longer work: on a pre-trained model isotropic
+noise removes the fine-tune only together with the model (benchmarks/RESULTS.md, SmolLM2), and
+a client cannot unlearn on a copy that has forgotten everything. So every publication is also
+scored on general questions that the base and θ both answer (the data's `world_facts` and
+`real_authors`): the capability C of the weakest copy is its answer probability there over
+θ's, and a κ whose copies keep less than `min_capability` of it is never recommended.
 """
 
 from __future__ import annotations
@@ -27,12 +34,50 @@ from mpu.errors import ConfigError
 # κ up to 30: on a pre-trained model one copy keeps L ≥ 0.8 up to κ = 20 (SmolLM2,
 # benchmarks/RESULTS.md); JobConfig allows α·κ ≤ 100
 LADDER = (0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0)
+# the share of θ's general answer probability the weakest copy must keep (see RESULTS.md,
+# "What the planner recommends on SmolLM2", for where unlearning on copies stops working)
+MIN_CAPABILITY = 0.9
+GENERAL_SPLITS = ("world_facts", "real_authors")
+
+
+def general_items(knowledge: str | Path, theta: Path, limit: int):
+    """`limit` questions spread over the general splits beside the knowledge data (the data
+    folder itself, or the folder holding the knowledge split), encoded for θ; None when that
+    folder has none of them."""
+    from mpu.server.leakage.functional import Knowledge
+
+    root = Path(knowledge)
+    root = root if (root / "full").is_dir() else root.parent
+    found = [root / s for s in GENERAL_SPLITS if (root / s).is_dir()]
+    if not found:
+        return None
+    each = max(1, limit // len(found))
+    parts = [encode_general(theta, f, each) for f in found]
+    return Knowledge(", ".join(p.source for p in parts),
+                     [e for p in parts for e in p.encoded], parts[0].pad_id)  # fmt: skip
+
+
+def encode_general(theta: Path, split: Path, limit: int):
+    from mpu.server.leakage.functional import encode_rows, knowledge_rows
+
+    where, rows = knowledge_rows(split, limit)
+    return encode_rows(theta, rows, where)
+
+
+def capability(theta: Path, copies: Sequence[Path], general) -> dict:
+    """C of each copy: its mean answer probability on the general questions over θ's."""
+    from mpu.server.leakage.functional import score
+    from mpu.server.leakage.models import model_with
+
+    s_theta = score(model_with(theta), general)["answer_prob"]
+    per_copy = [score(model_with(c), general)["answer_prob"] / s_theta for c in copies]
+    return {"theta_answer_prob": s_theta, "per_copy": per_copy, "weakest": min(per_copy)}
 
 
 def measure(theta: Path, base: Path, knowledge, *, kappa: float, copies: int, residual: float,
-            limit: int, work: Path, settings: Sequence[str] = ()) -> dict:  # fmt: skip
+            limit: int, work: Path, settings: Sequence[str] = (), general=None) -> dict:  # fmt: skip
     """Publish round 1 at κ (with any other job `settings`, key=value) and score its
-    functional leakage (no client run)."""
+    functional leakage (no client run) and, given `general` items, the copies' capability."""
     from mpu.config import load_config
     from mpu.server.config import JobConfig
     from mpu.server.job import Server
@@ -42,9 +87,13 @@ def measure(theta: Path, base: Path, knowledge, *, kappa: float, copies: int, re
                                             f"residual={residual}", "gate=false"])  # fmt: skip
     server = Server.init(theta, base, work / "server", cfg)
     published = server.publish(work / "outbox", progress=False)
-    f = functional_view(read_round(server, 1, published), knowledge, limit)
+    view = read_round(server, 1, published)
+    f = functional_view(view, knowledge, limit)
     one, all_ = f["one_copy"]["answer_prob"], f["all_copies_with_base"]["answer_prob"]
-    return {"kappa": kappa, "L_one_copy": one, "L_all_copies": all_, "L": max(one, all_)}
+    out = {"kappa": kappa, "L_one_copy": one, "L_all_copies": all_, "L": max(one, all_)}
+    if general is not None:
+        out["capability"] = capability(theta, view.copies, general)["weakest"]
+    return out
 
 
 def interpolate(points: Sequence[dict], target: float) -> float | None:
@@ -73,56 +122,99 @@ def _monotone(points: list[dict]) -> list[dict]:
 
 def plan(theta: str | Path, base: str | Path, target: float, knowledge: str | Path, *,
          copies: int = 4, residual: float = 1.0, ladder: Sequence[float] = LADDER,
-         limit: int = 100, refine: int = 2, verify: bool = True,
-         settings: Sequence[str] = ()) -> dict:  # fmt: skip
+         limit: int = 100, refine: int = 2, verify: bool = True, settings: Sequence[str] = (),
+         min_capability: float = MIN_CAPABILITY) -> dict:  # fmt: skip
     """The recommended setting for leakage ≤ `target` on this model, with the evidence:
     the ladder until L falls under the target, then `refine` more publications at the
     interpolated κ (each narrows the bracket), then one independent check. `settings`: other
-    job settings (key=value) every publication uses, e.g. an emulator."""
+    job settings (key=value) every publication uses, e.g. an emulator. A κ whose weakest copy
+    keeps less than `min_capability` of θ's general answers is not recommended (0: no check)."""
     if not 0 < target < 1:
         raise ConfigError(f"--target-leakage {target}: expected a number in (0, 1)")
+    if not 0 <= min_capability < 1:
+        raise ConfigError(f"--min-capability {min_capability}: expected a number in [0, 1)")
     theta, base = Path(theta), Path(base)
-    points: list[dict] = []
+    general = general_items(knowledge, theta, limit) if min_capability > 0 else None
     with tempfile.TemporaryDirectory(prefix="mpu-plan-") as tmp:
         run = lambda k, name: measure(theta, base, knowledge, kappa=k, copies=copies,  # noqa: E731
                                       residual=residual, limit=limit, work=Path(tmp) / name,
-                                      settings=settings)  # fmt: skip
-        for i, kappa in enumerate(ladder):
-            points.append(run(kappa, f"k{i}"))
-            if points[-1]["L"] <= target:
-                break
-        kappa = interpolate(points, target)
-        for step in range(refine if kappa is not None and points[0]["L"] > target else 0):
-            points = sorted([*points, run(kappa, f"refine{step}")], key=lambda p: p["kappa"])
-            kappa = interpolate(_monotone(points), target)
+                                      settings=settings, general=general)  # fmt: skip
+        points, kappa = _search(run, ladder, target, refine)
         check = run(kappa, "check") if verify and kappa is not None else None
     out = {"target": target, "copies": copies, "residual": residual, "evidence": points,
-           "knowledge": str(knowledge), "items": limit, "settings": list(settings)}  # fmt: skip
-    if kappa is None:
-        out["recommendation"] = None
-        out["why"] = (f"no κ up to {ladder[-1]:g} brings the leakage to {target} with ρ = "
-                      f"{residual:g}: raise server.residual or use fewer copies; on a "
-                      "pre-trained model noise removes a fine-tune only with the model, so try "
-                      "an emulator (emulator=layer_drop emulator_drop=D "
-                      "emulator_distill_steps=N; docs/threat-model.md)")  # fmt: skip
-        return out
-    out["recommendation"] = {"server.kappa": round(kappa, 4), "server.residual": residual,
-                             "server.copies": copies,
-                             **{f"server.{kv.split('=', 1)[0]}": kv.split("=", 1)[1]
-                                for kv in settings}}  # fmt: skip
-    out["predicted_leakage"] = target if points[0]["L"] > target else points[0]["L"]
+           "knowledge": str(knowledge), "items": limit, "settings": list(settings),
+           "min_capability": min_capability,
+           "general": general.source if general is not None else None}  # fmt: skip
     if check is not None:
         out["measured_at_recommendation"] = check
+    out["recommendation"], out["why"] = _recommend(out, kappa, ladder[-1], general is not None)
+    if out["recommendation"] is not None:
+        out["predicted_leakage"] = target if points[0]["L"] > target else points[0]["L"]
     return out
+
+
+def _search(
+    run, ladder: Sequence[float], target: float, refine: int
+) -> tuple[list[dict], float | None]:
+    """The ladder until L falls under the target, then `refine` publications at the
+    interpolated κ; returns the evidence (sorted by κ) and the κ read from it."""
+    points: list[dict] = []
+    for i, kappa in enumerate(ladder):
+        points.append(run(kappa, f"k{i}"))
+        if points[-1]["L"] <= target:
+            break
+    kappa = interpolate(points, target)
+    for step in range(refine if kappa is not None and points[0]["L"] > target else 0):
+        points = sorted([*points, run(kappa, f"refine{step}")], key=lambda p: p["kappa"])
+        kappa = interpolate(_monotone(points), target)
+    return points, kappa
+
+
+def _recommend(
+    out: dict, kappa: float | None, top: float, checked: bool
+) -> tuple[dict | None, str]:
+    """The settings to use, or None and why: no κ reaches the target, or the copies at the κ
+    that does no longer work (their capability is read from the check, else the nearest
+    evidence at or above κ)."""
+    emulator = ("try an emulator (emulator=layer_drop emulator_drop=D emulator_distill_steps=N; "
+                "docs/threat-model.md)")  # fmt: skip
+    if kappa is None:
+        return None, (f"no κ up to {top:g} brings the leakage to {out['target']} with ρ = "
+                      f"{out['residual']:g}: raise server.residual or use fewer copies; on a "
+                      f"pre-trained model noise removes a fine-tune only with the model, so "
+                      f"{emulator}")  # fmt: skip
+    if checked:
+        at = out.get("measured_at_recommendation") or min(
+            (p for p in out["evidence"] if p["kappa"] >= kappa), key=lambda p: p["kappa"]
+        )
+        if at["capability"] < out["min_capability"]:
+            return None, (f"at κ = {kappa:.4g} the copies leak at most {out['target']} but the "
+                          f"weakest keeps only {100 * at['capability']:.0f}% of θ's answer "
+                          f"probability on general questions (at least "
+                          f"{100 * out['min_capability']:.0f}% needed to unlearn on it): on this "
+                          f"model no κ both hides the fine-tune and leaves a working copy, so "
+                          f"{emulator}")  # fmt: skip
+    rec = {"server.kappa": round(kappa, 4), "server.residual": out["residual"],
+           "server.copies": out["copies"],
+           **{f"server.{kv.split('=', 1)[0]}": kv.split("=", 1)[1] for kv in out["settings"]}}  # fmt: skip
+    if checked:
+        return rec, ""
+    if out["min_capability"] == 0:
+        return rec, "the copies' capability was not checked (--min-capability 0)"
+    return rec, ("the copies' capability was not checked: no world_facts or real_authors split "
+                 "beside the knowledge data")  # fmt: skip
 
 
 def describe(result: dict) -> str:
     """What `mpu privacy plan` prints."""
+    checked = result.get("general") is not None
     lines = [f"Functional leakage L per κ (m = {result['copies']}, ρ = {result['residual']:g}; "
-             f"{result['items']} items of {result['knowledge']}):",
-             "  κ        L one copy   L all copies + base"]  # fmt: skip
-    lines += [f"  {p['kappa']:<8g} {p['L_one_copy']:<12.3f} {p['L_all_copies']:.3f}"
-              for p in result["evidence"]]  # fmt: skip
+             f"{result['items']} items of {result['knowledge']})"
+             + (f"; C: the weakest copy's share of θ's answer probability on {result['general']}:"
+                if checked else ":"),
+             "  κ        L one copy   L all copies + base" + ("   C" if checked else "")]  # fmt: skip
+    lines += [f"  {p['kappa']:<8g} {p['L_one_copy']:<12.3f} {p['L_all_copies']:<21.3f}"
+              + (f" {p['capability']:.3f}" if checked else "") for p in result["evidence"]]  # fmt: skip
     rec = result["recommendation"]
     if rec is None:
         return "\n".join([*lines, f"No recommendation: {result['why']}."])
@@ -132,7 +224,10 @@ def describe(result: dict) -> str:
     check = result.get("measured_at_recommendation")
     if check is not None:
         lines.append(f"Checked by publishing at it: L one copy {check['L_one_copy']:.3f}, "
-                     f"L all copies + base {check['L_all_copies']:.3f}.")  # fmt: skip
+                     f"L all copies + base {check['L_all_copies']:.3f}"
+                     + (f", C {check['capability']:.3f}." if checked else "."))  # fmt: skip
+    if result.get("why"):
+        lines.append(f"Note: {result['why']}.")
     lines.append("Its cost in forgetting is measured by `benchmarks/frontier.py` (benchmarks/"
                  "RESULTS.md, \"The privacy–utility frontier\"); run the setting with `mpu run` "
                  "to see it on your data.")  # fmt: skip
