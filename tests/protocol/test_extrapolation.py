@@ -48,19 +48,20 @@ def _draws(sigma: float) -> torch.Tensor:
     return sigma * torch.cat([y, -y])
 
 
-def _scheme(name: str, m: int) -> tuple[torch.Tensor, list[float], list[float]]:
+def _scheme(name: str, m: int, lines: int = 1) -> tuple[torch.Tensor, list[float], list[float]]:
     """(basis, α, weights) of a scheme: the paper's harmonic on zero-sum noise, or ours."""
     if name == "harmonic":
         alphas = default_alphas(m)
         return noise_basis(m, "zero_sum"), alphas, aggregation_weights("harmonic", alphas)
-    alphas = extrapolation_alphas(m)
-    nodes = line_nodes(alphas)
-    return noise_basis(m, "line"), alphas, aggregation_weights("extrapolate", alphas, nodes)
+    alphas = extrapolation_alphas(m, lines)
+    nodes = line_nodes(alphas, lines)
+    weights = aggregation_weights("extrapolate", alphas, nodes, lines)
+    return noise_basis(m, "line", lines), alphas, weights
 
 
-def errors(name: str, m: int, sigma: float) -> torch.Tensor:
+def errors(name: str, m: int, sigma: float, lines: int = 1) -> torch.Tensor:
     """Per draw, the aggregate's error Σ_k w_k Δ(θ + ε_k) − Δ(θ) (DRAWS × D)."""
-    basis, alphas, weights = _scheme(name, m)
+    basis, alphas, weights = _scheme(name, m, lines)
     y = _draws(sigma)
     g = torch.Generator().manual_seed(13)  # zero-sum with m > 2: further independent draws
     extra = [sigma * torch.randn(y.shape, generator=g, dtype=torch.float64)
@@ -133,3 +134,20 @@ def test_a_single_noisy_copy_keeps_a_first_order_error_that_the_copies_cancel():
     one = errors("extrapolate", 1, sigma).square().mean().sqrt()
     three = errors("extrapolate", 3, sigma).square().mean().sqrt()
     assert three * 100 <= one
+
+
+def test_two_lines_halve_what_one_line_cannot_cancel_and_keep_its_bias():
+    """copies=4 lines=2: two antithetic pairs on independent directions, weights ¼. Each pair
+    cancels the odd orders and keeps ½σ²·tr H (ρ = 1: half the paper's); averaging two
+    independent pairs keeps that bias and halves the variance of the error around it."""
+    basis, alphas, weights = _scheme("extrapolate", 4, lines=2)
+    assert basis.tolist() == [[1, 0], [-1, 0], [0, 1], [0, -1]]
+    assert (alphas, weights) == ([1.0] * 4, [0.25] * 4)
+    sigma = 0.05
+    one, two = errors("extrapolate", 2, sigma), errors("extrapolate", 4, sigma, lines=2)
+    want = predicted_harmonic_bias(sigma, [1.0, 1.0])
+    for e in (one, two):  # MC error of the mean (≈ 2 %) plus the σ⁴ term
+        assert torch.linalg.vector_norm(e.mean(0) - want) <= 0.06 * torch.linalg.vector_norm(want)
+    spread = [float((e - e.mean(0)).square().sum(1).mean()) for e in (one, two)]
+    # the ratio of two MC variances over 2000 independent draws: ±2·√(2/2000)·√2 ≈ ±9 %
+    assert spread[1] / spread[0] == pytest.approx(0.5, rel=0.12)

@@ -142,3 +142,17 @@ def test_extrapolation_recovers_a_cubic_client_exactly_and_harmonic_does_not(tmp
     paper = _cubic_error(tmp_path / "paper", copies=2, aggregation="harmonic", alphas="linspace")
     assert ours <= 1e-5
     assert paper >= 100 * ours
+
+
+def test_two_lines_of_four_recover_a_cubic_client_and_two_pairs_keep_its_second_order(tmp_path):
+    """copies=8 lines=2: each line of four recovers the cubic exactly, so their average does
+    too; copies=4 lines=2 (two antithetic pairs) cancels the odd orders only and keeps the
+    cubic's 3μθ·ε²: less than the paper's harmonic weights keep (on average half: ρ = Σα/Σα⁻¹
+    is 1 for α = (1, 1), 2 for the paper's (1, 2); docs/protocol.md §9). The bias itself is
+    pinned by tests/protocol/test_extrapolation.py; here one draw's error norm (expected ratio
+    √2/(2√3) ≈ 0.41, dominated by the few norm gains) only has to come out below."""
+    eight = _cubic_error(tmp_path / "eight", copies=8, lines=2)
+    pairs = _cubic_error(tmp_path / "pairs", copies=4, lines=2)
+    paper = _cubic_error(tmp_path / "paper", copies=2, aggregation="harmonic", alphas="linspace")
+    assert eight <= 1e-5 and pairs >= 3 * eight
+    assert pairs < 0.8 * paper

@@ -71,3 +71,35 @@ def test_published_copies_lie_on_one_line_through_theta_at_their_nodes(tmp_path)
             assert float((moves[k] - t * y).abs().max()) <= tol, (name, k)
         checked += 1
     assert checked > 0
+
+
+def test_lines_need_extrapolation_and_the_same_copies_on_each_line():
+    assert JobConfig(copies=4, lines=2).weights([1.0] * 4) == pytest.approx([0.25] * 4)
+    assert draw_alphas(JobConfig(copies=8, lines=2)) == [1.0, 1.0, 2.0, 2.0] * 2
+    for bad in (dict(copies=4, lines=3), dict(copies=4, lines=4), dict(copies=4, lines=0)):
+        with pytest.raises(ConfigError, match="lines="):
+            JobConfig(**bad)
+    with pytest.raises(ConfigError, match="aggregation=extrapolate"):
+        JobConfig(copies=4, lines=2, aggregation="harmonic")
+
+
+def test_two_lines_publish_two_independent_directions(tmp_path):
+    """copies=4 lines=2: copies 0, 1 at ±y₁ and copies 2, 3 at ±y₂, with y₁ and y₂ independent
+    draws (nearly orthogonal in a tensor of many entries)."""
+    model, base = build_pair(family_configs()["llama"], tmp_path)
+    cfg = JobConfig(kappa=0.1, lines=2, gate=False)
+    server = Server.init(model, base, tmp_path / "w", cfg)
+    folders = server.publish(tmp_path / "pub", progress=False)
+    layout, theta = server.layout(), Checkpoint(model)
+    k_of = {r.folder: r.k for r in server.state.copy_records(1)}
+    maps = TransformCache(server.secret_streams(), 1, layout, server.cfg)
+    name = next(n for n in theta.names() if noised(n, layout, cfg) and theta.read(n).numel() > 500)
+    x = theta.read(name).double()
+    moves = {k_of[f.name]: maps.apply(Checkpoint(f).read(name), name, k_of[f.name],
+                                      inverse=True).double() - x for f in folders}  # fmt: skip
+    tol = 4 * 2**-24 * float(x.abs().max() + 2 * moves[0].abs().max())
+    assert float((moves[1] + moves[0]).abs().max()) <= tol
+    assert float((moves[3] + moves[2]).abs().max()) <= tol
+    y1, y2 = moves[0].flatten(), moves[2].flatten()
+    cos = float(y1 @ y2 / (y1.norm() * y2.norm()))
+    assert abs(cos) < 4 / y1.numel() ** 0.5  # independent Gaussian directions: |cos| ~ 1/√n

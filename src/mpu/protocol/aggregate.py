@@ -46,14 +46,30 @@ def extrapolation_weights(nodes: Sequence[float]) -> list[float]:
     return out
 
 
-def aggregation_weights(scheme: str, alphas: Sequence[float], nodes=None) -> list[float]:
-    """w_k of copy k (Σ w_k = 1) for `scheme`; `nodes` (signed t_k) only for extrapolate."""
+def line_weights(nodes: Sequence[float], lines: int) -> list[float]:
+    """Extrapolation over L independent lines of m/L consecutive copies each: every line's
+    Lagrange weights at zero noise, divided by L (the lines' estimates are averaged)."""
+    m = len(nodes)
+    if lines < 1 or m % lines:
+        raise ValueError(f"{m} copies cannot be split evenly over {lines} noise lines")
+    per = m // lines
+    out: list[float] = []
+    for j in range(lines):
+        out += [w / lines for w in extrapolation_weights(nodes[j * per : (j + 1) * per])]
+    return out
+
+
+def aggregation_weights(
+    scheme: str, alphas: Sequence[float], nodes=None, lines: int = 1
+) -> list[float]:
+    """w_k of copy k (Σ w_k = 1) for `scheme`; `nodes` (signed t_k) and `lines` only for
+    extrapolate."""
     if scheme == "harmonic":
         return harmonic_weights(alphas)
     if scheme == "uniform":
         return [1.0 / len(alphas)] * len(alphas)
     if scheme == "extrapolate":
-        return extrapolation_weights(nodes)
+        return line_weights(nodes, lines)
     raise ValueError(f"unknown aggregation {scheme!r}: expected one of {AGGREGATIONS}")
 
 

@@ -8,6 +8,9 @@
 - **line** (ours, for extrapolation): B = alternating signs (+1, −1, +1, …), one draw: every
   copy lies on one line through θ, at the signed node t_k = ±α_k along y. The update is then a
   smooth function of one scalar t, and Lagrange weights at t = 0 cancel every order below m.
+  With L lines the copies are split into L groups of m/L, each group on a line of its own
+  (independent draws y_1..y_L, B block-diagonal): each line is extrapolated alone and the lines
+  are averaged, which divides by L the variance of whatever a line cannot cancel.
 """
 
 from __future__ import annotations
@@ -27,32 +30,53 @@ def default_alphas(m: int) -> list[float]:
     return [1.0 + k / (m - 1) for k in range(m)]
 
 
-def extrapolation_alphas(m: int) -> list[float]:
-    """The line design's default node sizes |t_k| = 1, 1, 2, 2, 3, …: nodes ±1, ±2, … (the
-    antithetic pairs cancel every odd order; m = 3 → t = (1, −1, 2), m = 4 → (1, −1, 2, −2))."""
+def extrapolation_alphas(m: int, lines: int = 1) -> list[float]:
+    """The line design's default node sizes |t_k| = 1, 1, 2, 2, 3, … on each line: nodes ±1,
+    ±2, … (the antithetic pairs cancel every odd order; m = 3 → t = (1, −1, 2), m = 4 →
+    (1, −1, 2, −2); m = 4 on two lines → (1, −1 | 1, −1))."""
     if m < 1:
         raise ValueError(f"need at least one copy, got m={m}")
-    return [float(1 + k // 2) for k in range(m)]
+    per = copies_per_line(m, lines)
+    return [float(1 + (k % per) // 2) for k in range(m)]
 
 
-def line_signs(m: int) -> list[float]:
-    """The line design's signs: +1, −1, +1, … (copy k sits at t_k = sign_k·α_k)."""
-    return [1.0 if k % 2 == 0 else -1.0 for k in range(m)]
+def copies_per_line(m: int, lines: int) -> int:
+    """m / L: the copies of a line are k = j·(m/L) … (j+1)·(m/L) − 1 for line j."""
+    if lines < 1 or m % lines:
+        raise ValueError(f"{m} copies cannot be split evenly over {lines} noise lines")
+    return m // lines
 
 
-def line_nodes(alphas: Sequence[float]) -> list[float]:
-    """t_k = sign_k·α_k, the copies' signed positions along the line's noise direction."""
-    return [s * float(a) for s, a in zip(line_signs(len(alphas)), alphas, strict=True)]
+def line_of(k: int, m: int, lines: int) -> int:
+    """The line copy k lies on."""
+    return k // copies_per_line(m, lines)
 
 
-def noise_basis(m: int, design: str) -> torch.Tensor:
-    """B ∈ ℝ^{m×d} of the design (d draws per noised tensor); m = 1 is one uncentred draw."""
+def line_signs(m: int, lines: int = 1) -> list[float]:
+    """The line design's signs: +1, −1, +1, … along each line (copy k sits at t_k = sign_k·α_k
+    on its line)."""
+    per = copies_per_line(m, lines)
+    return [1.0 if (k % per) % 2 == 0 else -1.0 for k in range(m)]
+
+
+def line_nodes(alphas: Sequence[float], lines: int = 1) -> list[float]:
+    """t_k = sign_k·α_k, the copies' signed positions along their line's noise direction."""
+    signs = line_signs(len(alphas), lines)
+    return [s * float(a) for s, a in zip(signs, alphas, strict=True)]
+
+
+def noise_basis(m: int, design: str, lines: int = 1) -> torch.Tensor:
+    """B ∈ ℝ^{m×d} of the design (d draws per noised tensor); m = 1 is one uncentred draw.
+    The line design has one column per line, copy k's sign in its line's column."""
     if m == 1:
         return torch.ones(1, 1, dtype=torch.float64)
     if design == "zero_sum":
         return zero_sum_basis(m)
     if design == "line":
-        return torch.tensor(line_signs(m), dtype=torch.float64).unsqueeze(1)
+        basis = torch.zeros(m, lines, dtype=torch.float64)
+        for k, sign in enumerate(line_signs(m, lines)):
+            basis[k, line_of(k, m, lines)] = sign
+        return basis
     raise ValueError(f"unknown noise design {design!r}: expected zero_sum or line")
 
 
@@ -92,10 +116,12 @@ def zero_sum_basis(m: int) -> torch.Tensor:
 def copy_noise(
     draws: list[torch.Tensor], basis: torch.Tensor, k: int, alpha: float, x: torch.Tensor
 ) -> torch.Tensor:
-    """θ + ε_k = x + α_k Σ_j H[k, j]·y_j as a new tensor, one pass per draw (x is not changed)."""
-    out = torch.add(x, draws[0], alpha=alpha * float(basis[k, 0]))
-    for j, y in enumerate(draws[1:], start=1):
-        out.add_(y, alpha=alpha * float(basis[k, j]))
+    """θ + ε_k = x + α_k Σ_j H[k, j]·y_j as a new tensor, one pass per draw that copy k uses
+    (x is not changed; a line copy uses only its own line's draw)."""
+    used = [(y, float(basis[k, j])) for j, y in enumerate(draws) if float(basis[k, j]) != 0.0]
+    out = torch.add(x, used[0][0], alpha=alpha * used[0][1])
+    for y, b in used[1:]:
+        out.add_(y, alpha=alpha * b)
     return out
 
 

@@ -41,6 +41,12 @@ class JobConfig:
         "second-order bias, 4 (nodes ±1, ±2) also every odd order)",
     )
     kappa: float = field(0.01, help="κ, relative noise level: σ_l = κ·RMS(θ_r − θ_base) per block")
+    lines: int = field(
+        1,
+        help="extrapolate: independent noise lines the copies are split over (copies / lines "
+        "per line, each line extrapolated alone, the lines averaged: the variance a line cannot "
+        "cancel falls by this factor; copies=4 lines=2 is two antithetic pairs)",
+    )
     alphas: str = field(
         "auto",
         help="noise scales α: 'auto' (extrapolate: nodes ±1, ±2, …; harmonic/uniform: "
@@ -200,6 +206,7 @@ class JobConfig:
             raise ConfigError(
                 f"aggregation={self.aggregation!r}: expected one of {', '.join(AGGREGATIONS)}"
             )
+        self._check_lines()
         if self.alphas not in ("auto", "linspace", "random"):
             try:
                 values = [float(a) for a in self.alphas.split(",")]
@@ -235,8 +242,25 @@ class JobConfig:
 
     def weights(self, alphas: list[float]) -> list[float]:
         """The aggregation weight of each copy k given the round's α (Σ w_k = 1)."""
-        nodes = line_nodes(alphas) if self.aggregation == "extrapolate" else None
-        return aggregation_weights(self.aggregation, alphas, nodes)
+        if self.aggregation != "extrapolate":
+            return aggregation_weights(self.aggregation, alphas)
+        nodes = line_nodes(alphas, self.lines)
+        return aggregation_weights(self.aggregation, alphas, nodes, self.lines)
+
+    def _check_lines(self) -> None:
+        """L lines need extrapolation and at least two copies on each (one copy per line
+        averages noisy copies and cancels nothing)."""
+        if self.lines == 1:
+            return
+        if self.lines < 1:
+            raise ConfigError(f"lines={self.lines}: expected a whole number ≥ 1")
+        if self.aggregation != "extrapolate":
+            raise ConfigError(f"lines={self.lines} needs aggregation=extrapolate (the line design)")
+        if self.copies % self.lines or self.copies // self.lines < 2:
+            raise ConfigError(
+                f"lines={self.lines} with copies={self.copies}: every noise line needs the same "
+                "number of copies, at least two (e.g. copies=4 lines=2)"
+            )
 
     def check_weights(self, alphas: list[float], what: str) -> list[float]:
         """The weights of `alphas`, refused when extrapolation cannot use them: two copies at
@@ -264,7 +288,7 @@ def alpha_range(cfg: JobConfig) -> tuple[float, float]:
         return cfg.alpha_min, cfg.alpha_max
     if cfg.alphas in ("auto", "linspace"):
         auto = cfg.alphas == "auto" and cfg.aggregation == "extrapolate"
-        values = extrapolation_alphas(cfg.copies) if auto else default_alphas(cfg.copies)
+        values = extrapolation_alphas(cfg.copies, cfg.lines) if auto else default_alphas(cfg.copies)
     else:
         values = [float(a) for a in cfg.alphas.split(",")]
     return min(values), max(values)
@@ -276,7 +300,9 @@ def draw_alphas(cfg: JobConfig) -> list[float]:
     are uniform on the usable set."""
     m, setting = cfg.copies, cfg.alphas
     if setting == "auto":
-        return extrapolation_alphas(m) if cfg.aggregation == "extrapolate" else default_alphas(m)
+        if cfg.aggregation == "extrapolate":
+            return extrapolation_alphas(m, cfg.lines)
+        return default_alphas(m)
     if setting == "linspace":
         return default_alphas(m)
     if setting != "random":

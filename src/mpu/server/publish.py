@@ -285,7 +285,7 @@ class _Tensors:
         self.transforms, self.round, self.alphas = transforms, round_, alphas
         self.sigmas, self.dtype, self.device = sigmas, dtype, torch.device(device)
         self.m = len(alphas)
-        self.basis = noise_basis(self.m, cfg.noise_design)
+        self.basis = noise_basis(self.m, cfg.noise_design, cfg.lines)
         self.order = publication_order(streams, round_, self.m)
 
     def _generators(self, name: str) -> tuple[list[torch.Generator], torch.Generator | None]:

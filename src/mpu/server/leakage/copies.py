@@ -61,14 +61,26 @@ def logit_gap(
 def combining_weights(cfg, alphas: list[float], ks: list[int]) -> list[float]:
     """Weights with Σ w = 1 that remove the noise of the copies `ks` exactly, given the
     secrets: the harmonic ones for the zero-sum design (all m copies), the two-or-more-point
-    Lagrange weights at zero noise for the line design (any two copies of a line suffice)."""
+    Lagrange weights at zero noise for the line design (any two copies of a line suffice; with
+    several lines each line with two or more of `ks` is extrapolated alone and the lines are
+    averaged, a lone copy of a line getting weight 0)."""
     from mpu.protocol.aggregate import extrapolation_weights, harmonic_weights
-    from mpu.protocol.noise import line_nodes
+    from mpu.protocol.noise import line_nodes, line_of
 
-    if cfg.noise_design == "line" and len(ks) > 1:
-        nodes = line_nodes(alphas)
-        return extrapolation_weights([nodes[k] for k in ks])
-    return harmonic_weights([alphas[k] for k in ks])
+    if cfg.noise_design != "line" or len(ks) < 2:
+        return harmonic_weights([alphas[k] for k in ks])
+    nodes, m = line_nodes(alphas, cfg.lines), len(alphas)
+    groups: dict[int, list[int]] = {}
+    for i, k in enumerate(ks):
+        groups.setdefault(line_of(k, m, cfg.lines), []).append(i)
+    usable = [g for g in groups.values() if len(g) > 1]
+    if not usable:  # one copy from each of several lines: nothing cancels
+        return harmonic_weights([alphas[k] for k in ks])
+    weights = [0.0] * len(ks)
+    for g in usable:
+        for i, w in zip(g, extrapolation_weights([nodes[ks[i]] for i in g]), strict=True):
+            weights[i] = w / len(usable)
+    return weights
 
 
 def with_secrets(
@@ -91,7 +103,7 @@ def with_secrets(
     alphas = server.state.alphas[str(round_)]
     sigmas = server.state.sigmas[str(round_)]
     m = len(alphas)
-    basis = noise_basis(m, cfg.noise_design)
+    basis = noise_basis(m, cfg.noise_design, cfg.lines)
     weights = combining_weights(cfg, alphas, [k for _, k in copies])
     exact = ideal = floor = 0.0
     rename, _ = copy_names(Checkpoint(round_dir(server.workdir, round_)), layout, cfg)
