@@ -48,3 +48,12 @@ def test_seed_spread_widens_what_counts_as_matching_clean():
     (sentence,) = verdicts(_runs([0.3, 0.3, 0.3], [0.7, 0.7, 0.7], [0.30, 0.36, 0.42]))
     assert "MPU recovered 90% ± 10 of Clean's forgetting" in sentence
     assert "(3 seeds)" in sentence and "MPU kept Clean's forgetting" in sentence
+
+
+def test_the_verdict_names_the_noise_lines_when_there_are_several():
+    rows = _runs([0.3], [0.7], [0.31])
+    for r in rows:
+        if r["variant"] == "mpu":
+            r["m"], r["lines"] = 4, 2
+    (sentence,) = verdicts(rows)
+    assert sentence.startswith("NPO at κ = 0.1, m = 4 on 2 noise lines: MPU recovered")

@@ -40,3 +40,16 @@ def test_clean_is_the_whole_exact_model_even_when_the_experiment_uses_an_emulato
             4,
             300,
         )
+
+
+def test_every_variant_builds_from_a_server_with_two_noise_lines():
+    """`server.lines=2` is MPU's design: one copy (Clean, Noised) has one line, and the paper's
+    harmonic variants have none; each must still build (a copy count the lines cannot split
+    would be refused)."""
+    from mpu.pipeline.variants import VARIANTS, job_config
+    from mpu.server.config import JobConfig
+
+    server = JobConfig(kappa=0.1, copies=4, lines=2)
+    built = {v: job_config(v, server) for v in VARIANTS}
+    assert {v: j.lines for v, j in built.items()} == {
+        "clean": 1, "noised": 1, "mpu": 2, "mpu_paper": 1, "mpu_uniform": 1, "dp": 2}  # fmt: skip

@@ -175,7 +175,10 @@ def verdicts(runs: Sequence[dict]) -> list[str]:
                 continue
             got = dict(parts)
             tail = f" ({len(clean_p)} seeds)" if len(clean_p) > 1 else ""
-            where = f"κ = {kappa:g}, m = {m}" + (f", {setting}" if setting else "")
+            lines = {r.get("lines", 1) for k, g in groups.items() if k[0] == method and
+                     k[1] == "mpu" and k[2:] == (m, kappa, setting) for r in g}  # fmt: skip
+            on = f" on {max(lines)} noise lines" if max(lines, default=1) > 1 else ""
+            where = f"κ = {kappa:g}, m = {m}{on}" + (f", {setting}" if setting else "")
             sentence = (
                 f"{method} at {where}: MPU recovered {got.get('mpu', '—')} of Clean's forgetting"
             )

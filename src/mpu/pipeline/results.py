@@ -39,7 +39,7 @@ def run_rows(cfg: Any, evals: dict[str, dict], out: Path | None = None) -> list[
     from mpu.pipeline.variants import job_config
 
     def row(method: str | None, variant: str, name: str) -> dict:
-        m = kappa = None
+        m = kappa = job = None
         if method is not None and variant != "clean":
             job = job_config(variant, cfg.server)
             m, kappa = job.copies, job.kappa
@@ -48,6 +48,7 @@ def run_rows(cfg: Any, evals: dict[str, dict], out: Path | None = None) -> list[
             "variant": variant,
             "m": m,
             "kappa": kappa,
+            **({"lines": job.lines} if job is not None and job.lines > 1 else {}),
             "summary": summary_of(evals[name], list(DEFAULT_METRICS)),
             "eval_file": f"eval/{name}/TOFU_EVAL.json",
             "privacy": None if method is None else privacy_of(cfg, out, name, variant),
@@ -77,7 +78,9 @@ def write_report(
         "schema": SCHEMA,
         "benchmark": "tofu",
         "title": f"Clean vs Noised vs MPU on {Path(data).name} {cfg.forget_split} "
-        f"(m={cfg.server.copies}, κ={cfg.server.kappa})",
+        f"(m={cfg.server.copies}"
+        + (f" on {cfg.server.lines} noise lines" if cfg.server.lines > 1 else "")
+        + f", κ={cfg.server.kappa})",
         "config": {
             **to_dict(cfg),
             "data": data,

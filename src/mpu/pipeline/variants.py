@@ -39,12 +39,18 @@ class Variant:
 VARIANTS: dict[str, Variant] = {
     "clean": Variant(
         lambda s: dataclasses.replace(
-            s, copies=1, kappa=0.0, alphas="linspace", reparameterize=False, **NO_EMULATOR
+            s,
+            copies=1,
+            lines=1,
+            kappa=0.0,
+            alphas="linspace",
+            reparameterize=False,
+            **NO_EMULATOR,
         ),
         "the client unlearns the exact model (no privacy; the reference result)",
     ),
     "noised": Variant(
-        lambda s: dataclasses.replace(s, copies=1, alphas="auto"),
+        lambda s: dataclasses.replace(s, copies=1, lines=1, alphas="auto"),
         "one perturbed copy, its update applied directly (the naive private baseline)",
     ),
     "mpu": Variant(
@@ -54,12 +60,12 @@ VARIANTS: dict[str, Variant] = {
     ),
     "mpu_paper": Variant(
         lambda s: dataclasses.replace(
-            s, aggregation="harmonic", alphas="linspace", angles="continuous"
+            s, aggregation="harmonic", alphas="linspace", angles="continuous", lines=1
         ),
         "the paper's MPU: zero-sum noise, α = linspace(1, 2), harmonic weights, continuous maps",
     ),
     "mpu_uniform": Variant(
-        lambda s: dataclasses.replace(s, aggregation="uniform", alphas="linspace"),
+        lambda s: dataclasses.replace(s, aggregation="uniform", alphas="linspace", lines=1),
         "MPU with equal weights 1/m instead of the harmonic ones (the ablation)",
     ),
     # DP noise is meant to be large: the per-tensor size bound would refuse it
