@@ -16,7 +16,12 @@ Schemes:
 - paper: the paper's MPU, m = 2, zero-sum noise, α = (1, 2), harmonic weights, continuous maps;
 - harmonic: the same with quarter-turn maps (separates the maps from the weights);
 - mpu2 / mpu3 / mpu4: our default design (line noise, extrapolation, quarter turns), m copies;
-- pairs4: four zero-sum copies all at α = 1 with equal weights (averaging, no extrapolation).
+- pairs4: four zero-sum copies all at α = 1 with equal weights (averaging, no extrapolation);
+- lines2x2 / lines2x4: two independent noise lines of two / four copies (`lines=2`), each
+  extrapolated alone, the two averaged.
+
+`--draws N` repeats every cell N times, each with a fresh secret key (the spread over draws is
+what one job's result varies by).
 
     python benchmarks/denoising.py --methods NPO GradDiff --kappas 0 0.05 0.1 0.3 1 \
         --seeds 0 1 2 --out runs/denoising
@@ -45,6 +50,8 @@ SCHEMES = {
     # four copies all at α = 1 in three zero-sum directions, equal weights: no extrapolation,
     # the second-order bias of one α = 1 copy, the copies' independent errors averaged
     "pairs4": ("mpu", {"copies": 4, "aggregation": "harmonic", "alphas": "1,1,1,1"}),
+    "lines2x2": ("mpu", {"copies": 4, "lines": 2}),
+    "lines2x4": ("mpu", {"copies": 8, "lines": 2}),
 }
 
 
@@ -87,6 +94,7 @@ def main() -> None:
     ap.add_argument("--kappas", type=float, nargs="+", default=[0.0, 0.05, 0.1, 0.3, 1.0])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--schemes", nargs="+", default=list(SCHEMES), choices=list(SCHEMES))
+    ap.add_argument("--draws", type=int, default=1, help="fresh-key repeats of every cell")
     ap.add_argument("--forget-split", default="forget01")
     ap.add_argument("--out", type=Path, default=Path("runs/denoising"))
     ap.add_argument("--client", nargs="*", default=[], metavar="KEY=VALUE",
@@ -126,23 +134,33 @@ def measure(args, log: Path) -> None:
             p_moved = forget_prob(target, data, args.forget_split) - p_clean
             for kappa in args.kappas:
                 for scheme in args.schemes:
-                    key = [method, seed, scheme, kappa]
-                    if tuple(key) in done or (scheme == "noised" and kappa == 0):
-                        continue
-                    variant, server = SCHEMES[scheme]
-                    work = args.out / "work"
-                    t = time.perf_counter()
-                    final = run_one(cfg, method, variant, {**server, "kappa": kappa}, work, inputs)
-                    error = distance(final, clean) / moved
-                    p = forget_prob(final, data, args.forget_split)
-                    row = {"key": key, "error": error, "forget_error": abs(p - p_clean) / abs(p_moved),
-                           "forget_prob": p, "clean_forget_prob": p_clean,
-                           "seconds": time.perf_counter() - t}  # fmt: skip
-                    with log.open("a") as f:
-                        f.write(json.dumps(row) + "\n")
-                    print(f"{method} s{seed} {scheme} κ={kappa:g}: weights {error:.4g}, forget "
-                          f"{row['forget_error']:.4g}", flush=True)  # fmt: skip
-                    shutil.rmtree(work, ignore_errors=True)
+                    for draw in range(args.draws):
+                        key = [method, seed, scheme, kappa] + ([draw] if draw else [])
+                        if tuple(key) in done or (scheme == "noised" and kappa == 0):
+                            continue
+                        row = measure_cell(cfg, method, scheme, kappa, args.out, inputs,
+                                           (clean, moved, p_clean, p_moved))  # fmt: skip
+                        row["key"] = key
+                        with log.open("a") as f:
+                            f.write(json.dumps(row) + "\n")
+                        print(f"{method} s{seed} {scheme} κ={kappa:g} draw {draw}: weights "
+                              f"{row['error']:.4g}, forget {row['forget_error']:.4g}", flush=True)  # fmt: skip
+
+
+def measure_cell(cfg, method: str, scheme: str, kappa: float, out: Path, inputs, ref) -> dict:
+    """One run of `scheme` at κ (a fresh secret key) and its errors against Clean's `ref`
+    (Clean's model, how far Clean moved, its forget probability and how far that moved)."""
+    clean, moved, p_clean, p_moved = ref
+    data = inputs[0]
+    variant, server = SCHEMES[scheme]
+    work = out / "work"
+    t = time.perf_counter()
+    final = run_one(cfg, method, variant, {**server, "kappa": kappa}, work, inputs)
+    error = distance(final, clean) / moved
+    p = forget_prob(final, data, cfg.forget_split)
+    shutil.rmtree(work, ignore_errors=True)
+    return {"error": error, "forget_error": abs(p - p_clean) / abs(p_moved), "forget_prob": p,
+            "clean_forget_prob": p_clean, "seconds": time.perf_counter() - t}  # fmt: skip
 
 
 def table(rows: list[dict]) -> str:
