@@ -55,8 +55,9 @@ def test_other_job_settings_reach_every_publication_and_the_recommendation(tofu_
 def test_copies_that_no_longer_work_are_never_recommended(tofu_world, tmp_path):
     """Low leakage bought by destroying the model is refused: at κ = 30 (noise thirty times
     the fine-tune on a model whose base is random) the copies keep a fraction of θ's answers
-    on the general questions, so a plan that must keep 90% of them recommends nothing and says
-    why, while the same plan with the check off recommends that κ."""
+    on the general questions (about a third on this test world, whose θ never learnt them
+    either), so a plan that must keep 90% of them recommends nothing and says why, while the
+    same plan with the check off recommends that κ."""
     from mpu.server.plan import capability, describe, general_items
 
     data, models = tofu_world
@@ -64,11 +65,17 @@ def test_copies_that_no_longer_work_are_never_recommended(tofu_world, tmp_path):
     general = general_items(knowledge, models / "target", 20)
     assert general is not None and "world_facts" in general.source
     assert capability(models / "target", [models / "target"], general)["weakest"] == 1.0
-    kw = dict(copies=2, limit=20, ladder=(30.0,), verify=False)
+    kw = dict(copies=2, limit=20, ladder=(30.0,), verify=False, min_capability=0.9)
     broken = plan(models / "target", models / "base", 0.9, knowledge, **kw)
     c = broken["evidence"][0]["capability"]
     assert broken["recommendation"] is None and c < 0.9
     assert "working copy" in broken["why"] and f"{100 * c:.0f}%" in describe(broken)
-    unchecked = plan(models / "target", models / "base", 0.9, knowledge, min_capability=0, **kw)
+    kw["min_capability"] = 0
+    unchecked = plan(models / "target", models / "base", 0.9, knowledge, **kw)
     assert unchecked["recommendation"]["server.kappa"] == 30.0
     assert "not checked" in describe(unchecked)
+    # copies that break before they stop leaking end the ladder there: more noise cannot help
+    kw["ladder"], kw["min_capability"] = (1.0, 3.0, 10.0), 0.9
+    early = plan(models / "target", models / "base", 1e-4, knowledge, **kw)
+    assert [p["kappa"] for p in early["evidence"]] == [1.0] and early["recommendation"] is None
+    assert early["evidence"][0]["L"] > 1e-4 and "still leaks" in early["why"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 # The demo: synthetic TOFU forget05 (200 QA keep the cached demo around 5 minutes on 2 cores),
-# NPO and GradDiff, m = 3, κ = 0.1: the noise at which one noisy copy departs from Clean on this
+# NPO and GradDiff, m = 4, κ = 0.1: the noise at which one noisy copy departs from Clean on this
 # model while MPU's extrapolation stays with it (benchmarks/RESULTS.md, issue 25). Its client
 # settings come from the same small-model rule as every other run's (docs/methods.md, "Defaults
 # that unlearn"). Synthetic TOFU answers are short, so 64 greedy tokens cover them

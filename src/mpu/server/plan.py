@@ -34,9 +34,11 @@ from mpu.errors import ConfigError
 # κ up to 30: on a pre-trained model one copy keeps L ≥ 0.8 up to κ = 20 (SmolLM2,
 # benchmarks/RESULTS.md); JobConfig allows α·κ ≤ 100
 LADDER = (0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0)
-# the share of θ's general answer probability the weakest copy must keep (see RESULTS.md,
-# "What the planner recommends on SmolLM2", for where unlearning on copies stops working)
-MIN_CAPABILITY = 0.9
+# the share of θ's general answer probability the weakest copy must keep. Measured (RESULTS.md,
+# "Copies that still work"): where unlearning on copies still transferred the weakest copy kept
+# ≥ 0.5 (tiny κ = 0.3, SmolLM2 κ = 3), where it had stopped ≤ 0.05 (tiny κ ≥ 0.46, SmolLM2
+# κ ≥ 10 for NPO); C falls that far within a factor of about 3 in κ on both models
+MIN_CAPABILITY = 0.5
 GENERAL_SPLITS = ("world_facts", "real_authors")
 
 
@@ -139,7 +141,7 @@ def plan(theta: str | Path, base: str | Path, target: float, knowledge: str | Pa
         run = lambda k, name: measure(theta, base, knowledge, kappa=k, copies=copies,  # noqa: E731
                                       residual=residual, limit=limit, work=Path(tmp) / name,
                                       settings=settings, general=general)  # fmt: skip
-        points, kappa = _search(run, ladder, target, refine)
+        points, kappa = _search(run, ladder, target, refine, min_capability)
         check = run(kappa, "check") if verify and kappa is not None else None
     out = {"target": target, "copies": copies, "residual": residual, "evidence": points,
            "knowledge": str(knowledge), "items": limit, "settings": list(settings),
@@ -154,15 +156,19 @@ def plan(theta: str | Path, base: str | Path, target: float, knowledge: str | Pa
 
 
 def _search(
-    run, ladder: Sequence[float], target: float, refine: int
+    run, ladder: Sequence[float], target: float, refine: int, min_capability: float
 ) -> tuple[list[dict], float | None]:
     """The ladder until L falls under the target, then `refine` publications at the
-    interpolated κ; returns the evidence (sorted by κ) and the κ read from it."""
+    interpolated κ; returns the evidence (sorted by κ) and the κ read from it. The ladder stops
+    early, with no κ, where the copies stop working while they still leak too much: more noise
+    only breaks them further."""
     points: list[dict] = []
     for i, kappa in enumerate(ladder):
         points.append(run(kappa, f"k{i}"))
         if points[-1]["L"] <= target:
             break
+        if points[-1].get("capability", 1.0) < min_capability:
+            return points, None
     kappa = interpolate(points, target)
     for step in range(refine if kappa is not None and points[0]["L"] > target else 0):
         points = sorted([*points, run(kappa, f"refine{step}")], key=lambda p: p["kappa"])
@@ -170,30 +176,39 @@ def _search(
     return points, kappa
 
 
+EMULATOR_HINT = ("try an emulator (emulator=layer_drop emulator_drop=D emulator_distill_steps=N; "
+                 "docs/threat-model.md)")  # fmt: skip
+
+
+def _broken(out: dict, point: dict, kappa: float, leaks: str) -> str:
+    """Why a κ whose copies no longer work is not recommended."""
+    return (f"at κ = {kappa:.4g} the weakest copy keeps only {100 * point['capability']:.0f}% "
+            f"of θ's answer probability on general questions (at least "
+            f"{100 * out['min_capability']:.0f}% needed to unlearn on it) {leaks}: on this model "
+            f"no κ both hides the fine-tune and leaves a working copy, so {EMULATOR_HINT}")  # fmt: skip
+
+
 def _recommend(
     out: dict, kappa: float | None, top: float, checked: bool
 ) -> tuple[dict | None, str]:
-    """The settings to use, or None and why: no κ reaches the target, or the copies at the κ
-    that does no longer work (their capability is read from the check, else the nearest
-    evidence at or above κ)."""
-    emulator = ("try an emulator (emulator=layer_drop emulator_drop=D emulator_distill_steps=N; "
-                "docs/threat-model.md)")  # fmt: skip
+    """The settings to use, or None and why: no κ reaches the target, or the copies stop
+    working first (the ladder's last point), or at the κ that reaches it (read from the check,
+    else the nearest evidence at or above κ)."""
+    last = out["evidence"][-1]
+    if kappa is None and last.get("capability", 1.0) < out["min_capability"]:
+        leaks = f"while the round still leaks L = {last['L']:.2f} (target {out['target']})"
+        return None, _broken(out, last, last["kappa"], leaks)
     if kappa is None:
         return None, (f"no κ up to {top:g} brings the leakage to {out['target']} with ρ = "
                       f"{out['residual']:g}: raise server.residual or use fewer copies; on a "
                       f"pre-trained model noise removes a fine-tune only with the model, so "
-                      f"{emulator}")  # fmt: skip
+                      f"{EMULATOR_HINT}")  # fmt: skip
     if checked:
         at = out.get("measured_at_recommendation") or min(
             (p for p in out["evidence"] if p["kappa"] >= kappa), key=lambda p: p["kappa"]
         )
         if at["capability"] < out["min_capability"]:
-            return None, (f"at κ = {kappa:.4g} the copies leak at most {out['target']} but the "
-                          f"weakest keeps only {100 * at['capability']:.0f}% of θ's answer "
-                          f"probability on general questions (at least "
-                          f"{100 * out['min_capability']:.0f}% needed to unlearn on it): on this "
-                          f"model no κ both hides the fine-tune and leaves a working copy, so "
-                          f"{emulator}")  # fmt: skip
+            return None, _broken(out, at, kappa, f"though the copies leak at most {out['target']}")
     rec = {"server.kappa": round(kappa, 4), "server.residual": out["residual"],
            "server.copies": out["copies"],
            **{f"server.{kv.split('=', 1)[0]}": kv.split("=", 1)[1] for kv in out["settings"]}}  # fmt: skip
