@@ -16,6 +16,8 @@ from collections.abc import Sequence
 
 import torch
 
+from mpu.protocol.noise import copies_per_line
+
 AGGREGATIONS = ("extrapolate", "harmonic", "uniform")
 # Σ_k |w_k| bounds how much the copies' own errors (rounding, an optimizer that is not
 # equivariant to the maps) are amplified; nodes that crowd together make it explode
@@ -49,10 +51,7 @@ def extrapolation_weights(nodes: Sequence[float]) -> list[float]:
 def line_weights(nodes: Sequence[float], lines: int) -> list[float]:
     """Extrapolation over L independent lines of m/L consecutive copies each: every line's
     Lagrange weights at zero noise, divided by L (the lines' estimates are averaged)."""
-    m = len(nodes)
-    if lines < 1 or m % lines:
-        raise ValueError(f"{m} copies cannot be split evenly over {lines} noise lines")
-    per = m // lines
+    per = copies_per_line(len(nodes), lines)
     out: list[float] = []
     for j in range(lines):
         out += [w / lines for w in extrapolation_weights(nodes[j * per : (j + 1) * per])]

@@ -36,9 +36,9 @@ from mpu.errors import ConfigError
 LADDER = (0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0)
 # the share of θ's general answer probability the weakest copy must keep. Measured (RESULTS.md,
 # "Copies that still work"): where unlearning on copies still transferred the weakest copy kept
-# ≥ 0.5 (tiny κ = 0.3, SmolLM2 κ = 3), where it had stopped ≤ 0.05 (tiny κ ≥ 0.46, SmolLM2
-# κ ≥ 10 for NPO); C falls that far within a factor of about 3 in κ on both models
-MIN_CAPABILITY = 0.5
+# 0.43–1.08 (tiny κ = 0.3, SmolLM2 κ = 3; one key draw per κ, so C is noisy), where it had
+# stopped ≤ 0.053 (tiny κ ≥ 0.46, SmolLM2 κ ≥ 10 for NPO): 0.2 lies between, on a log scale
+MIN_CAPABILITY = 0.2
 GENERAL_SPLITS = ("world_facts", "real_authors")
 
 
