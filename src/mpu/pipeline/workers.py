@@ -11,6 +11,7 @@ atomically, so a rerun resumes from the finished ones.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -58,10 +59,13 @@ def run_jobs(
     previous = signal.signal(signal.SIGTERM, _raise_interrupted)
     try:
         if workers <= 1 or len(jobs) <= 1:
-            for i, job in enumerate(jobs):
-                results[i] = fn(job)
-                if on_done:
-                    on_done(job, results[i])
+            # one job left of a parallel run (a resumed run) computes with a worker's threads:
+            # another thread count sums in another order, and its bits would differ
+            with _torch_threads(threads if workers > 1 else None):
+                for i, job in enumerate(jobs):
+                    results[i] = fn(job)
+                    if on_done:
+                        on_done(job, results[i])
         else:
             _in_processes(
                 fn, jobs, workers, threads, quiet, on_done, results, board, worker_log_level
@@ -71,6 +75,22 @@ def run_jobs(
     finally:
         signal.signal(signal.SIGTERM, previous)
     return [results[i] for i in range(len(jobs))]
+
+
+@contextlib.contextmanager
+def _torch_threads(threads: int | None):
+    """torch's intra-op threads set to `threads` inside, restored after (None: unchanged)."""
+    if threads is None:
+        yield
+        return
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _quiet_resource_tracker() -> None:
