@@ -10,7 +10,7 @@ import json
 import pytest
 import torch
 
-from mpu.errors import ConfigError, UpdateRejectedError
+from mpu.errors import CheckpointError, ConfigError, UpdateRejectedError
 from mpu.io.checkpoint import Checkpoint
 from mpu.server.config import JobConfig
 from mpu.server.job import Server
@@ -228,7 +228,6 @@ def test_a_distilled_emulator_is_nearer_theta_and_leaves_the_adapter_alone(six_b
 
 
 def test_a_changed_distilled_emulator_is_refused_at_publication(six_blocks, tmp_path):
-    from mpu.errors import CheckpointError
     from mpu.server.distill import distilled_path
 
     _, models = six_blocks
@@ -294,3 +293,12 @@ def test_a_distilled_middle_is_reused_only_for_the_same_theta_and_emulator(six_b
         Server.init(models / "target", models / "base", tmp_path / "none",
                     JobConfig(**settings, emulator_drop=2,
                               emulator_distilled_from=str(tmp_path)))  # fmt: skip
+    # a changed source is refused while it is copied, and no copy of it is left behind
+    source = distilled_path(first.workdir)
+    source.write_bytes(source.read_bytes()[:-1] + b"\0")
+    with pytest.raises(CheckpointError, match="not the file its record describes"):
+        Server.init(models / "target", models / "base", tmp_path / "changed",
+                    JobConfig(**settings, emulator_drop=2,
+                              emulator_distilled_from=str(first.workdir)))  # fmt: skip
+    assert not distilled_path(tmp_path / "changed").exists()
+    assert not list(distilled_path(tmp_path / "changed").parent.glob(".*tmp*"))

@@ -106,11 +106,17 @@ def read_json(path: str | Path, what: str = "file", *, any_json: bool = False):
     return obj
 
 
-def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
+def file_chunks(path: str | Path, chunk: int = 1 << 22) -> Iterator[bytes]:
+    """The file's bytes in `chunk`-byte pieces (a model-sized file is never held whole)."""
     with open(path, "rb") as f:
         while block := f.read(chunk):
-            h.update(block)
+            yield block
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    for block in file_chunks(path, chunk):
+        h.update(block)
     return h.hexdigest()
 
 

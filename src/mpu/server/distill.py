@@ -17,6 +17,7 @@ the server only ever applies updates to the outer blocks.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from pathlib import Path
@@ -29,6 +30,7 @@ from mpu.io.checkpoint import (
     TensorSpec,
     atomic_write_bytes,
     atomic_write_json,
+    file_chunks,
     read_json,
     sha256_file,
 )
@@ -190,10 +192,8 @@ def reuse_emulator(source: Path, out: Path, emulator: Emulator, theta_commitment
     if record.get("left_out") != emulator.left_out:
         raise ConfigError(f"{record_path}: its emulator leaves out blocks "
                           f"{record.get('left_out')}, this job's {emulator.left_out}")  # fmt: skip
-    if sha256_file(found) != record.get("sha256"):
-        raise CheckpointError(f"{found}: not the file its record describes (changed or corrupted)")
     out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(out, _chunks(found))  # streamed: the middle of a model, not held
+    atomic_write_bytes(out, _checked_chunks(found, record.get("sha256")))  # read once, streamed
     atomic_write_json(out.parent / RECORD, record)
     log.info("emulator: the distilled middle of %s reused (%d steps, KL %.3f)", source,
              record["steps"], record["kl_last"])  # fmt: skip
@@ -254,8 +254,12 @@ class DistilledTheta(Checkpoint):
         return super().read_flat(name, start, stop)
 
 
-def _chunks(path: Path, size: int = 1 << 22):
-    """The file's bytes in `size`-byte pieces."""
-    with open(path, "rb") as f:
-        while chunk := f.read(size):
-            yield chunk
+def _checked_chunks(path: Path, sha256: str | None):
+    """The file's bytes in pieces, hashed as they pass; a file that is not the one its record
+    describes raises after the last piece, so the atomic write that consumes them is undone."""
+    h = hashlib.sha256()
+    for chunk in file_chunks(path):
+        h.update(chunk)
+        yield chunk
+    if h.hexdigest() != sha256:
+        raise CheckpointError(f"{path}: not the file its record describes (changed or corrupted)")
