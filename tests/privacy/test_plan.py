@@ -63,8 +63,8 @@ def test_copies_that_no_longer_work_are_never_recommended(tofu_world, tmp_path):
     data, models = tofu_world
     knowledge = f"{data}/forget01"
     general = general_items(knowledge, models / "target", 20)
-    assert general is not None and "world_facts" in general.source
-    assert capability(models / "target", [models / "target"], general)["weakest"] == 1.0
+    assert general is not None and "world_facts" in general.items.source
+    assert capability([models / "target"], general)["weakest"] == 1.0
     kw = dict(copies=2, limit=20, ladder=(30.0,), verify=False, min_capability=0.9)
     broken = plan(models / "target", models / "base", 0.9, knowledge, **kw)
     c = broken["evidence"][0]["capability"]

@@ -27,9 +27,14 @@ import itertools
 import math
 import tempfile
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mpu.errors import ConfigError
+
+if TYPE_CHECKING:  # the scoring modules import torch; the CLI imports this module to start
+    from mpu.server.leakage.functional import Knowledge
 
 # κ up to 30: on a pre-trained model one copy keeps L ≥ 0.8 up to κ = 20 (SmolLM2,
 # benchmarks/RESULTS.md); JobConfig allows α·κ ≤ 100
@@ -42,42 +47,47 @@ MIN_CAPABILITY = 0.2
 GENERAL_SPLITS = ("world_facts", "real_authors")
 
 
-def general_items(knowledge: str | Path, theta: Path, limit: int):
+@dataclass(frozen=True)
+class General:
+    """The general questions a plan scores every copy on, and θ's mean answer probability on
+    them (scored once per plan: θ does not change between publications)."""
+
+    items: Knowledge
+    theta_prob: float
+
+
+def general_items(knowledge: str | Path, theta: Path, limit: int) -> General | None:
     """`limit` questions spread over the general splits beside the knowledge data (the data
-    folder itself, or the folder holding the knowledge split), encoded for θ; None when that
-    folder has none of them."""
-    from mpu.server.leakage.functional import Knowledge
+    folder itself, or the folder holding the knowledge split), encoded for θ and scored on it;
+    None when that folder has none of them."""
+    from mpu.server.leakage.functional import Knowledge, score
+    from mpu.server.leakage.functional import knowledge as read_split
+    from mpu.server.leakage.models import model_with
 
     root = Path(knowledge)
     root = root if (root / "full").is_dir() else root.parent
     found = [root / s for s in GENERAL_SPLITS if (root / s).is_dir()]
     if not found:
         return None
-    each = max(1, limit // len(found))
-    parts = [encode_general(theta, f, each) for f in found]
-    return Knowledge(", ".join(p.source for p in parts),
-                     [e for p in parts for e in p.encoded], parts[0].pad_id)  # fmt: skip
+    parts = [read_split(theta, f, max(1, limit // len(found))) for f in found]
+    items = Knowledge(", ".join(p.source for p in parts),
+                      [e for p in parts for e in p.encoded], parts[0].pad_id)  # fmt: skip
+    return General(items, score(model_with(theta), items)["answer_prob"])
 
 
-def encode_general(theta: Path, split: Path, limit: int):
-    from mpu.server.leakage.functional import encode_rows, knowledge_rows
-
-    where, rows = knowledge_rows(split, limit)
-    return encode_rows(theta, rows, where)
-
-
-def capability(theta: Path, copies: Sequence[Path], general) -> dict:
+def capability(copies: Sequence[Path], general: General) -> dict:
     """C of each copy: its mean answer probability on the general questions over θ's."""
     from mpu.server.leakage.functional import score
     from mpu.server.leakage.models import model_with
 
-    s_theta = score(model_with(theta), general)["answer_prob"]
-    per_copy = [score(model_with(c), general)["answer_prob"] / s_theta for c in copies]
-    return {"theta_answer_prob": s_theta, "per_copy": per_copy, "weakest": min(per_copy)}
+    per_copy = [score(model_with(c), general.items)["answer_prob"] / general.theta_prob
+                for c in copies]  # fmt: skip
+    return {"per_copy": per_copy, "weakest": min(per_copy)}
 
 
 def measure(theta: Path, base: Path, knowledge, *, kappa: float, copies: int, residual: float,
-            limit: int, work: Path, settings: Sequence[str] = (), general=None) -> dict:  # fmt: skip
+            limit: int, work: Path, settings: Sequence[str] = (),
+            general: General | None = None) -> dict:  # fmt: skip
     """Publish round 1 at κ (with any other job `settings`, key=value) and score its
     functional leakage (no client run) and, given `general` items, the copies' capability."""
     from mpu.config import load_config
@@ -94,7 +104,7 @@ def measure(theta: Path, base: Path, knowledge, *, kappa: float, copies: int, re
     one, all_ = f["one_copy"]["answer_prob"], f["all_copies_with_base"]["answer_prob"]
     out = {"kappa": kappa, "L_one_copy": one, "L_all_copies": all_, "L": max(one, all_)}
     if general is not None:
-        out["capability"] = capability(theta, view.copies, general)["weakest"]
+        out["capability"] = capability(view.copies, general)["weakest"]
     return out
 
 
@@ -146,7 +156,7 @@ def plan(theta: str | Path, base: str | Path, target: float, knowledge: str | Pa
     out = {"target": target, "copies": copies, "residual": residual, "evidence": points,
            "knowledge": str(knowledge), "items": limit, "settings": list(settings),
            "min_capability": min_capability,
-           "general": general.source if general is not None else None}  # fmt: skip
+           "general": general.items.source if general is not None else None}  # fmt: skip
     if check is not None:
         out["measured_at_recommendation"] = check
     out["recommendation"], out["why"] = _recommend(out, kappa, ladder[-1], general is not None)
