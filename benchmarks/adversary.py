@@ -19,7 +19,7 @@ from pathlib import Path
 
 
 def main() -> None:
-    from salient import run_rows
+    from salient import add_input_options, run_rows
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--forget-split", default="forget05")
@@ -28,6 +28,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=Path("runs/adversary"))
     ap.add_argument("--table-only", action="store_true")
+    add_input_options(ap)
     args = ap.parse_args()
     run_rows(args, [("without", {})] + [
         (f"adversary λ = {w:g}", {"mia_adversary": {"weight": w}}) for w in args.weights

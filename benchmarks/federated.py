@@ -15,10 +15,11 @@ would be carried by hand; Flower: the payload of the messages, after content add
 wall time (Flower: end to end from `mpu serve` start, and the round loop alone), as ratios in
 the same run, and checks that both paths end with bit-identical parameters.
 
-The Flower path runs twice, as `mpu join` ships ("warm": a worker that keeps the client's
-imports and data loaded, and short polls) and as Flower does by itself ("stock": `--no-worker
---poll 3`, a fresh ClientApp process per message and a 3 s idle pull); "fixed cost per round"
-is (round loop − file path) / rounds.
+The Flower path runs as `mpu join` ships ("warm": a worker that keeps the client's imports and
+data loaded, and short polls), as Flower does by itself ("stock": `--no-worker --poll 3`, a
+fresh ClientApp process per message and a 3 s idle pull), and as shipped with the tensors on
+the direct data path ("direct": `mpu serve --direct-port P`; Flower carries the manifest and
+the small files); "fixed cost per round" is (round loop − file path) / rounds.
 
     python benchmarks/federated.py [--models tiny smollm2] [--rounds 1] [--copies 2]
 """
@@ -95,22 +96,27 @@ def file_path(workdir: Path, root: Path, data: Path, rounds: int) -> dict:
     return {"seconds": time.perf_counter() - start, "bytes": carried}
 
 
-JOINS = {  # how `mpu join` runs, per variant: ours, and Flower's own per-message processes and waits
-    "warm": [],
-    "stock": ["--no-worker", "--poll", "3"],
+# how `mpu serve` and `mpu join` run, per variant: as shipped (warm), Flower's own per-message
+# processes and waits (stock), and as shipped with the tensors on the direct data path (direct)
+VARIANTS = {
+    "warm": ([], []),
+    "stock": ([], ["--no-worker", "--poll", "3"]),
+    "direct": (["--direct-port", "FREE"], []),
 }
 
 
-def flower_path(workdir: Path, root: Path, data: Path, rounds: int, join_args=()) -> dict:
+def flower_path(workdir: Path, root: Path, data: Path, rounds: int, variant: str) -> dict:
     from mpu.federated.certs import make_certs
     from mpu.federated.deploy import free_port
 
     certs = make_certs(root / "certs", hosts=["127.0.0.1"], clients=1)
     address = f"127.0.0.1:{free_port()}"
+    serve_args, join_args = VARIANTS[variant]
+    serve_args = [str(free_port()) if a == "FREE" else a for a in serve_args]
     mpu = [sys.executable, "-m", "mpu.cli"]
     start = time.perf_counter()
     serve = subprocess.Popen([*mpu, "serve", "--workdir", str(workdir), "--rounds", str(rounds),
-                              "--certs", str(certs.folder), "--address", address],
+                              "--certs", str(certs.folder), "--address", address, *serve_args],
                              stdout=(root / "serve.log").open("wb"), stderr=subprocess.STDOUT,
                              start_new_session=True)  # fmt: skip
     join = subprocess.Popen([*mpu, "join", "--server", address, "--name", "client",
@@ -162,7 +168,7 @@ def run(kind: str, rounds: int, copies: int, variants: list[str], keep: bool = F
             shutil.copytree(root / "W", root / f"W-{name}")
             (root / name).mkdir()
         files = file_path(root / "W-file", root / "file", data, rounds)
-        flower = {v: flower_path(root / f"W-{v}", root / v, data, rounds, JOINS[v])
+        flower = {v: flower_path(root / f"W-{v}", root / v, data, rounds, v)
                   for v in variants}  # fmt: skip
         for v in variants:
             flower[v]["identical"] = identical(root / f"W-{v}", root / "W-file")
@@ -203,9 +209,11 @@ def main() -> None:
     p.add_argument("--copies", type=int, default=2)
     p.add_argument("--json", help="also write the rows here")
     p.add_argument("--keep", action="store_true", help="keep the work folders (logs)")
-    p.add_argument("--variants", nargs="+", default=list(JOINS), choices=list(JOINS),
+    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS),
                    help="warm: `mpu join` as shipped (a warm worker, short polls); stock: "
-                   "Flower's per-message ClientApp process and 3 s idle pull (the baseline)")  # fmt: skip
+                   "Flower's per-message ClientApp process and 3 s idle pull (the baseline); "
+                   "direct: as shipped, with `mpu serve --direct-port` (tensors outside "
+                   "Flower's messages)")  # fmt: skip
     args = p.parse_args()
     os.environ.setdefault("MPU_CLIENT_KEY", str(Path(tempfile.mkdtemp()) / "client.key"))
     rows = [run(kind, args.rounds, args.copies, args.variants, args.keep) for kind in args.models]

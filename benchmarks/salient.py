@@ -118,6 +118,30 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def add_input_options(ap: argparse.ArgumentParser) -> None:
+    """Where the models and data come from and how much of each split is evaluated (the
+    defaults: the embedded tiny models, every row); shared with `benchmarks/adversary.py`."""
+    ap.add_argument("--models", help="a prepared models folder (base/target/retain), e.g. "
+                    "SmolLM2's from benchmarks/prepare_tofu.py; default: the tiny ones")  # fmt: skip
+    ap.add_argument("--data", help="the benchmark data the models were prepared on")
+    ap.add_argument("--eval-limit", type=int, help="evaluate only each split's first N rows")
+    ap.add_argument("--max-new-tokens", type=int, default=64)
+    ap.add_argument("--rounds-epochs", default="paper", choices=["paper", "single"])
+    ap.add_argument("--client", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="client settings for every row, e.g. epochs=3 lr=5e-5")  # fmt: skip
+
+
+def experiment_config(args, config_class):
+    """The experiment settings every row shares (fp32 client unless --client says otherwise)."""
+    from reproduce import key_values
+
+    client = {"precision": "fp32", **key_values(args.client, "--client")}
+    return config_class(forget_split=args.forget_split, seed=args.seed, progress=False,
+                        models=args.models, data=args.data, eval_limit=args.eval_limit,
+                        eval_max_new_tokens=args.max_new_tokens,
+                        rounds_epochs=args.rounds_epochs, client=client)  # fmt: skip
+
+
 def run_rows(args, labelled: list[tuple[str, dict]]) -> None:
     """Measure each (method, labelled client settings) not yet in OUT/rows.jsonl, then print
     the table (`args`: forget_split, methods, seed, out, table_only)."""
@@ -131,8 +155,7 @@ def run_rows(args, labelled: list[tuple[str, dict]]) -> None:
     log = args.out / "rows.jsonl"
     if not args.table_only:
         hf_logging.set_verbosity_error()
-        cfg = ExperimentConfig(forget_split=args.forget_split, seed=args.seed, progress=False,
-                               client={"precision": "fp32"})  # fmt: skip
+        cfg = experiment_config(args, ExperimentConfig)
         data, models = resolve_inputs(cfg, print)
         models = Path(models)
         retain_logs, _ = evaluate_run(cfg, args.out, "retain", models / "retain", data, None)
@@ -159,6 +182,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=Path("runs/salient"))
     ap.add_argument("--table-only", action="store_true")
+    add_input_options(ap)
     args = ap.parse_args()
     run_rows(args, settings(args.fractions, args.scores, args.boost))
 

@@ -33,6 +33,7 @@ def _serve(args: argparse.Namespace) -> int:
         join_timeout=args.join_timeout,
         retries=args.retries,
         on_failure=args.on_failure,
+        direct_port=args.direct_port,
     )
     cfg.check()  # before a SuperLink or a ServerApp starts
     keys = [Path(k) for k in args.register] if args.register else None
@@ -113,6 +114,14 @@ def _register_serve(sub: argparse._SubParsersAction) -> None:
         choices=("stop", "drop"),
         default="stop",
         help="after the retries: stop the run (resumable) or drop that client's request",
+    )
+    p.add_argument(
+        "--direct-port",
+        type=int,
+        default=0,
+        help="also listen on this port and send the tensors of copies and updates there, "
+        "outside Flower's messages (TLS with the same certificate; much faster for large "
+        "models; the clients must reach it at the server's host). Default 0: all through Flower",
     )
     p.set_defaults(handler=_serve)
 

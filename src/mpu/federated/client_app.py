@@ -19,6 +19,7 @@ unlearned model, not the settings.
 
 from __future__ import annotations
 
+import json
 import logging
 import shlex
 import shutil
@@ -26,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mpu.errors import ConfigError
+from mpu.federated.direct import DirectPath
 from mpu.federated.transport import from_records, pack_folders, to_records, write_folders
 
 log = logging.getLogger("mpu.federated")
@@ -43,6 +45,8 @@ class ClientSide:
     method: str = "NPO"
     settings: tuple[str, ...] = ()
     worker: str | None = None  # the socket of `mpu join`'s warm worker (worker.py), if any
+    server_host: str = "127.0.0.1"  # the server's host, for the direct data path (direct.py)
+    ca: str | None = None  # the CA that signed the server's certificate; None: plain HTTP
 
     @classmethod
     def from_mapping(cls, m) -> ClientSide:
@@ -58,6 +62,8 @@ class ClientSide:
             method=str(m.get("method", "NPO")),
             settings=tuple(shlex.split(str(m.get("settings", "")))),
             worker=str(m["worker"]) if str(m.get("worker", "")) else None,
+            server_host=str(m.get("server-host", "")) or "127.0.0.1",
+            ca=str(m["ca"]) if str(m.get("ca", "")) else None,
         )
 
     @classmethod
@@ -118,9 +124,32 @@ def handle_train(content, config, side: ClientSide):
     where = f"round {round_} copies"
     folder = side.workdir / f"round{round_}" / "copies"
     shutil.rmtree(folder, ignore_errors=True)
-    copies = sorted(write_folders(from_records(content, where), folder, where))
+    packed, direct = from_records(content, where), _direct_path(side, config)
+    if direct is not None:
+        listed = json.loads(str(config["direct-tensors"]))
+        packed = packed.with_tensors(direct.fetch(str(config["direct-token"]), listed, where))
+    copies = sorted(write_folders(packed, folder, where))
+    del packed
     outs = _unlearn_here_or_by_worker(side, round_, first, copies)
-    return to_records(pack_folders(outs, [c.name for c in copies], only=DELTA_FILES))
+    reply = pack_folders(outs, [c.name for c in copies], only=DELTA_FILES)
+    if direct is None:
+        return to_records(reply)
+    listed = direct.send(str(config["direct-token"]), reply.tensors, f"round {round_} updates")
+    return {**to_records(reply.without_tensors()), "direct": _config_record({"tensors": listed})}
+
+
+def _direct_path(side: ClientSide, config) -> DirectPath | None:
+    """Where the round's tensors travel when the server offers its direct path (direct.py)."""
+    if "direct-token" not in config:
+        return None
+    ca = Path(side.ca) if side.ca else None
+    return DirectPath(side.server_host, int(config["direct-port"]), ca)
+
+
+def _config_record(values: dict):
+    from flwr.app import ConfigRecord
+
+    return ConfigRecord(values)
 
 
 def _unlearn_here_or_by_worker(side: ClientSide, round_: int, first: int, copies: list[Path]):

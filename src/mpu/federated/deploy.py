@@ -14,6 +14,7 @@ Flower's telemetry is switched off for every process we start.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import shutil
@@ -159,6 +160,8 @@ def _write_app(folder: Path, cfg: FederationConfig) -> Path:
         "join-timeout": float(cfg.join_timeout),
         "retries": cfg.retries,
         "on-failure": cfg.on_failure,
+        "direct-port": cfg.direct_port,
+        "direct-certs": cfg.direct_certs,
     }
     pyproject = {
         "build-system": {"requires": ["hatchling"], "build-backend": "hatchling.build"},
@@ -226,6 +229,8 @@ def serve(cfg: FederationConfig, *, address: str, security: Security,
 
     Server(cfg.workdir)  # a workdir of `mpu server init`, or a clear error now
     files = security.check()
+    if cfg.direct_port and files:  # the direct path speaks TLS with the SuperLink's certificate
+        cfg = dataclasses.replace(cfg, direct_certs=str(files.folder.resolve()))
     fed = cfg.workdir / FEDERATION
     home = fed / "flower"
     env = _flower_env(home)
@@ -309,6 +314,9 @@ def join(side: ClientSide, *, server: str, security: Security, ca: Path | None =
     _tool("flower-supernode")  # Flower is installed (a clear error if not)
     side.workdir.mkdir(parents=True, exist_ok=True)
     os.chmod(side.workdir, 0o700)
+    side = dataclasses.replace(  # where the direct data path is, if the server offers one
+        side, server_host=split_address(server)[0],
+        ca=None if security.insecure else str(Path(ca).resolve()))  # fmt: skip
     env = _node_env(side.workdir / "flower", poll)
     node_config = _node_config(side)
     worker = _start_worker(side, env) if warm else None
@@ -371,6 +379,9 @@ def _node_config(side: ClientSide) -> dict[str, str]:
               "split": side.split, "method": side.method, "settings": " ".join(side.settings)}  # fmt: skip
     if side.retain_split:
         config["retain-split"] = side.retain_split
+    config["server-host"] = side.server_host
+    if side.ca:
+        config["ca"] = side.ca
     return config
 
 

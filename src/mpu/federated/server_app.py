@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mpu.errors import ConfigError, MPUError, UpdateRejectedError
+from mpu.federated.direct import DirectServer, listing
 from mpu.federated.ledger import Ledger
 from mpu.federated.transport import from_records, pack_folders, to_records, write_folders
 from mpu.io.checkpoint import atomic_write_json
@@ -63,6 +64,8 @@ class FederationConfig:
     join_timeout: float = 600.0  # [join-timeout] seconds to wait for the clients to connect
     retries: int = 1  # [retries] extra attempts of a failed client round
     on_failure: str = "stop"  # [on-failure] "stop" or "drop"
+    direct_port: int = 0  # [direct-port] the direct data path's port (direct.py); 0: off
+    direct_certs: str = ""  # [direct-certs] folder with server.crt/.key; "": plain HTTP
 
     @classmethod
     def from_run_config(cls, rc) -> FederationConfig:
@@ -76,6 +79,8 @@ class FederationConfig:
             float(rc.get("join-timeout", 600.0)),
             int(rc.get("retries", 1)),
             str(rc.get("on-failure", "stop")),
+            int(rc.get("direct-port", 0)),
+            str(rc.get("direct-certs", "")),
         )
         cfg.check()
         return cfg
@@ -87,7 +92,8 @@ class FederationConfig:
         if self.on_failure not in ("stop", "drop"):
             raise ConfigError(f"--on-failure must be 'stop' or 'drop', got {self.on_failure!r}")
         for name, value, low in (("--rounds", self.rounds, 1), ("--clients", self.clients, 1),
-                                 ("--retries", self.retries, 0)):  # fmt: skip
+                                 ("--retries", self.retries, 0),
+                                 ("--direct-port", self.direct_port, 0)):  # fmt: skip
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ConfigError(f"{name} {value}: must be an integer ≥ {low}")
         for name, value in (("--round-timeout", self.round_timeout),
@@ -172,9 +178,10 @@ def _delta_limit(server) -> int:
 class FederatedClient:
     """`run_rounds`' client: sends the round to its owner over the Grid, returns delta paths."""
 
-    def __init__(self, grid, server, cfg: FederationConfig, ledger: Ledger, names: dict[str, int]):
+    def __init__(self, grid, server, cfg: FederationConfig, ledger: Ledger, names: dict[str, int],
+                 direct: DirectServer | None = None):  # fmt: skip
         self.grid, self.server, self.cfg = grid, server, cfg
-        self.ledger, self.names = ledger, names
+        self.ledger, self.names, self.direct = ledger, names, direct
         self.folder = cfg.workdir / FEDERATION
         self.bytes_sent = self.bytes_received = 0
         self.note = ""  # why the previous attempt was refused, told to the client
@@ -204,16 +211,15 @@ class FederatedClient:
             "previous-attempt-refused": self.note,
         }
         self.bytes_sent += packed.payload_bytes
-        message = _message(to_records(packed), self.names[name], "train", config)
-        replies = exchange(self.grid, [message], self.cfg.round_timeout)
-        if not replies:
-            raise UpdateRejectedError(f"no reply within {self.cfg.round_timeout:.0f} s")
-        reply = replies[0]
-        if reply.has_error():
-            raise UpdateRejectedError(f"the client failed: {reply.error.reason}")
-        where = f"round {ctx.round} reply of client {name!r}"
-        got = from_records(reply.content, where)
+        token = self._offer(packed, limit, config)
+        try:
+            got = self._exchange(ctx, name, packed if token is None else packed.without_tensors(),
+                                 config, token)  # fmt: skip
+        finally:
+            if token is not None:
+                self.direct.withdraw(token)
         self.bytes_received += got.payload_bytes
+        where = f"round {ctx.round} reply of client {name!r}"
         staging = inbox.with_name("inbox.partial")
         shutil.rmtree(staging, ignore_errors=True)
         folders = write_folders(got, staging, where, max_bytes=limit)
@@ -225,17 +231,68 @@ class FederatedClient:
         staging.rename(inbox)  # all m or nothing
         return sorted(inbox.glob("*/delta.safetensors"))
 
+    def _offer(self, packed, limit: int, config: dict) -> str | None:
+        """With the direct path on, offer the tensors there and name them in `config`."""
+        if self.direct is None:
+            return None
+        token = self.direct.offer(packed.tensors, limit)
+        config.update({"direct-port": self.direct.port, "direct-token": token,
+                       "direct-tensors": json.dumps(listing(packed.tensors))})  # fmt: skip
+        return token
+
+    def _exchange(self, ctx: RoundContext, name: str, packed, config: dict, token):
+        """Send the round's message and return the reply's folders (their tensors from the
+        direct path when it is on)."""
+        message = _message(to_records(packed), self.names[name], "train", config)
+        replies = exchange(self.grid, [message], self.cfg.round_timeout)
+        if not replies:
+            raise UpdateRejectedError(f"no reply within {self.cfg.round_timeout:.0f} s")
+        reply = replies[0]
+        if reply.has_error():
+            raise UpdateRejectedError(f"the client failed: {reply.error.reason}")
+        where = f"round {ctx.round} reply of client {name!r}"
+        got = from_records(reply.content, where)
+        if token is None:
+            return got
+        try:
+            listed = json.loads(reply.content["direct"]["tensors"])
+        except (KeyError, TypeError, ValueError):
+            raise UpdateRejectedError(f"{where}: no list of the tensors sent directly") from None
+        return got.with_tensors(self.direct.take(token, listed, where))
+
 
 def serve(grid, cfg: FederationConfig, *, progress: bool = False) -> dict:
     """Serve every client's request (module docstring); returns a summary of the run."""
     from mpu.server.job import Server
 
     server = Server(cfg.workdir)
+    direct = _direct_server(cfg)  # a port in use fails now, before any client waits
+    try:
+        nodes = _wait_for_nodes(grid, cfg.clients, cfg.join_timeout)
+        names = _names(grid, nodes, cfg.join_timeout)
+        ledger = Ledger.open(cfg.workdir / FEDERATION, list(names), cfg.rounds, server.round)
+        client = FederatedClient(grid, server, cfg, ledger, names, direct)
+        return _serve_requests(cfg, server, ledger, client, progress)
+    finally:
+        if direct is not None:
+            direct.close()
+
+
+def _direct_server(cfg: FederationConfig) -> DirectServer | None:
+    """The direct data path's listener (direct.py), when `direct-port` asks for one."""
+    if not cfg.direct_port:
+        return None
+    certs = Path(cfg.direct_certs) if cfg.direct_certs else None
+    direct = DirectServer(cfg.direct_port, cert=certs / "server.crt" if certs else None,
+                          key=certs / "server.key" if certs else None)  # fmt: skip
+    log.info("direct data path on port %d (%s)", direct.port, "TLS" if certs else "plain HTTP")
+    return direct
+
+
+def _serve_requests(cfg: FederationConfig, server, ledger: Ledger, client: FederatedClient,
+                    progress: bool) -> dict:  # fmt: skip
+    """Round after round until every request is served or dropped; the run's summary."""
     folder = cfg.workdir / FEDERATION
-    nodes = _wait_for_nodes(grid, cfg.clients, cfg.join_timeout)
-    names = _names(grid, nodes, cfg.join_timeout)
-    ledger = Ledger.open(folder, list(names), cfg.rounds, server.round)
-    client = FederatedClient(grid, server, cfg, ledger, names)
     started = time.perf_counter()
     failures = 0
     while (owner := ledger.owner(server.round)) is not None:

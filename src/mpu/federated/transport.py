@@ -46,6 +46,13 @@ class Packed:
     def payload_bytes(self) -> int:
         return sum(map(len, self.blobs.values())) + sum(map(len, self.tensors.values()))
 
+    def without_tensors(self) -> Packed:
+        """The manifest and small files only (the tensors go by the direct path)."""
+        return Packed(self.manifest, self.blobs, {})
+
+    def with_tensors(self, tensors: dict) -> Packed:
+        return Packed(self.manifest, self.blobs, dict(tensors))
+
     @property
     def listed_bytes(self) -> int:
         """What the folders weigh on disk: the payload without content addressing."""
