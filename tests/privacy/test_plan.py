@@ -79,3 +79,26 @@ def test_copies_that_no_longer_work_are_never_recommended(tofu_world, tmp_path):
     early = plan(models / "target", models / "base", 1e-4, knowledge, **kw)
     assert [p["kappa"] for p in early["evidence"]] == [1.0] and early["recommendation"] is None
     assert early["evidence"][0]["L"] > 1e-4 and "still leaks" in early["why"]
+
+
+def test_two_publications_of_one_plan_score_theta_and_the_base_once(tofu_world, tmp_path,
+                                                                    monkeypatch):  # fmt: skip
+    """θ and the base are the same at every κ of a plan: their knowledge scores are reused
+    (anchors), and the leakage read from them is the same as scoring them afresh."""
+    from mpu.server.leakage import functional as F
+    from mpu.server.leakage.models import model_with
+
+    data, models = tofu_world
+    calls = []
+    real = F.score
+    monkeypatch.setattr(F, "score", lambda model, items: calls.append(1) or real(model, items))
+    anchors: dict = {}
+    kw = {"copies": 2, "residual": 1.0, "limit": 8, "kappa": 0.3}
+    measure(models / "target", models / "base", f"{data}/forget01", work=tmp_path / "a",
+            anchors=anchors, **kw)  # fmt: skip
+    n_first, calls[:] = len(calls), []
+    measure(models / "target", models / "base", f"{data}/forget01", work=tmp_path / "b",
+            anchors=anchors, **kw)  # fmt: skip
+    assert len(calls) == n_first - 2 and set(anchors) == {"theta", "base"}
+    items = F.knowledge(models / "target", f"{data}/forget01", 8)
+    assert anchors["theta"] == real(model_with(models / "target"), items)  # θ's own score

@@ -87,9 +87,11 @@ def capability(copies: Sequence[Path], general: General) -> dict:
 
 def measure(theta: Path, base: Path, knowledge, *, kappa: float, copies: int, residual: float,
             limit: int, work: Path, settings: Sequence[str] = (),
-            general: General | None = None) -> dict:  # fmt: skip
+            general: General | None = None, anchors: dict | None = None) -> dict:  # fmt: skip
     """Publish round 1 at κ (with any other job `settings`, key=value) and score its
-    functional leakage (no client run) and, given `general` items, the copies' capability."""
+    functional leakage (no client run) and, given `general` items, the copies' capability.
+    `anchors`: θ's and the base's knowledge scores, filled by the first call of a plan and
+    reused by the others."""
     from mpu.config import load_config
     from mpu.server.config import JobConfig
     from mpu.server.job import Server
@@ -100,7 +102,7 @@ def measure(theta: Path, base: Path, knowledge, *, kappa: float, copies: int, re
     server = Server.init(theta, base, work / "server", cfg)
     published = server.publish(work / "outbox", progress=False)
     view = read_round(server, 1, published)
-    f = functional_view(view, knowledge, limit)
+    f = functional_view(view, knowledge, limit, anchors)
     one, all_ = f["one_copy"]["answer_prob"], f["all_copies_with_base"]["answer_prob"]
     out = {"kappa": kappa, "L_one_copy": one, "L_all_copies": all_, "L": max(one, all_)}
     if general is not None:
@@ -147,10 +149,11 @@ def plan(theta: str | Path, base: str | Path, target: float, knowledge: str | Pa
         raise ConfigError(f"--min-capability {min_capability}: expected a number in [0, 1)")
     theta, base = Path(theta), Path(base)
     general = general_items(knowledge, theta, limit) if min_capability > 0 else None
+    anchors: dict = {}  # θ's and the base's scores: the same at every κ, so scored once
     with tempfile.TemporaryDirectory(prefix="mpu-plan-") as tmp:
         run = lambda k, name: measure(theta, base, knowledge, kappa=k, copies=copies,  # noqa: E731
                                       residual=residual, limit=limit, work=Path(tmp) / name,
-                                      settings=settings, general=general)  # fmt: skip
+                                      settings=settings, general=general, anchors=anchors)  # fmt: skip
         points, kappa = _search(run, ladder, target, refine, min_capability)
         check = run(kappa, "check") if verify and kappa is not None else None
     out = {"target": target, "copies": copies, "residual": residual, "evidence": points,

@@ -119,14 +119,17 @@ def _published_round(server: Server, workdir, round_: int | None) -> int:
     return round_
 
 
-def functional_view(view: RoundView, knowledge: str | Path, limit: int) -> dict:
-    """L of each copy as published and of the client's reconstructions (leakage.functional)."""
+def functional_view(view: RoundView, knowledge: str | Path, limit: int,
+                    anchors: dict | None = None) -> dict:  # fmt: skip
+    """L of each copy as published and of the client's reconstructions (leakage.functional;
+    `anchors`: θ's and the base's scores kept across calls on the same θ, base and items)."""
     from mpu.server.leakage import functional as F
 
     items = F.knowledge(view.theta_dir, knowledge, limit)
     recs = {"one_copy_aligned": view.with_base["one"], "all_copies_with_base": view.with_base["all"],
             "all_copies_without_base": view.no_base["all"]}  # fmt: skip
-    out = F.functional_view(view.theta_dir, view.theta, view.base, view.copies, recs, items)
+    out = F.functional_view(view.theta_dir, view.theta, view.base, view.copies, recs, items,
+                            anchors)  # fmt: skip
     if any(c is None for c in view.rename.values()):
         _at_emulator_depth(out, view, items)
     return out

@@ -103,14 +103,22 @@ def functional_view(
     copies: Sequence[Path],
     reconstructions: dict[str, dict],
     items: Knowledge,
+    anchors: dict | None = None,
 ) -> dict:
     """L of each copy as published, of every named reconstruction, and of θ and the base
-    themselves (1 and 0 by construction: the check that the scale is read right)."""
+    themselves (1 and 0 by construction: the check that the scale is read right). `anchors`:
+    θ's and the base's scores on these items from an earlier call, reused (a plan publishes the
+    same θ at many κ); an empty dict is filled with them."""
 
     def s_of(weights: dict) -> dict:
         return score(model_with(theta_dir, weights), items)
 
-    s_theta, s_base = s_of(theta), s_of(base)
+    if anchors is None or not anchors:
+        found = {"theta": s_of(theta), "base": s_of(base)}
+        if anchors is not None:
+            anchors.update(found)
+        anchors = found
+    s_theta, s_base = anchors["theta"], anchors["base"]
     per_copy = [leakage(score(model_with(c), items), s_theta, s_base) for c in copies]
     out = {
         "knowledge": items.source,
