@@ -88,3 +88,12 @@ def test_a_message_without_our_records_is_refused():
 
     with pytest.raises(UpdateRejectedError, match="malformed message"):
         from_records(RecordDict({"mpu": ConfigRecord({"x": 1})}), "reply of c1")
+
+
+def test_a_known_hash_is_used_and_a_wrong_one_is_caught_by_the_receiver(two_copies, tmp_path):
+    weights = two_copies[0] / "model.safetensors"
+    packed = pack_folders(two_copies, known_sha256={weights: _sha(weights)})
+    write_folders(from_records(to_records(packed), "test"), tmp_path / "ok", "test")
+    wrong = pack_folders(two_copies, known_sha256={weights: "0" * 64})
+    with pytest.raises(UpdateRejectedError, match="copy-1/model.safetensors: content differs"):
+        write_folders(wrong, tmp_path / "bad", "test")

@@ -175,6 +175,15 @@ def _delta_limit(server) -> int:
     return sum(4 * math.prod(theta.spec(n).shape) for n in theta.names()) + HEADER_SLACK
 
 
+def _weights_hashes(copies: list[Path]) -> dict[Path, str]:
+    """The SHA-256 of each copy's weight files, from the tickets the server wrote at publication
+    (hashed as they were written, so packing the copies does not hash them again)."""
+    from mpu.io.delta import read_ticket
+
+    return {Path(c) / name: sha for c in copies
+            for name, sha in read_ticket(c).weights_sha256.items()}  # fmt: skip
+
+
 class FederatedClient:
     """`run_rounds`' client: sends the round to its owner over the Grid, returns delta paths."""
 
@@ -202,7 +211,7 @@ class FederatedClient:
     def _attempt(self, ctx: RoundContext, name: str, inbox: Path) -> list[Path]:
         """Send the round, write the reply into the inbox; anything wrong is an
         `UpdateRejectedError` (a failed attempt)."""
-        packed = pack_folders(ctx.copies)
+        packed = pack_folders(ctx.copies, known_sha256=_weights_hashes(ctx.copies))
         limit = len(ctx.copies) * _delta_limit(self.server)
         config = {
             "round": ctx.round,

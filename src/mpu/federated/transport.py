@@ -6,11 +6,12 @@ their SHA-256:
 
   "manifest"  ConfigRecord  {"folders": JSON [{name, files: {file: entry}}]}
   "blobs"     ConfigRecord  sha256 → bytes of a small file or of a safetensors header
-  "tensors"   ArrayRecord   sha256 → the raw bytes of one tensor (one Flower `Array`)
+  "tensors"   ArrayRecord   t<n> → the raw bytes of one tensor (one Flower `Array`)
 
-Content addressing is what sends a tensor that the protocol leaves unperturbed (embeddings,
-norms: the same bytes in all m copies) once per round instead of m times, and one tokenizer
-for all copies. Every tensor is its own `Array`, which Flower streams in chunks (5 MiB by
+A tensor equal to the same-named tensor of an earlier folder (embeddings, norms: what the
+protocol leaves unperturbed is the same in all m copies) is listed again, not sent again, and
+small files are addressed by their SHA-256 (one tokenizer for all copies). Equality is
+checked byte for byte, so finding the shared tensors costs a comparison, not a hash. Every tensor is its own `Array`, which Flower streams in chunks (5 MiB by
 default), so no message holds a whole model in one buffer. The receiver writes each file
 from its header and tensors in offset order and checks the result against the sender's
 SHA-256 of the file: what arrives is the file that left, or an `UpdateRejectedError` names the
@@ -99,42 +100,55 @@ def _tensor_spans(header: dict, where: str) -> list[tuple[str, int, int]]:
 
 
 def pack_folders(
-    folders: list[Path], names: list[str] | None = None, *, only: tuple[str, ...] | None = None
+    folders: list[Path],
+    names: list[str] | None = None,
+    *,
+    only: tuple[str, ...] | None = None,
+    known_sha256: dict[Path, str] | None = None,
 ) -> Packed:
-    """Every file (not subfolder) of every folder, content-addressed (see the module
-    docstring); `names` renames the folders for the receiver (default: their own names),
-    `only` keeps just the files of those names."""
+    """Every file (not subfolder) of every folder (see the module docstring); `names` renames
+    the folders for the receiver (default: their own names), `only` keeps just the files of
+    those names. `known_sha256`: the SHA-256 of files the caller already hashed (a published
+    copy's ticket holds its weights' hash), which is then not computed again; the receiver
+    checks every file against it all the same."""
     manifest, blobs, tensors = [], {}, {}
+    seen: dict[tuple[str, str], tuple[str, bytes]] = {}  # (file, tensor) → its key and bytes
     names = names or [Path(f).name for f in folders]
     for folder, folder_name in zip(folders, names, strict=True):
         files = {}
         paths = sorted(p for p in Path(folder).iterdir() if p.is_file())
         for path in (p for p in paths if only is None or p.name in only):
-            data = path.read_bytes() if path.suffix != ".safetensors" else None
-            if data is not None:
+            if path.suffix != ".safetensors":
+                data = path.read_bytes()
                 key = _digest(data)
                 blobs[key] = data
                 files[path.name] = {"blob": key, "sha256": key, "size": len(data)}
                 continue
-            with path.open("rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-                n, header = _read_header(mm, str(path))
-                head = bytes(mm[: 8 + n])
-                blobs[_digest(head)] = head
-                keys = []
-                for _, begin, end in _tensor_spans(header, str(path)):
-                    raw = bytes(mm[8 + n + begin : 8 + n + end])
-                    key = _digest(raw)
-                    tensors[key] = raw
-                    keys.append(key)
-                whole = hashlib.sha256(mm).hexdigest()
-                files[path.name] = {
-                    "header": _digest(head),
-                    "tensors": keys,
-                    "sha256": whole,
-                    "size": len(mm),
-                }
+            known = (known_sha256 or {}).get(Path(path))
+            files[path.name] = _pack_weights(path, blobs, tensors, seen, known)
         manifest.append({"name": folder_name, "files": files})
     return Packed(manifest, blobs, tensors)
+
+
+def _pack_weights(path: Path, blobs: dict, tensors: dict, seen: dict, known: str | None) -> dict:
+    """One safetensors file's manifest entry; its header into `blobs`, its tensors into
+    `tensors` — a tensor equal to the same-named tensor of an earlier folder's file of the same
+    name (the weights the protocol leaves unperturbed) is listed again, not sent again."""
+    with path.open("rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+        n, header = _read_header(mm, str(path))
+        head = bytes(mm[: 8 + n])
+        blobs[_digest(head)] = head
+        keys = []
+        for name, begin, end in _tensor_spans(header, str(path)):
+            raw = bytes(mm[8 + n + begin : 8 + n + end])
+            key, earlier = seen.get((path.name, name), (None, None))
+            if earlier is None or earlier != raw:
+                key = f"t{len(tensors)}"
+                tensors[key] = raw
+                seen[(path.name, name)] = (key, raw)
+            keys.append(key)
+        whole = known or hashlib.sha256(mm).hexdigest()
+        return {"header": _digest(head), "tensors": keys, "sha256": whole, "size": len(mm)}
 
 
 def to_records(packed: Packed):
