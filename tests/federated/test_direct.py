@@ -1,7 +1,8 @@
 """The direct data path: tensors over one TLS stream, gated by a one-time token, checked by the
 SHA-256 that came through Flower."""
 
-import json
+import hashlib
+import io
 
 import pytest
 import torch
@@ -9,8 +10,14 @@ from safetensors.torch import save_file
 
 from mpu.errors import UpdateRejectedError
 from mpu.federated.certs import make_certs
-from mpu.federated.direct import DirectPath, DirectServer, listing, split_stream
-from mpu.federated.transport import pack_folders, write_folders
+from mpu.federated.direct import DirectPath, DirectServer
+from mpu.federated.transport import (
+    Packed,
+    declared_bytes,
+    pack_folders,
+    stream_order,
+    write_folders,
+)
 
 
 @pytest.fixture(scope="module")
@@ -38,71 +45,93 @@ def copies(tmp_path):
     return folders
 
 
+def _sha(path):
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
 def test_copies_fetched_over_tls_are_the_published_bytes(direct, copies, tmp_path):
     server, path = direct
-    packed = pack_folders(copies)
-    token = server.offer(packed.tensors, limit=10**6)
-    got = path.fetch(token, listing(packed.tensors), "test")
-    out = write_folders(packed.without_tensors().with_tensors(got), tmp_path / "out", "test")
+    packed = pack_folders(copies, views=True)
+    token = server.offer(packed, 0, tmp_path / "staging")
+    out = path.fetch(token, packed.without_tensors(), tmp_path / "out", "test")
     for src, dst in zip(copies, out, strict=True):
-        assert (src / "model.safetensors").read_bytes() == (dst / "model.safetensors").read_bytes()
+        assert _sha(src / "model.safetensors") == _sha(dst / "model.safetensors")
 
 
-def test_an_upload_reaches_the_attempt_and_closes_it(direct, copies):
+def test_an_upload_is_written_and_checked_then_the_attempt_closes(direct, copies, tmp_path):
+    server, path = direct
+    reply = pack_folders(copies, views=True)
+    token = server.offer(reply.without_tensors(), declared_bytes(reply, "t"), tmp_path / "in")
+    path.send(token, reply, "test")
+    folders = server.take(token, reply.without_tensors(), "test")
+    assert [f.parent for f in folders] == [tmp_path / "in"] * 2
+    for src, dst in zip(copies, folders, strict=True):
+        assert _sha(src / "model.safetensors") == _sha(dst / "model.safetensors")
+    with pytest.raises(UpdateRejectedError, match="403"):  # one attempt, one use
+        path.fetch(token, reply.without_tensors(), tmp_path / "again", "test")
+
+
+def test_a_reply_that_announces_other_files_than_it_uploaded_is_refused(direct, copies, tmp_path):
+    server, path = direct
+    reply = pack_folders(copies)
+    token = server.offer(reply.without_tensors(), declared_bytes(reply, "t"), tmp_path / "in")
+    path.send(token, reply, "test")
+    other = pack_folders(copies[:1])
+    with pytest.raises(UpdateRejectedError, match="manifest differs from the upload"):
+        server.take(token, other.without_tensors(), "test")
+    assert not (tmp_path / "in").exists()
+
+
+def test_a_wrong_or_withdrawn_token_reads_nothing(direct, copies, tmp_path):
     server, path = direct
     packed = pack_folders(copies)
-    token = server.offer({}, limit=sum(map(len, packed.tensors.values())))
-    listed = path.send(token, packed.tensors, "test")
-    got = server.take(token, json.loads(listed), "test")
-    assert {k: bytes(v) for k, v in got.items()} == packed.tensors
-    with pytest.raises(UpdateRejectedError, match="403"):  # one attempt, one use
-        path.fetch(token, [], "test")
-
-
-def test_a_wrong_or_withdrawn_token_reads_nothing(direct, copies):
-    server, path = direct
-    token = server.offer(pack_folders(copies).tensors, limit=10)
+    token = server.offer(packed, 0, tmp_path / "in")
     with pytest.raises(UpdateRejectedError, match="403 unknown or closed token"):
-        path.fetch(token[:-2] + "xx", [], "test")
+        path.fetch(token[:-2] + "xx", packed.without_tensors(), tmp_path / "a", "test")
     server.withdraw(token)
     with pytest.raises(UpdateRejectedError, match="403"):
-        path.fetch(token, [], "test")
+        path.fetch(token, packed.without_tensors(), tmp_path / "b", "test")
 
 
-def test_an_upload_larger_than_the_model_is_refused_unread(direct, copies):
+def test_an_upload_larger_than_the_model_is_refused_before_writing(direct, copies, tmp_path):
     server, path = direct
-    packed = pack_folders(copies)
-    token = server.offer({}, limit=sum(map(len, packed.tensors.values())) - 1)
-    with pytest.raises(UpdateRejectedError, match="refused the upload: 413"):
-        path.send(token, packed.tensors, "test")
-    with pytest.raises(UpdateRejectedError, match="without sending its updates"):
-        server.take(token, listing(packed.tensors), "test")
+    reply = pack_folders(copies)
+    token = server.offer(reply.without_tensors(), declared_bytes(reply, "t") - 1, tmp_path / "in")
+    with pytest.raises(UpdateRejectedError, match=r"refused the upload: .*refused before writing"):
+        path.send(token, reply, "test")
+    with pytest.raises(UpdateRejectedError, match=r"no update arrived .*refused before writing"):
+        server.take(token, reply.without_tensors(), "test")
+    assert not (tmp_path / "in").exists()
 
 
-def test_a_list_that_does_not_describe_the_stream_is_refused():
-    with pytest.raises(UpdateRejectedError, match="holds 10 bytes, its list declares 12"):
-        split_stream(bytes(10), [["a", 6], ["b", 6]], "test")
-    with pytest.raises(UpdateRejectedError, match="malformed tensor list"):
-        split_stream(bytes(10), [["a", -1]], "test")
-
-
-def test_a_tampered_stream_is_refused_by_the_files_sha256(direct, copies, tmp_path):
+def test_a_tampered_stream_is_refused_and_its_file_not_kept(direct, copies, tmp_path):
     server, path = direct
     packed = pack_folders(copies)
     tampered = {k: bytearray(v) for k, v in packed.tensors.items()}
     next(iter(tampered.values()))[0] ^= 1
-    token = server.offer(tampered, limit=0)
-    got = path.fetch(token, listing(packed.tensors), "round 1 copies")
-    with pytest.raises(UpdateRejectedError, match="content differs from what was sent"):
-        write_folders(packed.with_tensors(got), tmp_path / "out", "round 1 copies")
+    token = server.offer(packed.with_tensors(tampered), 0, tmp_path / "in")
+    with pytest.raises(UpdateRejectedError, match=r"copy-1/model\.safetensors: content differs"):
+        path.fetch(token, packed.without_tensors(), tmp_path / "out", "round 1 copies")
+    assert not list((tmp_path / "out").rglob("*.safetensors"))
+
+
+def test_a_stream_cut_short_is_refused(copies, tmp_path):
+    packed = pack_folders(copies)
+    body = b"".join(packed.tensors[k] for k in stream_order(packed))
+    with pytest.raises(UpdateRejectedError, match="the direct stream ended early"):
+        write_folders(packed.without_tensors(), tmp_path / "out", "test",
+                      stream=io.BytesIO(body[:-10]))  # fmt: skip
+    out = write_folders(packed.without_tensors(), tmp_path / "ok", "test", stream=io.BytesIO(body))
+    assert _sha(out[1] / "model.safetensors") == _sha(copies[1] / "model.safetensors")
 
 
 def test_a_client_that_does_not_trust_the_certificate_is_refused(direct, tmp_path):
     server, _ = direct
     other = make_certs(tmp_path / "other", hosts=["127.0.0.1"], clients=1)
-    token = server.offer({}, limit=0)
+    token = server.offer(Packed([], {}, {}), 0, tmp_path / "in")
     with pytest.raises(UpdateRejectedError, match="CERTIFICATE_VERIFY_FAILED"):
-        DirectPath("127.0.0.1", server.port, other.ca_cert).fetch(token, [], "test")
+        DirectPath("127.0.0.1", server.port, other.ca_cert).fetch(
+            token, Packed([], {}, {}), tmp_path / "out", "test")  # fmt: skip
 
 
 @pytest.mark.slow

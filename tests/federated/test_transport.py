@@ -67,6 +67,8 @@ def test_tampered_or_missing_parts_are_refused(two_copies, tmp_path):
     packed.tensors[key] = bytes(flipped)
     with pytest.raises(UpdateRejectedError, match="differs from what was sent"):
         write_folders(packed, tmp_path / "a", "reply")
+    assert not any(p.name.startswith(".model") or p.name == "model.safetensors"
+                   for p in (tmp_path / "a").rglob("*"))  # hashed while written, then removed  # fmt: skip
     packed.tensors[key] = bytes(flipped[:-4])  # a truncated tensor: does not fit its header
     with pytest.raises(UpdateRejectedError, match="do not match the file's header"):
         write_folders(packed, tmp_path / "b", "reply")
@@ -95,5 +97,14 @@ def test_a_known_hash_is_used_and_a_wrong_one_is_caught_by_the_receiver(two_copi
     packed = pack_folders(two_copies, known_sha256={weights: _sha(weights)})
     write_folders(from_records(to_records(packed), "test"), tmp_path / "ok", "test")
     wrong = pack_folders(two_copies, known_sha256={weights: "0" * 64})
-    with pytest.raises(UpdateRejectedError, match="copy-1/model.safetensors: content differs"):
+    with pytest.raises(UpdateRejectedError, match=r"copy-1/model\.safetensors: content differs"):
         write_folders(wrong, tmp_path / "bad", "test")
+
+
+def test_views_of_the_files_pack_the_same_bytes_as_copies(two_copies, tmp_path):
+    copied, viewed = pack_folders(two_copies), pack_folders(two_copies, views=True)
+    assert copied.manifest == viewed.manifest
+    assert {k: bytes(v) for k, v in viewed.tensors.items()} == copied.tensors
+    assert all(isinstance(v, memoryview) for v in viewed.tensors.values())
+    out = write_folders(viewed, tmp_path / "out", "test")
+    assert _sha(out[1] / "model.safetensors") == _sha(two_copies[1] / "model.safetensors")

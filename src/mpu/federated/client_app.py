@@ -19,7 +19,6 @@ unlearned model, not the settings.
 
 from __future__ import annotations
 
-import json
 import logging
 import shlex
 import shutil
@@ -125,17 +124,18 @@ def handle_train(content, config, side: ClientSide):
     folder = side.workdir / f"round{round_}" / "copies"
     shutil.rmtree(folder, ignore_errors=True)
     packed, direct = from_records(content, where), _direct_path(side, config)
-    if direct is not None:
-        listed = json.loads(str(config["direct-tensors"]))
-        packed = packed.with_tensors(direct.fetch(str(config["direct-token"]), listed, where))
-    copies = sorted(write_folders(packed, folder, where))
+    if direct is None:
+        copies = sorted(write_folders(packed, folder, where))
+    else:
+        copies = sorted(direct.fetch(str(config["direct-token"]), packed, folder, where))
     del packed
     outs = _unlearn_here_or_by_worker(side, round_, first, copies)
-    reply = pack_folders(outs, [c.name for c in copies], only=DELTA_FILES)
+    reply = pack_folders(outs, [c.name for c in copies], only=DELTA_FILES,
+                         views=direct is not None)  # fmt: skip
     if direct is None:
         return to_records(reply)
-    listed = direct.send(str(config["direct-token"]), reply.tensors, f"round {round_} updates")
-    return {**to_records(reply.without_tensors()), "direct": _config_record({"tensors": listed})}
+    direct.send(str(config["direct-token"]), reply, f"round {round_} updates")
+    return to_records(reply.without_tensors())
 
 
 def _direct_path(side: ClientSide, config) -> DirectPath | None:
@@ -144,12 +144,6 @@ def _direct_path(side: ClientSide, config) -> DirectPath | None:
         return None
     ca = Path(side.ca) if side.ca else None
     return DirectPath(side.server_host, int(config["direct-port"]), ca)
-
-
-def _config_record(values: dict):
-    from flwr.app import ConfigRecord
-
-    return ConfigRecord(values)
 
 
 def _unlearn_here_or_by_worker(side: ClientSide, round_: int, first: int, copies: list[Path]):

@@ -2,67 +2,76 @@
 
 Through Flower, every tensor is cut into Flower objects, stored in the SuperLink, pulled by the
 SuperNode and handed to the ClientApp; on SmolLM2 (1.9 GiB a round at m = 2) that path moved
-about 39 MiB/s and made a round 2.8× the in-process one (benchmarks/RESULTS.md). With
+about 39 MiB/s and made a round 2.5–2.8× the in-process one (benchmarks/RESULTS.md). With
 `mpu serve --direct-port P` the ServerApp also listens on P — TLS with the server's certificate
 (the one the SuperLink uses), plain only with `--insecure` — and a round's message carries the
-manifest, the small files and the list of tensors, but not the tensors. The client fetches them
-in one GET and sends its deltas' tensors in one PUT, then replies through Flower with their
-list. Each request names a one-time token that travelled in the round's Flower message (to the
-one authenticated node the round is for), so no one else can read the copies or write an
-update. What the files must be is unchanged: each file is checked against the SHA-256 that
-came through Flower (`transport.write_folders`), so a stream that is cut, reordered or
-tampered with is refused like a bad Flower message.
+manifest (every file's SHA-256) and the small files, but not the tensors.
+
+The client fetches the tensors in one GET and writes each file as its bytes arrive; it sends
+its deltas in one PUT: the reply's manifest and small files first, then the tensors, which the
+server writes into the round's staging inbox as they arrive. Neither side holds a model's
+worth of tensors in memory. The client then replies through Flower with the same manifest,
+which must equal what the stream announced. Each request names a one-time token that
+travelled in the round's Flower message (to the one authenticated node the round is for), so
+no one else can read the copies or write an update. Every file is checked against its SHA-256
+as it is written (`transport.write_folders`), so a stream that is cut, reordered or tampered
+with is refused like a bad Flower message, and the file is not kept.
 """
 
 from __future__ import annotations
 
+import base64
 import hmac
 import http.client
 import http.server
 import json
 import secrets
+import shutil
 import ssl
+import struct
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 from mpu.errors import UpdateRejectedError
+from mpu.federated.transport import CHUNK, Packed, stream_order, write_folders
 
-CHUNK = 4 * 2**20  # bytes per socket write or read
+MAX_META_BYTES = 64 * 2**20  # a reply's manifest and small files (headers, receipts)
+
+
+def meta_bytes(packed: Packed) -> bytes:
+    """A reply's manifest and small files, as the PUT body's prefix (length first)."""
+    blobs = {k: base64.b64encode(v).decode() for k, v in packed.blobs.items()}
+    body = json.dumps({"manifest": packed.manifest, "blobs": blobs}).encode()
+    return struct.pack("<Q", len(body)) + body
+
+
+def read_meta(stream, where: str) -> Packed:
+    """The prefix `meta_bytes` wrote, read back from a stream and checked for shape."""
+    raw = stream.read(8)
+    (n,) = struct.unpack("<Q", raw) if len(raw) == 8 else (None,)
+    if n is None or n > MAX_META_BYTES:
+        raise UpdateRejectedError(f"{where}: the upload does not start with a manifest")
+    try:
+        obj = json.loads(stream.read(n))
+        blobs = {k: base64.b64decode(v, validate=True) for k, v in obj["blobs"].items()}
+        manifest = obj["manifest"]
+    except (KeyError, TypeError, ValueError):
+        raise UpdateRejectedError(f"{where}: malformed manifest in the upload") from None
+    if not isinstance(manifest, list):
+        raise UpdateRejectedError(f"{where}: malformed manifest in the upload")
+    return Packed(manifest, blobs, {})
 
 
 @dataclass
 class _Slot:
-    """One attempt's exchange: the tensors offered, the bound on what may come back, the upload."""
+    """One attempt's exchange: what is offered, where an upload goes, what came."""
 
-    offered: list[bytes | memoryview]
+    offered: Packed
     limit: int
-    received: bytearray | None = None
-
-
-def listing(tensors: dict) -> list[list]:
-    """[[key, size], …] in stream order: what a Flower message says the stream holds."""
-    return [[k, len(v)] for k, v in tensors.items()]
-
-
-def split_stream(body: bytes | bytearray, listed: object, where: str) -> dict[str, memoryview]:
-    """The stream cut into its tensors by the list that came through Flower; a list that does
-    not describe the stream exactly is refused."""
-    if not isinstance(listed, list) or not all(
-        isinstance(e, list) and len(e) == 2 and isinstance(e[0], str) and isinstance(e[1], int)
-        and e[1] >= 0 for e in listed
-    ):  # fmt: skip
-        raise UpdateRejectedError(f"{where}: malformed tensor list for the direct stream")
-    if sum(size for _, size in listed) != len(body):
-        raise UpdateRejectedError(
-            f"{where}: the direct stream holds {len(body)} bytes, its list declares "
-            f"{sum(size for _, size in listed)}"
-        )
-    view, at, out = memoryview(body), 0, {}
-    for key, size in listed:
-        out[key] = view[at : at + size]
-        at += size
-    return out
+    staging: Path
+    received: tuple[Packed, list[Path]] | None = None
+    error: str = ""
 
 
 class DirectServer:
@@ -86,22 +95,28 @@ class DirectServer:
         self._httpd.shutdown()
         self._httpd.server_close()
 
-    def offer(self, tensors: dict, limit: int) -> str:
-        """Open an attempt: `tensors` to be fetched, at most `limit` bytes to be sent back;
-        returns its token (secret between the server and the round's client)."""
+    def offer(self, packed: Packed, limit: int, staging: Path) -> str:
+        """Open an attempt: `packed`'s tensors to be fetched, at most `limit` bytes of files
+        to be written into `staging` by the upload; returns its token (a secret between the
+        server and the round's client)."""
         token = secrets.token_urlsafe(32)
         with self._lock:
-            self._slots[token] = _Slot(list(tensors.values()), limit)
+            self._slots[token] = _Slot(packed, limit, staging)
         return token
 
-    def take(self, token: str, listed: object, where: str) -> dict[str, memoryview]:
-        """The tensors the client sent for this attempt (closing it), cut by its list."""
+    def take(self, token: str, announced: Packed, where: str) -> list[Path]:
+        """The folders the upload wrote (closing the attempt); `announced`: the manifest and
+        small files of the client's Flower reply, which must be what the upload carried."""
         with self._lock:
             slot = self._slots.pop(token, None)
         if slot is None or slot.received is None:
-            raise UpdateRejectedError(f"{where}: the client replied without sending its updates "
-                                      "over the direct path")  # fmt: skip
-        return split_stream(slot.received, listed, where)
+            why = f": {slot.error}" if slot is not None and slot.error else ""
+            raise UpdateRejectedError(f"{where}: no update arrived over the direct path{why}")
+        streamed, folders = slot.received
+        if (streamed.manifest, streamed.blobs) != (announced.manifest, announced.blobs):
+            shutil.rmtree(slot.staging, ignore_errors=True)
+            raise UpdateRejectedError(f"{where}: the reply's manifest differs from the upload's")
+        return folders
 
     def withdraw(self, token: str) -> None:
         with self._lock:
@@ -117,13 +132,13 @@ class DirectServer:
 def _handler(server: DirectServer):
     class Handler(http.server.BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        timeout = 600  # seconds a stalled connection may keep its thread
 
         def log_message(self, *args) -> None:  # no access log: the path holds the token
             pass
 
         def _slot(self) -> _Slot | None:
-            token = self.path.rpartition("/")[2]
-            slot = server.slot(token)
+            slot = server.slot(self.path.rpartition("/")[2])
             if slot is None:
                 self._answer(403, "unknown or closed token")
             return slot
@@ -138,10 +153,11 @@ def _handler(server: DirectServer):
         def do_GET(self) -> None:
             if (slot := self._slot()) is None:
                 return
+            tensors = [slot.offered.tensors[k] for k in stream_order(slot.offered)]
             self.send_response(200)
-            self.send_header("Content-Length", str(sum(len(t) for t in slot.offered)))
+            self.send_header("Content-Length", str(sum(len(t) for t in tensors)))
             self.end_headers()
-            for tensor in slot.offered:
+            for tensor in tensors:
                 view = memoryview(tensor)
                 for at in range(0, len(view), CHUNK):
                     self.wfile.write(view[at : at + CHUNK])
@@ -149,31 +165,21 @@ def _handler(server: DirectServer):
         def do_PUT(self) -> None:
             if (slot := self._slot()) is None:
                 return
+            self.close_connection = True  # one upload per connection: nothing left to read
+            where = "the direct upload"
             try:
-                size = int(self.headers.get("Content-Length", ""))
-            except ValueError:
-                return self._answer(411, "Content-Length required")
-            if not 0 <= size <= slot.limit:
-                self.close_connection = True
-                return self._answer(413, f"{size} bytes: more than the model's {slot.limit}")
-            body = _read_exactly(self.rfile, size)
-            if body is None:
-                return self._answer(400, "the upload ended early")
-            slot.received = body
+                meta = read_meta(self.rfile, where)
+                shutil.rmtree(slot.staging, ignore_errors=True)
+                folders = write_folders(meta, slot.staging, where, max_bytes=slot.limit,
+                                        stream=self.rfile)  # fmt: skip
+            except (UpdateRejectedError, OSError) as exc:  # refused, cut off or stalled
+                shutil.rmtree(slot.staging, ignore_errors=True)
+                slot.error = str(exc)
+                return self._answer(400, str(exc))
+            slot.received = (meta, folders)
             self._answer(200, "stored")
 
     return Handler
-
-
-def _read_exactly(stream, size: int) -> bytearray | None:
-    buf = bytearray(size)
-    view, got = memoryview(buf), 0
-    while got < size:
-        n = stream.readinto(view[got : got + CHUNK])
-        if not n:
-            return None
-        got += n
-    return buf
 
 
 @dataclass(frozen=True)
@@ -190,47 +196,45 @@ class DirectPath:
         ctx = ssl.create_default_context(cafile=str(self.ca))
         return http.client.HTTPSConnection(self.host, self.port, timeout=600, context=ctx)
 
-    def fetch(self, token: str, listed: object, where: str) -> dict[str, memoryview]:
-        """The round's tensors, cut by the list that came through Flower."""
+    def _failed(self, where: str, exc: OSError) -> UpdateRejectedError:
+        return UpdateRejectedError(f"{where}: direct path {self.host}:{self.port}: {exc}")
+
+    def fetch(self, token: str, meta: Packed, out_dir: Path, where: str) -> list[Path]:
+        """Write the round's folders (`meta`: their manifest and small files, from Flower)
+        with the tensors streamed from the server, each file checked as it is written."""
         conn = self._connect()
         try:
             conn.request("GET", f"/round/{token}")
             resp = conn.getresponse()
             if resp.status != 200:
-                raise UpdateRejectedError(f"{where}: direct path answered {resp.status} "
-                                          f"{resp.read(200).decode(errors='replace')}")  # fmt: skip
-            body = _read_exactly(resp, int(resp.headers.get("Content-Length", "0")))
+                text = resp.read(200).decode(errors="replace")
+                raise UpdateRejectedError(f"{where}: direct path answered {resp.status} {text}")
+            return write_folders(meta, out_dir, where, stream=resp)
         except OSError as exc:
-            raise UpdateRejectedError(
-                f"{where}: direct path {self.host}:{self.port}: {exc}"
-            ) from None
+            raise self._failed(where, exc) from None
         finally:
             conn.close()
-        if body is None:
-            raise UpdateRejectedError(f"{where}: the direct stream ended early")
-        return split_stream(body, listed, where)
 
-    def send(self, token: str, tensors: dict, where: str) -> str:
-        """Upload `tensors` as one stream; returns their list (JSON) for the Flower reply."""
+    def send(self, token: str, reply: Packed, where: str) -> None:
+        """Upload `reply` (made with `pack_folders`): its manifest and small files, then its
+        tensors in stream order; returns once the server has written and checked them."""
+        prefix = meta_bytes(reply)
+        tensors = [reply.tensors[k] for k in stream_order(reply)]
         conn = self._connect()
         try:
             conn.putrequest("PUT", f"/round/{token}")
-            conn.putheader("Content-Length", str(sum(len(t) for t in tensors.values())))
+            conn.putheader("Content-Length", str(len(prefix) + sum(len(t) for t in tensors)))
             conn.endheaders()
-            for tensor in tensors.values():
+            conn.send(prefix)
+            for tensor in tensors:
                 view = memoryview(tensor)
                 for at in range(0, len(view), CHUNK):
                     conn.send(view[at : at + CHUNK])
             resp = conn.getresponse()
-            text = resp.read(200).decode(errors="replace")
+            text = resp.read(500).decode(errors="replace")
         except OSError as exc:
-            raise UpdateRejectedError(
-                f"{where}: direct path {self.host}:{self.port}: {exc}"
-            ) from None
+            raise self._failed(where, exc) from None
         finally:
             conn.close()
         if resp.status != 200:
-            raise UpdateRejectedError(
-                f"{where}: direct path refused the upload: {resp.status} {text}"
-            )
-        return json.dumps(listing(tensors))
+            raise UpdateRejectedError(f"{where}: the server refused the upload: {text}")

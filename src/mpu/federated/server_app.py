@@ -29,9 +29,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mpu.errors import ConfigError, MPUError, UpdateRejectedError
-from mpu.federated.direct import DirectServer, listing
+from mpu.federated.direct import DirectServer
 from mpu.federated.ledger import Ledger
-from mpu.federated.transport import from_records, pack_folders, to_records, write_folders
+from mpu.federated.transport import (
+    declared_bytes,
+    from_records,
+    pack_folders,
+    to_records,
+    write_folders,
+)
 from mpu.io.checkpoint import atomic_write_json
 from mpu.server.rounds import RoundContext, outbox_of, run_rounds
 
@@ -211,7 +217,8 @@ class FederatedClient:
     def _attempt(self, ctx: RoundContext, name: str, inbox: Path) -> list[Path]:
         """Send the round, write the reply into the inbox; anything wrong is an
         `UpdateRejectedError` (a failed attempt)."""
-        packed = pack_folders(ctx.copies, known_sha256=_weights_hashes(ctx.copies))
+        packed = pack_folders(ctx.copies, known_sha256=_weights_hashes(ctx.copies),
+                              views=self.direct is not None)  # fmt: skip
         limit = len(ctx.copies) * _delta_limit(self.server)
         config = {
             "round": ctx.round,
@@ -220,18 +227,21 @@ class FederatedClient:
             "previous-attempt-refused": self.note,
         }
         self.bytes_sent += packed.payload_bytes
-        token = self._offer(packed, limit, config)
+        staging = inbox.with_name("inbox.partial")
+        shutil.rmtree(staging, ignore_errors=True)
+        where = f"round {ctx.round} reply of client {name!r}"
+        token = self._offer(packed, limit, staging, config)
         try:
-            got = self._exchange(ctx, name, packed if token is None else packed.without_tensors(),
-                                 config, token)  # fmt: skip
+            reply = self._exchange(name, packed if token is None else packed.without_tensors(),
+                                   config, where)  # fmt: skip
+            if token is None:
+                folders = write_folders(reply, staging, where, max_bytes=limit)
+            else:
+                folders = self.direct.take(token, reply, where)
         finally:
             if token is not None:
                 self.direct.withdraw(token)
-        self.bytes_received += got.payload_bytes
-        where = f"round {ctx.round} reply of client {name!r}"
-        staging = inbox.with_name("inbox.partial")
-        shutil.rmtree(staging, ignore_errors=True)
-        folders = write_folders(got, staging, where, max_bytes=limit)
+        self.bytes_received += declared_bytes(reply, where) if token else reply.payload_bytes
         copy_names = sorted(p.name for p in ctx.copies)
         if sorted(f.name for f in folders) != copy_names:
             shutil.rmtree(staging)
@@ -240,18 +250,16 @@ class FederatedClient:
         staging.rename(inbox)  # all m or nothing
         return sorted(inbox.glob("*/delta.safetensors"))
 
-    def _offer(self, packed, limit: int, config: dict) -> str | None:
-        """With the direct path on, offer the tensors there and name them in `config`."""
+    def _offer(self, packed, limit: int, staging: Path, config: dict) -> str | None:
+        """With the direct path on, offer the tensors there and name the attempt in `config`."""
         if self.direct is None:
             return None
-        token = self.direct.offer(packed.tensors, limit)
-        config.update({"direct-port": self.direct.port, "direct-token": token,
-                       "direct-tensors": json.dumps(listing(packed.tensors))})  # fmt: skip
+        token = self.direct.offer(packed, limit, staging)
+        config.update({"direct-port": self.direct.port, "direct-token": token})
         return token
 
-    def _exchange(self, ctx: RoundContext, name: str, packed, config: dict, token):
-        """Send the round's message and return the reply's folders (their tensors from the
-        direct path when it is on)."""
+    def _exchange(self, name: str, packed, config: dict, where: str):
+        """Send the round's message; the reply's folders as it announced them."""
         message = _message(to_records(packed), self.names[name], "train", config)
         replies = exchange(self.grid, [message], self.cfg.round_timeout)
         if not replies:
@@ -259,15 +267,7 @@ class FederatedClient:
         reply = replies[0]
         if reply.has_error():
             raise UpdateRejectedError(f"the client failed: {reply.error.reason}")
-        where = f"round {ctx.round} reply of client {name!r}"
-        got = from_records(reply.content, where)
-        if token is None:
-            return got
-        try:
-            listed = json.loads(reply.content["direct"]["tensors"])
-        except (KeyError, TypeError, ValueError):
-            raise UpdateRejectedError(f"{where}: no list of the tensors sent directly") from None
-        return got.with_tensors(self.direct.take(token, listed, where))
+        return from_records(reply.content, where)
 
 
 def serve(grid, cfg: FederationConfig, *, progress: bool = False) -> dict:

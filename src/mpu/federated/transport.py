@@ -31,6 +31,7 @@ from pathlib import Path
 from mpu.errors import UpdateRejectedError
 from mpu.io.atomic import atomic_write_bytes
 
+CHUNK = 4 * 2**20  # bytes per read of a direct stream
 RAW_STYPE = "mpu.raw-bytes"  # an Array whose data are a tensor's bytes as stored on disk
 MAX_HEADER_BYTES = 100 * 2**20  # the safetensors format's own limit
 
@@ -105,14 +106,17 @@ def pack_folders(
     *,
     only: tuple[str, ...] | None = None,
     known_sha256: dict[Path, str] | None = None,
+    views: bool = False,
 ) -> Packed:
     """Every file (not subfolder) of every folder (see the module docstring); `names` renames
     the folders for the receiver (default: their own names), `only` keeps just the files of
     those names. `known_sha256`: the SHA-256 of files the caller already hashed (a published
     copy's ticket holds its weights' hash), which is then not computed again; the receiver
-    checks every file against it all the same."""
+    checks every file against it all the same. `views`: tensors are read-only views of the
+    files' memory maps, not copies (the direct path streams them from the page cache); the
+    files must not change while the result is in use."""
     manifest, blobs, tensors = [], {}, {}
-    seen: dict[tuple[str, str], tuple[str, bytes]] = {}  # (file, tensor) → its key and bytes
+    seen: dict[tuple[str, str], tuple[str, bytes | memoryview]] = {}  # (file, tensor) → key, bytes
     names = names or [Path(f).name for f in folders]
     for folder, folder_name in zip(folders, names, strict=True):
         files = {}
@@ -124,31 +128,46 @@ def pack_folders(
                 blobs[key] = data
                 files[path.name] = {"blob": key, "sha256": key, "size": len(data)}
                 continue
+            with path.open("rb") as fh:
+                mm = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
             known = (known_sha256 or {}).get(Path(path))
-            files[path.name] = _pack_weights(path, blobs, tensors, seen, known)
+            files[path.name] = _pack_weights(path, mm, blobs, tensors, seen, known, views)
+            if not views:
+                mm.close()
         manifest.append({"name": folder_name, "files": files})
     return Packed(manifest, blobs, tensors)
 
 
-def _pack_weights(path: Path, blobs: dict, tensors: dict, seen: dict, known: str | None) -> dict:
+def _pack_weights(path: Path, mm: mmap.mmap, blobs: dict, tensors: dict, seen: dict,
+                  known: str | None, views: bool) -> dict:  # fmt: skip
     """One safetensors file's manifest entry; its header into `blobs`, its tensors into
     `tensors` — a tensor equal to the same-named tensor of an earlier folder's file of the same
     name (the weights the protocol leaves unperturbed) is listed again, not sent again."""
-    with path.open("rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-        n, header = _read_header(mm, str(path))
-        head = bytes(mm[: 8 + n])
-        blobs[_digest(head)] = head
-        keys = []
-        for name, begin, end in _tensor_spans(header, str(path)):
-            raw = bytes(mm[8 + n + begin : 8 + n + end])
-            key, earlier = seen.get((path.name, name), (None, None))
-            if earlier is None or earlier != raw:
-                key = f"t{len(tensors)}"
-                tensors[key] = raw
-                seen[(path.name, name)] = (key, raw)
-            keys.append(key)
-        whole = known or hashlib.sha256(mm).hexdigest()
-        return {"header": _digest(head), "tensors": keys, "sha256": whole, "size": len(mm)}
+    n, header = _read_header(mm, str(path))
+    head = bytes(mm[: 8 + n])
+    blobs[_digest(head)] = head
+    whole = memoryview(mm)
+    keys = []
+    for name, begin, end in _tensor_spans(header, str(path)):
+        raw = whole[8 + n + begin : 8 + n + end]
+        raw = raw if views else bytes(raw)
+        key, earlier = seen.get((path.name, name), (None, None))
+        if earlier is None or not _same_bytes(earlier, raw):
+            key = f"t{len(tensors)}"
+            tensors[key] = raw
+            seen[(path.name, name)] = (key, raw)
+        keys.append(key)
+    digest = known or hashlib.sha256(whole).hexdigest()
+    del whole
+    return {"header": _digest(head), "tensors": keys, "sha256": digest, "size": len(mm)}
+
+
+def _same_bytes(a: bytes | memoryview, b: bytes | memoryview, chunk: int = 4 * 2**20) -> bool:
+    """a == b by memcmp, a chunk at a time (memoryview's own == compares element by element,
+    about 3 s a gigabyte here); stops at the first chunk that differs."""
+    if len(a) != len(b):
+        return False
+    return all(bytes(a[i : i + chunk]) == bytes(b[i : i + chunk]) for i in range(0, len(a), chunk))
 
 
 def to_records(packed: Packed):
@@ -157,7 +176,7 @@ def to_records(packed: Packed):
 
     arrays = ArrayRecord(
         {
-            k: Array(dtype="uint8", shape=(len(v),), stype=RAW_STYPE, data=v)
+            k: Array(dtype="uint8", shape=(len(v),), stype=RAW_STYPE, data=bytes(v))
             for k, v in packed.tensors.items()
         }
     )
@@ -201,49 +220,110 @@ def _safe_name(name: object, where: str) -> str:
     return name
 
 
-def write_folders(packed: Packed, out_dir: Path, where: str, *, max_bytes: int | None = None):
+def write_folders(packed: Packed, out_dir: Path, where: str, *, max_bytes: int | None = None,
+                  stream=None) -> list[Path]:  # fmt: skip
     """Write the folders under `out_dir`; returns their paths in manifest order.
 
     `max_bytes` bounds the declared size before anything is written (a delta larger than the
-    model it belongs to is refused here). Each file is checked against its SHA-256 before it
-    is written; on a mismatch the message is refused."""
+    model it belongs to is refused here). Each file is hashed as it is written and kept only if
+    its SHA-256 is the one sent; on a mismatch the message is refused and the file is not left
+    behind. `stream` (anything with `readinto`): the tensors are not in `packed` but arrive on
+    it, each once, in the order the manifest first names them (the direct path, direct.py);
+    the file's header says how long each is."""
     total = declared_bytes(packed, where)
     if max_bytes is not None and total > max_bytes:
         raise UpdateRejectedError(
             f"{where}: {total} bytes declared, more than the {max_bytes} bytes of the model "
             "it belongs to; refused before writing"
         )
+    parts = _Parts(packed, stream)
     written = []
     for folder in packed.manifest:
         name = _safe_name(folder.get("name"), where)
         dest = out_dir / name
         dest.mkdir(parents=True, exist_ok=True)
         for fname, entry in sorted(folder.get("files", {}).items()):
-            fname = _safe_name(fname, where)
-            try:
-                if "blob" in entry:
-                    chunks = [packed.blobs[entry["blob"]]]
-                else:
-                    chunks = [packed.blobs[entry["header"]]]
-                    chunks += [packed.tensors[k] for k in entry["tensors"]]
-            except (KeyError, TypeError):
-                raise UpdateRejectedError(f"{where}: {name}/{fname}: a part is missing") from None
-            if "blob" not in entry:  # the header must describe exactly the tensors that came
-                _, header = _read_header(chunks[0], f"{where}: {name}/{fname}")
-                spans = _tensor_spans(header, f"{where}: {name}/{fname}")
-                if len(spans) != len(chunks) - 1 or any(
-                    e - b != len(c) for (_, b, e), c in zip(spans, chunks[1:], strict=False)
-                ):
-                    raise UpdateRejectedError(
-                        f"{where}: {name}/{fname}: tensors do not match the file's header"
-                    )
-            digest = hashlib.sha256()
-            for chunk in chunks:
-                digest.update(chunk)
-            if digest.hexdigest() != entry.get("sha256"):  # checked before the file is written
-                raise UpdateRejectedError(
-                    f"{where}: {name}/{fname}: content differs from what was sent (SHA-256)"
-                )
+            label = f"{where}: {name}/{_safe_name(fname, where)}"
+            chunks = _hashed(parts.of(entry, label), entry.get("sha256"), label)
             atomic_write_bytes(dest / fname, chunks)
         written.append(dest)
     return written
+
+
+def _hashed(chunks, expected: object, label: str):
+    """`chunks`, passed on while hashed; ends by refusing them if the SHA-256 is not
+    `expected` (so `atomic_write_bytes` removes the file instead of renaming it)."""
+    digest = hashlib.sha256()
+    for chunk in chunks:
+        digest.update(chunk)
+        yield chunk
+    if digest.hexdigest() != expected:
+        raise UpdateRejectedError(f"{label}: content differs from what was sent (SHA-256)")
+
+
+class _Parts:
+    """Where each file's bytes come from: the message's own tensors, or the direct stream
+    (a tensor named again later is kept in memory for its next file)."""
+
+    def __init__(self, packed: Packed, stream=None):
+        self.packed, self.stream = packed, stream
+        self.uses: dict[str, int] = {}
+        for f in packed.manifest if stream is not None else ():
+            for e in f.get("files", {}).values():
+                for k in e.get("tensors", ()) if isinstance(e, dict) else ():
+                    self.uses[k] = self.uses.get(k, 0) + 1
+        self.kept: dict[str, bytes] = {}
+        self.buffer = memoryview(bytearray(CHUNK if stream is not None else 0))
+
+    def of(self, entry: dict, label: str):
+        """The file's chunks in order (checked against its header), lazily."""
+        try:
+            if "blob" in entry:
+                return iter([self.packed.blobs[entry["blob"]]])
+            head = self.packed.blobs[entry["header"]]
+            keys = list(entry["tensors"])
+        except (KeyError, TypeError):
+            raise UpdateRejectedError(f"{label}: a part is missing") from None
+        _, header = _read_header(head, label)
+        sizes = [e - b for _, b, e in _tensor_spans(header, label)]
+        if len(sizes) != len(keys):
+            raise UpdateRejectedError(f"{label}: tensors do not match the file's header")
+        return self._chunks(head, keys, sizes, label)
+
+    def _chunks(self, head: bytes, keys: list, sizes: list[int], label: str):
+        yield head
+        for key, size in zip(keys, sizes, strict=True):
+            if self.stream is None or key in self.kept:
+                got = self.packed.tensors.get(key) if self.stream is None else self.kept[key]
+                if got is None:
+                    raise UpdateRejectedError(f"{label}: a part is missing")
+                if len(got) != size:
+                    raise UpdateRejectedError(f"{label}: tensors do not match the file's header")
+                yield got
+                continue
+            yield from self._read(key, size, label)
+
+    def _read(self, key: str, size: int, label: str):
+        self.uses[key] -= 1
+        keep = bytearray() if self.uses[key] > 0 else None
+        left = size
+        while left:
+            n = self.stream.readinto(self.buffer[: min(CHUNK, left)])
+            if not n:
+                raise UpdateRejectedError(f"{label}: the direct stream ended early")
+            left -= n
+            if keep is not None:
+                keep += self.buffer[:n]
+            yield self.buffer[:n]  # written before the next read reuses the buffer
+        if keep is not None:
+            self.kept[key] = bytes(keep)
+
+
+def stream_order(packed: Packed) -> list[str]:
+    """The tensors in the order `write_folders(stream=…)` reads them: as the manifest first
+    names them (folders in order, files by name). What a sender must send, each once."""
+    order: dict[str, None] = {}
+    for folder in packed.manifest:
+        for _, entry in sorted(folder["files"].items()):
+            order.update(dict.fromkeys(entry.get("tensors", ())))
+    return list(order)
