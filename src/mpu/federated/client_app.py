@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import shlex
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -124,17 +125,23 @@ def handle_train(content, config, side: ClientSide):
     folder = side.workdir / f"round{round_}" / "copies"
     shutil.rmtree(folder, ignore_errors=True)
     packed, direct = from_records(content, where), _direct_path(side, config)
+    started = time.perf_counter()
     if direct is None:
         copies = sorted(write_folders(packed, folder, where))
     else:
         copies = sorted(direct.fetch(str(config["direct-token"]), packed, folder, where))
+    log.info("client %s: round %d: %d copies written in %.1f s%s", side.name, round_,
+             len(copies), time.perf_counter() - started, " (direct path)" if direct else "")  # fmt: skip
     del packed
     outs = _unlearn_here_or_by_worker(side, round_, first, copies)
     reply = pack_folders(outs, [c.name for c in copies], only=DELTA_FILES,
                          views=direct is not None)  # fmt: skip
     if direct is None:
         return to_records(reply)
+    started = time.perf_counter()
     direct.send(str(config["direct-token"]), reply, f"round {round_} updates")
+    log.info("client %s: round %d: %.0f MiB of updates sent over the direct path in %.1f s",
+             side.name, round_, reply.payload_bytes / 2**20, time.perf_counter() - started)  # fmt: skip
     return to_records(reply.without_tensors())
 
 

@@ -25,16 +25,20 @@ import hmac
 import http.client
 import http.server
 import json
+import logging
 import secrets
 import shutil
 import ssl
 import struct
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from mpu.errors import UpdateRejectedError
-from mpu.federated.transport import CHUNK, Packed, stream_order, write_folders
+from mpu.federated.transport import CHUNK, Packed, declared_bytes, stream_order, write_folders
+
+log = logging.getLogger("mpu.federated")
 
 MAX_META_BYTES = 64 * 2**20  # a reply's manifest and small files (headers, receipts)
 
@@ -166,7 +170,7 @@ def _handler(server: DirectServer):
             if (slot := self._slot()) is None:
                 return
             self.close_connection = True  # one upload per connection: nothing left to read
-            where = "the direct upload"
+            where, started = "the direct upload", time.perf_counter()
             try:
                 meta = read_meta(self.rfile, where)
                 shutil.rmtree(slot.staging, ignore_errors=True)
@@ -177,6 +181,8 @@ def _handler(server: DirectServer):
                 slot.error = str(exc)
                 return self._answer(400, str(exc))
             slot.received = (meta, folders)
+            log.info("direct path: %.0f MiB of updates received and written in %.1f s",
+                     declared_bytes(meta, where) / 2**20, time.perf_counter() - started)  # fmt: skip
             self._answer(200, "stored")
 
     return Handler
