@@ -80,10 +80,10 @@ def file_path(workdir: Path, root: Path, data: Path, rounds: int) -> dict:
     cfg = load_config(ClientTrainConfig, overrides=[f"method={METHOD}", *CLIENT])
     client_data = load_client_data(data, "forget01", cfg)
     server = Server(workdir)
-    carried = 0
+    carried, per_round = 0, []
     start = time.perf_counter()
     for _ in range(rounds):
-        r = server.round
+        r, begun = server.round, time.perf_counter()
         copies = server.publish(root / f"pub{r}", progress=False)
         deltas = []
         for copy in copies:
@@ -93,7 +93,8 @@ def file_path(workdir: Path, root: Path, data: Path, rounds: int) -> dict:
             carried += folder_bytes(copy) + delta.stat().st_size
             carried += (out / "receipt.json").stat().st_size
         server.aggregate(deltas, progress=False)
-    return {"seconds": time.perf_counter() - start, "bytes": carried}
+        per_round.append(time.perf_counter() - begun)
+    return {"seconds": time.perf_counter() - start, "bytes": carried, "round_seconds": per_round}
 
 
 # how `mpu serve` and `mpu join` run, per variant: as shipped (warm), Flower's own per-message
@@ -139,7 +140,8 @@ def flower_path(workdir: Path, root: Path, data: Path, rounds: int, variant: str
     summary = json.loads((workdir / "federation" / "summary.json").read_text())
     return {"seconds": seconds, "loop_seconds": summary["seconds"],
             "bytes": summary["bytes_sent"] + summary["bytes_received"],
-            "bytes_sent": summary["bytes_sent"], "bytes_received": summary["bytes_received"]}  # fmt: skip
+            "bytes_sent": summary["bytes_sent"], "bytes_received": summary["bytes_received"],
+            "round_seconds": summary["round_seconds"]}  # fmt: skip
 
 
 def identical(a: Path, b: Path) -> bool:
@@ -202,6 +204,21 @@ def print_table(rows: list[dict]) -> None:
                   f"| {'yes' if w['identical'] else 'NO'} |")  # fmt: skip
 
 
+def print_rounds(rows: list[dict]) -> None:
+    """Each round's seconds, file path against Flower: the first round of a fresh client
+    process also pays its warm-up (imports, first touch of the training's memory)."""
+    for r in rows:
+        files = ", ".join(f"{x:.1f}" for x in r["file"]["round_seconds"])
+        for variant, w in r["flower"].items():
+            ratios = [b / a for a, b in zip(r["file"]["round_seconds"], w["round_seconds"],
+                                            strict=False)]  # fmt: skip
+            print(
+                f"{r['model']} {variant}: round seconds file path [{files}], Flower "
+                f"[{', '.join(f'{x:.1f}' for x in w['round_seconds'])}], per-round ratio "
+                f"[{', '.join(f'{x:.2f}' for x in ratios)}]"
+            )
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", nargs="+", default=["tiny", "smollm2"], choices=["tiny", "smollm2"])
@@ -218,6 +235,7 @@ def main() -> None:
     os.environ.setdefault("MPU_CLIENT_KEY", str(Path(tempfile.mkdtemp()) / "client.key"))
     rows = [run(kind, args.rounds, args.copies, args.variants, args.keep) for kind in args.models]
     print_table(rows)
+    print_rounds(rows)
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))
 

@@ -303,10 +303,12 @@ def _serve_requests(cfg: FederationConfig, server, ledger: Ledger, client: Feder
     """Round after round until every request is served or dropped; the run's summary."""
     folder = cfg.workdir / FEDERATION
     started = time.perf_counter()
-    failures = 0
+    failures, round_seconds = 0, []
     while (owner := ledger.owner(server.round)) is not None:
         try:  # one round at a time: the round's owner may change when a request is dropped
+            begun = time.perf_counter()
             run_rounds(server, server.round, client, folder, progress=progress)
+            round_seconds.append(time.perf_counter() - begun)
             failures, client.note = 0, ""
             continue
         except UpdateRejectedError as exc:  # transport or aggregation: the deltas are discarded
@@ -328,6 +330,7 @@ def _serve_requests(cfg: FederationConfig, server, ledger: Ledger, client: Feder
         "bytes_sent": client.bytes_sent,
         "bytes_received": client.bytes_received,
         "seconds": time.perf_counter() - started,
+        "round_seconds": round_seconds,  # each served round's wall time (its last attempt)
     }
     atomic_write_json(folder / "summary.json", summary)
     log.info("federation done: %s", json.dumps(summary))
