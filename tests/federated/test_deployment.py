@@ -47,10 +47,10 @@ def deployment(twin_jobs, tmp_path):
     address = f"127.0.0.1:{free_port()}"
     procs = []
 
-    def serve(log):
+    def serve(log, *extra):
         proc = _start(["serve", "--workdir", str(workdir), "--rounds", "2", "--clients", "1",
                        "--certs", str(certs.folder), "--register", str(certs.client_public_key(1)),
-                       "--address", address, "--join-timeout", "240"], log)  # fmt: skip
+                       "--address", address, "--join-timeout", "240", *extra], log)  # fmt: skip
         procs.append(proc)
         return proc
 
@@ -85,6 +85,18 @@ def test_two_rounds_over_tls_equal_the_file_path_and_an_unregistered_node_is_ref
     trained = (tmp_path / "client-alice" / "worker.log").read_text()  # by the warm worker,
     assert "round 1: 2 copies unlearned" in trained and "round 2: 2 copies" in trained
     assert "did not answer" not in (tmp_path / "alice.log").read_text()  # not the ClientApp
+    file_path_rounds(twin, tmp_path / "files", data=data, split="forget01", method=METHOD, rounds=2)
+    assert_bit_identical(workdir, twin)
+
+
+def test_the_direct_data_path_between_real_processes_equals_the_file_path(deployment, tmp_path):
+    serve, join, workdir, twin, data = deployment
+    server = serve(tmp_path / "serve.log", "--direct-port", str(free_port()))
+    join(tmp_path / "alice.log", key_index=1)
+    log = tmp_path / "serve.log"
+    assert _wait(server, log, 600) == 0, log.read_text()
+    assert "direct data path on port" in log.read_text() and "(TLS)" in log.read_text()
+    assert summary(workdir)["rounds"] == 2
     file_path_rounds(twin, tmp_path / "files", data=data, split="forget01", method=METHOD, rounds=2)
     assert_bit_identical(workdir, twin)
 
