@@ -95,7 +95,7 @@ def test_the_direct_data_path_between_real_processes_equals_the_file_path(deploy
     join(tmp_path / "alice.log", key_index=1)
     log = tmp_path / "serve.log"
     assert _wait(server, log, 600) == 0, log.read_text()
-    assert "direct data path on port" in log.read_text() and "(TLS)" in log.read_text()
+    assert "direct data path on 127.0.0.1:" in log.read_text() and "(TLS)" in log.read_text()
     assert summary(workdir)["rounds"] == 2
     file_path_rounds(twin, tmp_path / "files", data=data, split="forget01", method=METHOD, rounds=2)
     assert_bit_identical(workdir, twin)

@@ -162,6 +162,7 @@ def _write_app(folder: Path, cfg: FederationConfig) -> Path:
         "on-failure": cfg.on_failure,
         "direct-port": cfg.direct_port,
         "direct-certs": cfg.direct_certs,
+        "direct-host": cfg.direct_host,
     }
     pyproject = {
         "build-system": {"requires": ["hatchling"], "build-backend": "hatchling.build"},
@@ -229,8 +230,9 @@ def serve(cfg: FederationConfig, *, address: str, security: Security,
 
     Server(cfg.workdir)  # a workdir of `mpu server init`, or a clear error now
     files = security.check()
-    if cfg.direct_port and files:  # the direct path speaks TLS with the SuperLink's certificate
-        cfg = dataclasses.replace(cfg, direct_certs=str(files.folder.resolve()))
+    if cfg.direct_port:  # beside the SuperLink: its address, and TLS with its certificate
+        cfg = dataclasses.replace(cfg, direct_host=split_address(address)[0],
+                                  direct_certs=str(files.folder.resolve()) if files else "")  # fmt: skip
     fed = cfg.workdir / FEDERATION
     home = fed / "flower"
     env = _flower_env(home)

@@ -72,6 +72,7 @@ class FederationConfig:
     on_failure: str = "stop"  # [on-failure] "stop" or "drop"
     direct_port: int = 0  # [direct-port] the direct data path's port (direct.py); 0: off
     direct_certs: str = ""  # [direct-certs] folder with server.crt/.key; "": plain HTTP
+    direct_host: str = "0.0.0.0"  # [direct-host] the address it listens on (the SuperLink's)
 
     @classmethod
     def from_run_config(cls, rc) -> FederationConfig:
@@ -87,6 +88,7 @@ class FederationConfig:
             str(rc.get("on-failure", "stop")),
             int(rc.get("direct-port", 0)),
             str(rc.get("direct-certs", "")),
+            str(rc.get("direct-host", "0.0.0.0")),
         )
         cfg.check()
         return cfg
@@ -293,8 +295,9 @@ def _direct_server(cfg: FederationConfig) -> DirectServer | None:
         return None
     certs = Path(cfg.direct_certs) if cfg.direct_certs else None
     direct = DirectServer(cfg.direct_port, cert=certs / "server.crt" if certs else None,
-                          key=certs / "server.key" if certs else None)  # fmt: skip
-    log.info("direct data path on port %d (%s)", direct.port, "TLS" if certs else "plain HTTP")
+                          key=certs / "server.key" if certs else None, host=cfg.direct_host)  # fmt: skip
+    log.info("direct data path on %s:%d (%s)", cfg.direct_host, direct.port,
+             "TLS" if certs else "plain HTTP")  # fmt: skip
     return direct
 
 
