@@ -169,16 +169,25 @@ def _handler(server: DirectServer):
         def do_PUT(self) -> None:
             if (slot := self._slot()) is None:
                 return
-            self.close_connection = True  # one upload per connection: nothing left to read
+            self.close_connection = True  # one upload per connection
+            try:
+                size = int(self.headers.get("Content-Length", ""))
+            except ValueError:
+                return self._answer(411, "Content-Length required")
+            if not 0 <= size <= slot.limit + MAX_META_BYTES:  # refused unread
+                return self._answer(413, f"{size} bytes: more than the model's {slot.limit}")
+            body = _Body(self.rfile, size)
             where, started = "the direct upload", time.perf_counter()
             try:
-                meta = read_meta(self.rfile, where)
+                meta = read_meta(body, where)
                 shutil.rmtree(slot.staging, ignore_errors=True)
                 folders = write_folders(meta, slot.staging, where, max_bytes=slot.limit,
-                                        stream=self.rfile)  # fmt: skip
+                                        stream=body)  # fmt: skip
             except (UpdateRejectedError, OSError) as exc:  # refused, cut off or stalled
                 shutil.rmtree(slot.staging, ignore_errors=True)
                 slot.error = str(exc)
+                if not isinstance(exc, OSError):
+                    body.drain()  # so the client reads the reason, not a broken connection
                 return self._answer(400, str(exc))
             slot.received = (meta, folders)
             log.info("direct path: %.0f MiB of updates received and written in %.1f s",
@@ -186,6 +195,30 @@ def _handler(server: DirectServer):
             self._answer(200, "stored")
 
     return Handler
+
+
+class _Body:
+    """A request body of `size` bytes: reads never go past its end."""
+
+    def __init__(self, stream, size: int):
+        self.stream, self.left = stream, size
+
+    def read(self, n: int) -> bytes:
+        data = self.stream.read(min(n, self.left))
+        self.left -= len(data)
+        return data
+
+    def readinto(self, buffer) -> int:
+        view = memoryview(buffer)[: self.left]
+        n = self.stream.readinto(view) if len(view) else 0
+        self.left -= n
+        return n
+
+    def drain(self) -> None:
+        """Read and drop what is left (at most a model's size: bounded before reading)."""
+        scratch = bytearray(min(CHUNK, self.left))
+        while self.left and self.readinto(scratch):
+            pass
 
 
 @dataclass(frozen=True)
@@ -202,7 +235,15 @@ class DirectPath:
         ctx = ssl.create_default_context(cafile=str(self.ca))
         return http.client.HTTPSConnection(self.host, self.port, timeout=600, context=ctx)
 
-    def _failed(self, where: str, exc: OSError) -> UpdateRejectedError:
+    def _failed(self, where: str, exc: OSError, conn=None) -> UpdateRejectedError:
+        """The error to raise; the server's own answer when one can still be read."""
+        try:
+            resp = conn.getresponse() if conn is not None else None
+            if resp is not None and resp.status != 200:
+                text = resp.read(500).decode(errors="replace")
+                return UpdateRejectedError(f"{where}: the server refused the upload: {text}")
+        except (OSError, http.client.HTTPException):
+            pass
         return UpdateRejectedError(f"{where}: direct path {self.host}:{self.port}: {exc}")
 
     def fetch(self, token: str, meta: Packed, out_dir: Path, where: str) -> list[Path]:
@@ -238,8 +279,8 @@ class DirectPath:
                     conn.send(view[at : at + CHUNK])
             resp = conn.getresponse()
             text = resp.read(500).decode(errors="replace")
-        except OSError as exc:
-            raise self._failed(where, exc) from None
+        except OSError as exc:  # the server may have answered before closing: say why
+            raise self._failed(where, exc, conn) from None
         finally:
             conn.close()
         if resp.status != 200:
