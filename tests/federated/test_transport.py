@@ -108,3 +108,29 @@ def test_views_of_the_files_pack_the_same_bytes_as_copies(two_copies, tmp_path):
     assert all(isinstance(v, memoryview) for v in viewed.tensors.values())
     out = write_folders(viewed, tmp_path / "out", "test")
     assert _sha(out[1] / "model.safetensors") == _sha(two_copies[1] / "model.safetensors")
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize(
+    "manifest",
+    [
+        [{"name": "a", "files": ["model.safetensors"]}],  # files not a mapping
+        [
+            {
+                "name": "a",
+                "files": {"m.safetensors": {"header": "h", "tensors": [["t0"]], "size": 1}},
+            }
+        ],
+        [{"name": "a", "files": {"m.safetensors": {"header": 3, "tensors": [], "size": 1}}}],
+        ["a"],
+    ],
+)
+def test_a_malformed_manifest_is_refused_before_anything_is_written(manifest, stream, tmp_path):
+    import io
+
+    from mpu.federated.transport import Packed
+
+    with pytest.raises(UpdateRejectedError, match="malformed manifest"):
+        write_folders(Packed(manifest, {}, {}), tmp_path / "out", "reply",
+                      stream=io.BytesIO(b"") if stream else None)  # fmt: skip
+    assert not (tmp_path / "out").exists()

@@ -1,8 +1,7 @@
 """Folders in Flower messages, byte for byte: the copies out, the deltas back.
 
 A published copy or a returned delta is a folder of small files (config, tokenizer, ticket)
-and safetensors files. It travels as a Flower `RecordDict` whose contents are addressed by
-their SHA-256:
+and safetensors files. It travels as a Flower `RecordDict` of three records:
 
   "manifest"  ConfigRecord  {"folders": JSON [{name, files: {file: entry}}]}
   "blobs"     ConfigRecord  sha256 → bytes of a small file or of a safetensors header
@@ -11,8 +10,9 @@ their SHA-256:
 A tensor equal to the same-named tensor of an earlier folder (embeddings, norms: what the
 protocol leaves unperturbed is the same in all m copies) is listed again, not sent again, and
 small files are addressed by their SHA-256 (one tokenizer for all copies). Equality is
-checked byte for byte, so finding the shared tensors costs a comparison, not a hash. Every tensor is its own `Array`, which Flower streams in chunks (5 MiB by
-default), so no message holds a whole model in one buffer. The receiver writes each file
+checked byte for byte, so finding the shared tensors costs a comparison, not a hash. Every
+tensor is its own `Array`, which Flower streams in chunks (5 MiB by default), so no message
+holds a whole model in one buffer. The receiver writes each file
 from its header and tensors in offset order and checks the result against the sender's
 SHA-256 of the file: what arrives is the file that left, or an `UpdateRejectedError` names the
 fault. Nothing here depends on the file being a model: the server's checks (tickets, shapes,
@@ -207,11 +207,19 @@ def from_records(content, where: str) -> Packed:
 
 
 def declared_bytes(packed: Packed, where: str) -> int:
-    """What the folders would weigh once written; checked against a limit before any write."""
+    """What the folders would weigh once written; checked against a limit before any write.
+    The manifest's shape is checked here too, once, so that what reads it after (the writer,
+    a stream's bookkeeping) meets only strings where it looks up keys."""
     try:
-        return sum(int(e["size"]) for f in packed.manifest for e in f["files"].values())
-    except (KeyError, TypeError, ValueError):
-        raise UpdateRejectedError(f"{where}: malformed manifest (file sizes)") from None
+        entries = [e for f in packed.manifest for e in f["files"].values()]
+        total = sum(int(e["size"]) for e in entries)
+        ok = all(isinstance(e["blob"], str) if "blob" in e else isinstance(e["header"], str)
+                 and all(isinstance(k, str) for k in e["tensors"]) for e in entries)  # fmt: skip
+    except (AttributeError, KeyError, TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise UpdateRejectedError(f"{where}: malformed manifest")
+    return total
 
 
 def _safe_name(name: object, where: str) -> str:
