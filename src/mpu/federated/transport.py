@@ -167,6 +167,8 @@ def _same_bytes(a: bytes | memoryview, b: bytes | memoryview, chunk: int = 4 * 2
     about 3 s a gigabyte here); stops at the first chunk that differs."""
     if len(a) != len(b):
         return False
+    if isinstance(a, bytes) and isinstance(b, bytes):
+        return a == b  # already one memcmp, no slices to copy
     return all(bytes(a[i : i + chunk]) == bytes(b[i : i + chunk]) for i in range(0, len(a), chunk))
 
 

@@ -113,11 +113,9 @@ def functional_view(
     def s_of(weights: dict) -> dict:
         return score(model_with(theta_dir, weights), items)
 
-    if anchors is None or not anchors:
-        found = {"theta": s_of(theta), "base": s_of(base)}
-        if anchors is not None:
-            anchors.update(found)
-        anchors = found
+    anchors = {} if anchors is None else anchors
+    if not anchors:
+        anchors.update(theta=s_of(theta), base=s_of(base))
     s_theta, s_base = anchors["theta"], anchors["base"]
     per_copy = [leakage(score(model_with(c), items), s_theta, s_base) for c in copies]
     out = {
