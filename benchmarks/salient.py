@@ -27,19 +27,25 @@ import zlib
 from pathlib import Path
 
 
-def settings(fractions, scores, boosts=()) -> list[tuple[str, dict]]:
+def settings(fractions, scores, boosts=(), embeddings=("include",)) -> list[tuple[str, dict]]:
     """The full update, each (score, fraction), and each `boosts` entry FRACTION:LR (Fisher
     at that fraction with that lr: a mask moves fewer weights, so equal forgetting may need a
-    larger step)."""
-    out = [("full", {})]
+    larger step); every masked setting once per `embeddings` choice (include | exclude: whether
+    the mask may hold the token embedding and LM head)."""
+    masked = []
     for score in scores:
         for f in fractions:
             sal = {"fraction": f, "score": score, "probes": 4}
-            out.append((f"{score} {100 * f:g} %", {"trainable": "salient", "salient": sal}))
+            masked.append((f"{score} {100 * f:g} %", {"trainable": "salient", "salient": sal}))
     for boost in boosts:
         f, lr = (float(x) for x in boost.split(":"))
         sal = {"trainable": "salient", "salient": {"fraction": f, "score": "fisher"}, "lr": lr}
-        out.append((f"fisher {100 * f:g} %, lr {lr:g}", sal))
+        masked.append((f"fisher {100 * f:g} %, lr {lr:g}", sal))
+    out = [("full", {})]
+    for choice in embeddings:
+        for label, client in masked:
+            client = {**client, "salient": {**client["salient"], "embeddings": choice}}
+            out.append((label + (", no embeddings" if choice == "exclude" else ""), client))
     return out
 
 
@@ -175,16 +181,20 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--forget-split", default="forget10")
     ap.add_argument("--methods", nargs="+", default=["NPO", "GradDiff"])
-    ap.add_argument("--fractions", type=float, nargs="+", default=[0.2, 0.05, 0.01])
-    ap.add_argument("--scores", nargs="+", default=["fisher", "grad", "hutchinson"])
+    ap.add_argument("--fractions", type=float, nargs="*", default=[0.2, 0.05, 0.01])
+    ap.add_argument("--scores", nargs="*", default=["fisher", "grad", "hutchinson"])
     ap.add_argument("--boost", nargs="*", default=[], metavar="FRACTION:LR",
                     help="also Fisher at FRACTION with learning rate LR")  # fmt: skip
+    ap.add_argument("--embeddings", nargs="+", default=["include"],
+                    choices=["include", "exclude"],
+                    help="run each masked setting with the embedding/LM head allowed in the "
+                    "mask (include), kept out of it (exclude), or both")  # fmt: skip
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=Path("runs/salient"))
     ap.add_argument("--table-only", action="store_true")
     add_input_options(ap)
     args = ap.parse_args()
-    run_rows(args, settings(args.fractions, args.scores, args.boost))
+    run_rows(args, settings(args.fractions, args.scores, args.boost, args.embeddings))
 
 
 def _lines(path: Path) -> list[str]:

@@ -166,6 +166,30 @@ def test_a_localized_update_is_exactly_zero_outside_its_mask(target, tok, rows, 
     assert result.logs["forget_loss"]["after"] > result.logs["forget_loss"]["before"]
 
 
+def test_a_mask_without_embeddings_leaves_the_token_rows_alone(target, tok, rows):
+    """Relative Fisher ranks the forget set's own token rows first, so the default mask moves
+    the embedding/LM head; `embeddings=exclude` keeps every token-indexed row where it was and
+    spends the same fraction on the other weights."""
+    moved = {}
+    for choice in ("include", "exclude"):
+        model = copy.deepcopy(target)
+        vocab = {id(model.get_input_embeddings().weight), id(model.get_output_embeddings().weight)}
+        start = {n: p.detach().clone() for n, p in model.named_parameters()}
+        cfg = ClientTrainConfig(method="GradDiff", trainable="salient", lr=1e-3, batch_size=4,
+                                grad_accum=1, precision="fp32", epochs=2,
+                                salient={"fraction": 0.05, "embeddings": choice})  # fmt: skip
+        info = train_unlearning(model, tok, rows[:4], rows[4:], cfg).logs["salient"]
+        rows_moved = sum(int((p.detach() != start[n]).any(dim=-1).sum())
+                         for n, p in model.named_parameters() if id(p) in vocab)  # fmt: skip
+        moved[choice] = (rows_moved, info)
+    assert moved["include"][0] > 0 and not moved["include"][1]["excluded"]
+    rows_moved, info = moved["exclude"]
+    assert rows_moved == 0 and info["excluded"]
+    assert 0.05 - 1e-3 <= info["kept_fraction"] <= 0.05 + 1e-4  # the fraction, spent elsewhere
+    with pytest.raises(ConfigError, match=r"salient\.embeddings"):
+        SalientConfig(embeddings="some")
+
+
 @pytest.mark.slow
 def test_salient_copies_aggregate_to_the_clean_salient_update(tofu_world, tmp_path):
     """κ = 0, quarter turns: a copy is a signed permutation of θ, Fisher scores permute with it,

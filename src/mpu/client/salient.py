@@ -27,6 +27,7 @@ from mpu.errors import ConfigError
 
 log = logging.getLogger("mpu.client")
 LR_SCALES = ("none", "importance")
+EMBEDDINGS = ("include", "exclude")
 
 
 @dataclass
@@ -43,6 +44,12 @@ class SalientConfig:
         "rank among the kept ones (the most important gets the full lr)"
     )  # fmt: skip
     probes: int = field(8, help="Hutchinson probes (score=hutchinson)")
+    embeddings: str = field(
+        "include", help="include | exclude: whether the token embedding and LM head may be in "
+        "the mask. Their rows are indexed by token id, and relative importance ranks the forget "
+        "set's own tokens first, so a mask that moves them names those tokens to whoever sees the "
+        "update (docs/methods.md, \"Localized updates\"); exclude spends the fraction elsewhere"
+    )  # fmt: skip
 
     def __post_init__(self) -> None:
         if not (isinstance(self.fraction, int | float) and 0 < self.fraction <= 1):
@@ -55,6 +62,10 @@ class SalientConfig:
             )
         if not isinstance(self.probes, int) or self.probes < 1:
             raise ConfigError(f"salient.probes={self.probes!r}: must be an integer >= 1")
+        if self.embeddings not in EMBEDDINGS:
+            raise ConfigError(
+                f"salient.embeddings={self.embeddings!r}: expected one of {', '.join(EMBEDDINGS)}"
+            )
 
 
 def top_masks(scores: dict[str, torch.Tensor], fraction: float) -> dict[str, torch.Tensor]:
@@ -67,6 +78,14 @@ def top_masks(scores: dict[str, torch.Tensor], fraction: float) -> dict[str, tor
     if threshold <= 0:
         return {n: s > 0 for n, s in scores.items()}
     return {n: s >= threshold for n, s in scores.items()}
+
+
+def token_indexed(model, named) -> list[str]:
+    """The names in `named` of the model's token embedding and LM head (one parameter when they
+    are tied): the weights whose rows belong to single tokens."""
+    vocab = [model.get_input_embeddings(), model.get_output_embeddings()]
+    ids = {id(m.weight) for m in vocab if m is not None}
+    return [n for n, p in named if id(p) in ids]
 
 
 def rank_scales(scores: dict, masks: dict) -> dict[str, torch.Tensor]:
@@ -130,6 +149,9 @@ def build_mask(
         model, named, items, tokenizer, cfg.score, probes=cfg.probes, seed=seed
     )
     scores = relative(score(forget_items), score(retain_items) if retain_items else None)
+    excluded = token_indexed(model, named) if cfg.embeddings == "exclude" else []
+    for n in excluded:
+        scores[n] = torch.zeros_like(scores[n])
     masks = top_masks(scores, cfg.fraction)
     scales = rank_scales(scores, masks) if cfg.lr_scale == "importance" else None
     mask = SalientMask(step_named or named, masks, scales)
@@ -141,6 +163,7 @@ def build_mask(
         "kept_fraction": mask.kept() / total,
         "relative_to_retain": bool(retain_items),
         "lr_scale": cfg.lr_scale,
+        "excluded": excluded,
         "seconds": round(time.perf_counter() - t0, 3),
     }
     if info["kept_fraction"] < 0.5 * cfg.fraction:
