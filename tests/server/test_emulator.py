@@ -41,7 +41,8 @@ def six_blocks(tofu_world, tmp_path_factory):
 
 def _job(six_blocks, root, **settings):
     _, models = six_blocks
-    cfg = JobConfig(kappa=0.1, copies=2, gate=False, seeds="paper_public", **settings)
+    cfg = JobConfig(**{"kappa": 0.1, "copies": 2, "gate": False, "seeds": "paper_public",
+                       **settings})  # fmt: skip
     server = Server.init(models / "target", models / "base", root / "server", cfg)
     return server, server.publish(root / "outbox", progress=False)
 
@@ -123,6 +124,42 @@ def test_layer_drop_publishes_a_shorter_copy_and_updates_only_the_outer_blocks(
     assert any(
         not torch.equal(before[n], after[n]) for n in before if n.startswith("model.layers.5.")
     )
+
+
+def test_base_middle_publishes_the_base_s_middle_and_updates_theta_s_outer_blocks(
+    six_blocks, tmp_path
+):
+    """Without noise or maps a copy is exactly its source: θ's outer blocks and the tensors
+    outside the blocks, the base's middle blocks. The client trains the outer blocks only, and
+    the server applies them to θ, whose own middle stays θ's."""
+    data, models = six_blocks
+    server, copies = _job(six_blocks, tmp_path / "emu", emulator="base_middle", emulator_outer=1,
+                          kappa=0.0, reparameterize=False)  # fmt: skip
+    theta, base = _tensors(models / "target"), _tensors(models / "base")
+    config = json.loads((copies[0] / "config.json").read_text())
+    assert config["num_hidden_layers"] == LAYERS
+    assert config["mpu_emulator"] == {"theta_blocks": 6, "kept_blocks": list(range(6)),
+                                      "trainable_blocks": [0, 5], "middle": "base"}  # fmt: skip
+    middle = ("model.layers.1.", "model.layers.2.", "model.layers.3.", "model.layers.4.")
+    for c in copies:
+        for name, t in _tensors(c).items():
+            want = base[name] if name.startswith(middle) else theta[name]
+            assert torch.equal(t, want), f"{c.name}: {name}"
+    deltas = unlearn_copies((data, None), copies, tmp_path / "emu")
+    server.aggregate(deltas, progress=False)
+    from mpu.server.audit_log import verify
+
+    assert verify(server.workdir)["rounds_replayed"] == 1
+    after = _tensors(round_dir(server.workdir, 2))
+    for name, t in theta.items():
+        if name.startswith(middle):
+            assert torch.equal(after[name], t), f"{name}: θ's middle must stay θ's"
+    for outer in ("model.layers.0.", "model.layers.5."):
+        assert any(not torch.equal(after[n], theta[n]) for n in theta if n.startswith(outer))
+    # the next round publishes the base's middle again, beside θ_2's outer blocks
+    nxt = server.publish(tmp_path / "outbox2", progress=False)
+    for name, t in _tensors(nxt[0]).items():
+        assert torch.equal(t, base[name] if name.startswith(middle) else after[name]), name
 
 
 def test_an_update_that_does_not_fit_the_emulator_copy_is_refused(six_blocks, tmp_path):
@@ -253,6 +290,9 @@ def test_distillation_settings_that_cannot_work_are_refused(six_blocks, tmp_path
     with pytest.raises(ConfigError, match="keeps every block"):
         _job(six_blocks, tmp_path / "b", emulator="layer_drop", emulator_stride=1,
              emulator_distill_steps=5)  # fmt: skip
+    for bad in ({"emulator_drop": 2}, {"emulator_distill_steps": 5}):
+        with pytest.raises(ConfigError, match="base_middle keeps every block"):
+            JobConfig(emulator="base_middle", **bad)
 
 
 def _tensors_of_file(path) -> dict[str, torch.Tensor]:

@@ -120,9 +120,11 @@ class JobConfig:
     )
     emulator: str = field(
         "off",
-        help="'off' (every copy holds every block) or 'layer_drop': copies keep the first and "
+        help="'off' (every copy holds every block), 'layer_drop': copies keep the first and "
         "last emulator_outer blocks (the client trains these) and every emulator_stride-th "
-        "middle block (frozen); the blocks in between are never sent (docs/threat-model.md)",
+        "middle block (frozen); the blocks in between are never sent; or 'base_middle': copies "
+        "hold θ's outer blocks and the public base's middle blocks (frozen), so θ's middle is "
+        "never sent (docs/threat-model.md)",
     )
     emulator_outer: int = field(2, help="emulator: blocks kept and trained at each end")
     emulator_stride: int = field(2, help="emulator: keep every n-th middle block (1 keeps all)")
@@ -161,6 +163,14 @@ class JobConfig:
             raise ConfigError(
                 "emulator_distill_steps is set but emulator=off: there is no emulator to distil"
             )
+        if self.emulator == "base_middle" and (
+            self.emulator_drop or self.emulator_distill_steps or self.emulator_distilled_from
+        ):
+            raise ConfigError(
+                "emulator=base_middle keeps every block and publishes the base's middle as it is: "
+                "emulator_drop and emulator distillation (which trains the middle towards θ) do "
+                "not apply"
+            )
 
     def __post_init__(self) -> None:
         check_number(self, "copies", self.copies, low=1, high=64, allow_none=False)
@@ -198,7 +208,7 @@ class JobConfig:
             ("publish_dtype", self.publish_dtype, PUBLISH_DTYPES),
             ("angles", self.angles, ("continuous", "quarter_turn")),
             ("vo_map", self.vo_map, ("haar", "same_as_qk")),
-            ("emulator", self.emulator, ("off", "layer_drop")),
+            ("emulator", self.emulator, ("off", "layer_drop", "base_middle")),
         ):
             if value not in allowed:
                 raise ConfigError(f"{name} must be one of {allowed}, got {value!r}")

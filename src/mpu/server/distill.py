@@ -11,7 +11,8 @@ and, measurably, only part of what θ's fine-tune memorised.
 
 The result is the kept middle blocks in θ's names (`emulator/model.safetensors` in the server's
 workdir, its SHA-256 in the job's history); publication reads them in place of θ's
-(`DistilledTheta`). Round 1 distils once; the middle blocks never change afterwards, because
+(`DistilledTheta`). `server.emulator=base_middle` uses the same file for the public base's own
+middle blocks, copied untrained (`write_base_middle`). Round 1 distils once; the middle blocks never change afterwards, because
 the server only ever applies updates to the outer blocks.
 """
 
@@ -198,6 +199,28 @@ def reuse_emulator(source: Path, out: Path, emulator: Emulator, theta_commitment
     log.info("emulator: the distilled middle of %s reused (%d steps, KL %.3f)", source,
              record["steps"], record["kl_last"])  # fmt: skip
     return {**record, "reused_from": str(source)}
+
+
+def write_base_middle(base: Path, theta: Checkpoint, emulator: Emulator, layout, *, out: Path,
+                      theta_commitment: str) -> dict:  # fmt: skip
+    """Write the public base's tensors of the emulator's middle blocks, in θ's names and dtypes,
+    to `out` (atomically): what `server.emulator=base_middle` publishes in place of θ's middle.
+    Its record, for the job's history (read like a distillation of 0 steps)."""
+    started = time.perf_counter()
+    middle = {emulator.kept[i] for i in emulator.middle}
+    names = [n for n in theta.names() if layout.block_of(n) in middle]
+    source = Checkpoint(base)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    writer = SafetensorsWriter(out, [theta.spec(n) for n in names])
+    for name in names:
+        writer.add(name, source.read(name).to(theta.spec(name).dtype).contiguous())
+    writer.commit()
+    record = {"event": "distill", "source": "base", "sha256": sha256_file(out), "steps": 0,
+              "seconds": round(time.perf_counter() - started, 1), "theta": theta_commitment,
+              "left_out": emulator.left_out, "middle_blocks": sorted(middle)}  # fmt: skip
+    atomic_write_json(out.parent / RECORD, record)
+    log.info("emulator: θ's %d middle blocks are published as the public base's", len(middle))
+    return record
 
 
 def _write_blocks(out: Path, theta: Checkpoint, blocks: dict[int, torch.nn.Module], prefix: str):

@@ -14,6 +14,12 @@ copies holds them; the client runs a model that is worse than θ by construction
 
 Stride 1 keeps every block: the copies and the result are ordinary MPU's, bit for bit.
 
+`server.emulator=base_middle` keeps every block but publishes the *public base's* middle blocks
+in place of θ's: the copy holds θ only in its outer blocks and the tensors outside the blocks.
+A fine-tune of a public model is a small change spread over every block, so whatever a copy
+holds of θ's middle — noised, thinned or distilled from θ — a client with the base gets most of
+the fine-tune back from it; a middle that is the base's own carries nothing of θ's to recover.
+
 What is public about it is written into the copy's config.json (`mpu_emulator`): θ's block
 count, which of θ's blocks the copy keeps, and which of its own blocks the client may train.
 """
@@ -31,18 +37,20 @@ from mpu.errors import ConfigError, UpdateRejectedError
 from mpu.io.checkpoint import TensorSpec
 from mpu.io.transcript import PartsLeaf
 
-EMULATORS = ("off", "layer_drop")
+EMULATORS = ("off", "layer_drop", "base_middle")
 
 
 @dataclass(frozen=True)
 class Emulator:
     """Which of θ's `n_layers` blocks a copy keeps, and which of those the client trains:
-    every `stride`-th middle block, or (`drop` > 0) all but `drop` evenly spaced ones."""
+    every `stride`-th middle block, or (`drop` > 0) all but `drop` evenly spaced ones; with
+    `middle_from_base` the kept middle blocks are the public base's, not θ's."""
 
     n_layers: int
     outer: int
     stride: int
     drop: int = 0
+    middle_from_base: bool = False
 
     def __post_init__(self) -> None:
         if self.outer < 1 or self.stride < 1:
@@ -84,14 +92,21 @@ class Emulator:
 
     @property
     def drops(self) -> bool:
-        """Whether any block is left out; an emulator that keeps them all is ordinary MPU."""
+        """Whether any block is left out."""
         return len(self.kept) < self.n_layers
+
+    @property
+    def frozen(self) -> bool:
+        """Whether the copy's middle is a stand-in the client holds frozen (blocks left out, or
+        the base's); an emulator that keeps θ's every block is ordinary MPU."""
+        return self.drops or self.middle_from_base
 
     @cached_property
     def trainable(self) -> list[int]:
-        """The copy's block indices the client trains: the outer blocks (all, if none dropped)."""
+        """The copy's block indices the client trains: the outer blocks (all, if nothing of the
+        middle is a stand-in)."""
         n = len(self.kept)
-        if not self.drops:
+        if not self.frozen:
             return list(range(n))
         return [*range(self.outer), *range(n - self.outer, n)]
 
@@ -110,12 +125,12 @@ class Emulator:
         outer block (the adapter)."""
         layer = layout.block_of(name)
         edge = layer is None or layer < self.outer or layer >= self.n_layers - self.outer
-        return edge or not self.drops
+        return edge or not self.frozen
 
     def config(self, theta_config: dict) -> dict:
         """config.json updates of a copy: the shorter model, per-layer lists cut to match, and
         the public description of what it keeps."""
-        if not self.drops:
+        if not self.frozen:
             return {}
         n = len(self.kept)
         out: dict = {"num_hidden_layers": n}
@@ -124,6 +139,8 @@ class Emulator:
                 out[key] = [value[i] for i in self.kept]
         out[CONFIG_KEY] = {"theta_blocks": self.n_layers, "kept_blocks": self.kept,
                            "trainable_blocks": self.trainable}  # fmt: skip
+        if self.middle_from_base:
+            out[CONFIG_KEY]["middle"] = "base"
         return out
 
 
@@ -131,6 +148,8 @@ def emulator_of(cfg, layout: Layout) -> Emulator | None:
     """The job's emulator for this model, or None when `server.emulator=off`."""
     if cfg.emulator == "off":
         return None
+    if cfg.emulator == "base_middle":
+        return Emulator(layout.geometry.n_layers, cfg.emulator_outer, 1, middle_from_base=True)
     return Emulator(layout.geometry.n_layers, cfg.emulator_outer, cfg.emulator_stride,
                     cfg.emulator_drop)  # fmt: skip
 

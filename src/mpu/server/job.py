@@ -203,6 +203,12 @@ class Server:
         state.commitments["1"] = combine(leaves["theta"])
         if cfg.emulator_distill_steps or cfg.emulator_distilled_from:  # a job exists once
             state.history.append(cls._distil(state, layout, workdir, cfg))  # its emulator does
+        elif cfg.emulator == "base_middle":
+            from mpu.server.distill import distilled_path, write_base_middle
+
+            state.history.append(write_base_middle(
+                base, Checkpoint(round_dir(workdir, 1)), emulator_of(cfg, layout), layout,
+                out=distilled_path(workdir), theta_commitment=state.commitments["1"]))  # fmt: skip
         state.log_seq = 1
         audit_log.start(workdir, job_id=state.job_id, theta=state.commitments["1"],
                         base=combine(leaves["base"]), config=asdict(cfg))  # fmt: skip
