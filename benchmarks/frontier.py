@@ -80,10 +80,19 @@ def run_cell(args, inputs: dict, seed: int, setting: dict | None) -> None:
         out=str(folder), data=data, models=str(models), forget_split=args.forget_split,
         methods=list(args.methods), variants=variants, server={**server, **key_values(args.server, "--server")},
         **({"dp": dp} if dp else {}), seed=seed, eval_max_new_tokens=args.max_new_tokens, eval_limit=args.eval_limit,
-        progress=False, workers=args.workers, client=key_values(args.client, "--client"),
+        progress=False, workers=args.workers, client=_client(args, setting),
         rounds_epochs=args.rounds_epochs,
     )  # fmt: skip
     run_experiment(cfg)
+
+
+def _client(args, setting: dict | None) -> dict:
+    """The client's settings of a cell: `--client`, and for the protection cells (not Clean)
+    `--cell-client` on top (e.g. the larger step an emulator's frozen middle needs)."""
+    client = key_values(args.client, "--client")
+    if setting is not None:
+        client.update(key_values(args.cell_client, "--cell-client"))
+    return client
 
 
 def collect(out: Path) -> list[dict]:
@@ -236,6 +245,13 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--client", nargs="*", default=[], metavar="KEY=VALUE")
     ap.add_argument("--server", nargs="*", default=[], metavar="KEY=VALUE")
+    ap.add_argument(
+        "--cell-client",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="client settings of the protection cells only (Clean keeps --client)",
+    )
     ap.add_argument("--rounds-epochs", default="single", choices=["paper", "single"])
     ap.add_argument("--table-only", action="store_true")
     args = ap.parse_args()
