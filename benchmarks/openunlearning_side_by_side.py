@@ -66,6 +66,25 @@ def template_args(model: Path) -> dict:
             "asst_end_tag": fmt.assistant_end}  # fmt: skip
 
 
+def first_rows(data: Path, n: int, out: Path) -> Path:
+    """A copy of the data folder with each split's first `n` rows (both sides read it), its
+    manifest's counts to match."""
+    counts = {}
+    for src in data.glob("*/*.jsonl"):
+        dst = out / src.parent.name / src.name
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        with src.open() as fh:
+            rows = [line for _, line in zip(range(n), fh, strict=False)]
+        dst.write_text("".join(rows))
+        counts[f"{src.parent.name}/{src.stem}"] = len(rows)
+    for src in data.glob("*.jsonl"):
+        (out / src.name).write_bytes(src.read_bytes())
+    manifest = json.loads((data / "manifest.json").read_text())
+    manifest["counts"] = dict(sorted(counts.items()))
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    return out
+
+
 def v4_folder(model: Path, out: Path) -> Path:
     """The model folder as transformers 4.45 (OpenUnlearning's pin) reads it: the same weights
     and tokenizer.json (linked), the config's rope θ and dtype under their v4 keys, and the
@@ -179,6 +198,7 @@ def main() -> None:
     ap.add_argument("--retain", type=Path, help="the retain model (forget_quality, privleak)")
     ap.add_argument("--forget-split", default="forget10")
     ap.add_argument("--holdout-split", default="holdout10")
+    ap.add_argument("--rows", type=int, help="evaluate each split's first N rows (default: all)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument(
         "--sides",
@@ -190,6 +210,8 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("runs/ou-side-by-side"))
     args = ap.parse_args()
     args.out = args.out.resolve()
+    if args.rows:
+        args.data = first_rows(args.data, args.rows, args.out / "data")
     ou_env, our_env = environments(args)
     runs = {"ou": (ou_command, ou_env, args.ou), "ours": (ours_command, our_env, Path.cwd())}
     for side in args.sides:
