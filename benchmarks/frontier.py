@@ -219,7 +219,7 @@ def run_all(args, inputs: dict, kappas: list[float]) -> None:
               f"({time.perf_counter() - start:.0f} s elapsed)", flush=True)  # fmt: skip
 
 
-def main() -> None:
+def _arguments() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, default=Path("runs/frontier"))
     ap.add_argument("--methods", nargs="+", default=METHODS)
@@ -254,7 +254,11 @@ def main() -> None:
     )
     ap.add_argument("--rounds-epochs", default="single", choices=["paper", "single"])
     ap.add_argument("--table-only", action="store_true")
-    args = ap.parse_args()
+    return ap.parse_args()
+
+
+def main() -> None:
+    args = _arguments()
     args.forget_splits = [args.forget_split]
     args.out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()

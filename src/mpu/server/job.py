@@ -157,19 +157,7 @@ class Server:
         config = load_config(theta.path)  # read once: the layout and the gate both need it
         layout = classify(theta, config)
         emulator_of(cfg, layout)  # an emulator the model cannot hold is refused now
-        base_type = base_ck.config.get("model_type")
-        if base_type != theta.config.get("model_type"):
-            raise CheckpointError(
-                f"{base}: base is a {base_type!r} model, the model a {theta.config.get('model_type')!r}"
-            )
-        # same family and every tensor of the same name and shape: the same layout
-        for name in theta.names():
-            if name in layout.tied:
-                continue
-            if name not in base_ck.file_of or base_ck.spec(name).shape != theta.spec(name).shape:
-                raise CheckpointError(
-                    f"{base}: base tensor {name!r} missing or of another shape than the model's"
-                )
+        cls._check_base(theta, base_ck, layout)
         dtypes = {str(theta.spec(n).dtype).removeprefix("torch.") for n in theta.names()}
         if len(dtypes) != 1:
             raise CheckpointError(
@@ -201,14 +189,12 @@ class Server:
         if gate is not None:  # what init checked, for `mpu server init` to say
             state.history.append({"round": 0, "event": "gate", **asdict(gate)})
         state.commitments["1"] = combine(leaves["theta"])
-        if cfg.emulator_distill_steps or cfg.emulator_distilled_from:  # a job exists once
-            state.history.append(cls._distil(state, layout, workdir, cfg))  # its emulator does
-        elif cfg.emulator == "base_middle":
-            from mpu.server.distill import distilled_path, write_base_middle
-
-            state.history.append(write_base_middle(
-                base, Checkpoint(round_dir(workdir, 1)), emulator_of(cfg, layout), layout,
-                out=distilled_path(workdir), theta_commitment=state.commitments["1"]))  # fmt: skip
+        if (
+            cfg.emulator_distill_steps
+            or cfg.emulator_distilled_from
+            or cfg.emulator == "base_middle"
+        ):
+            state.history.append(cls._distil(state, layout, workdir, cfg))  # once, as the job
         state.log_seq = 1
         audit_log.start(workdir, job_id=state.job_id, theta=state.commitments["1"],
                         base=combine(leaves["base"]), config=asdict(cfg))  # fmt: skip
@@ -216,15 +202,42 @@ class Server:
         return state
 
     @staticmethod
+    def _check_base(theta: Checkpoint, base: Checkpoint, layout: Layout) -> None:
+        """The base is of θ's family with every tensor of the same name and shape: the same
+        layout."""
+        base_type = base.config.get("model_type")
+        if base_type != theta.config.get("model_type"):
+            raise CheckpointError(
+                f"{base.path}: base is a {base_type!r} model, the model a "
+                f"{theta.config.get('model_type')!r}"
+            )
+        for name in theta.names():
+            if name in layout.tied:
+                continue
+            if name not in base.file_of or base.spec(name).shape != theta.spec(name).shape:
+                raise CheckpointError(
+                    f"{base.path}: base tensor {name!r} missing or of another shape than the model's"
+                )
+
+    @staticmethod
     def _distil(state: ServerState, layout: Layout, workdir: Path, cfg: JobConfig) -> dict:
-        """Distil the emulator's middle blocks towards θ_1 (mpu.server.distill); its record."""
-        from mpu.server.distill import distil_emulator, distilled_path, reuse_emulator
+        """The emulator's published middle blocks (mpu.server.distill), distilled towards θ_1,
+        reused from an earlier job, or (base_middle) the base's own; its record."""
+        from mpu.server.distill import (
+            distil_emulator,
+            distilled_path,
+            reuse_emulator,
+            write_base_middle,
+        )
 
         emulator, out, theta = (
             emulator_of(cfg, layout),
             distilled_path(workdir),
             state.commitments["1"],
         )
+        if cfg.emulator == "base_middle":
+            return write_base_middle(Path(state.base_dir), Checkpoint(round_dir(workdir, 1)),
+                                     emulator, layout, out=out, theta_commitment=theta)  # fmt: skip
         if cfg.emulator_distilled_from:
             return reuse_emulator(Path(cfg.emulator_distilled_from), out, emulator, theta)
         streams = PaperStreams() if cfg.seeds == "paper_public" else SecretStreams(state.key)
