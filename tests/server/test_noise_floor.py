@@ -44,16 +44,20 @@ def test_no_noised_tensor_of_a_copy_equals_theta_or_its_map(pair, tmp_path):
     layout = server.layout(theta)
     maps = TransformCache(server.secret_streams(), 1, layout, server.cfg)
     k_of = {r.folder: r.k for r in server.state.copy_records(1)}
+    moved = total = 0
     for folder in copies:
         ck = Checkpoint(folder)
         for name in theta.names():
             if not noised(name, layout, server.cfg) or name in layout.tied:
                 continue
             undone = maps.apply(ck.read(name), name, k_of[folder.name], inverse=True)
-            changed = (undone != theta.read(name)).float().mean().item()
-            # fp32, noise ~1e-3 of the entries against a rounding step ~1e-7: all but a few
-            # entries move (measured 1.0)
-            assert changed > 0.99, (folder.name, name, changed)
+            changed = int((undone != theta.read(name)).sum())
+            assert changed > 0, (folder.name, name, "equals θ")
+            moved, total = moved + changed, total + undone.numel()
+    # fp32, noise ~1e-3 of the entries against a rounding step ~1e-7: all but a few entries
+    # move. Per tensor a small one (a 32-entry norm whose noise is near its rounding step) can
+    # keep an entry by chance with a fresh key, so the share is taken over all of them
+    assert moved / total > 0.99, moved / total
 
 
 def test_publish_checks_the_floor_again_with_the_round_s_noise(pair, tmp_path):
