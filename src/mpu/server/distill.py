@@ -12,8 +12,8 @@ and, measurably, only part of what θ's fine-tune memorised.
 The result is the kept middle blocks in θ's names (`emulator/model.safetensors` in the server's
 workdir, its SHA-256 in the job's history); publication reads them in place of θ's
 (`DistilledTheta`). `server.emulator=base_middle` uses the same file for the public base's own
-middle blocks, copied untrained (`write_base_middle`). Round 1 distils once; the middle blocks never change afterwards, because
-the server only ever applies updates to the outer blocks.
+middle blocks, copied untrained (`write_base_middle`). Round 1 distils once; the middle blocks
+never change afterwards, because the server only ever applies updates to the outer blocks.
 """
 
 from __future__ import annotations
