@@ -183,7 +183,7 @@ def _stub_lm_eval(shim: Path) -> None:
     )
 
 
-def summary(folder: Path, side: str) -> dict:
+def summary(folder: Path) -> dict:
     """{metric: agg_value} of one side's target evaluation."""
     data = json.loads((folder / "TOFU_SUMMARY.json").read_text())
     return {k: (v["agg_value"] if isinstance(v, dict) else v) for k, v in data.items()}
@@ -235,7 +235,7 @@ def run_side(args, side: str, command, env: dict, cwd: Path) -> None:
 
 
 def report(args, seconds: dict) -> None:
-    ou, ours = (summary(args.out / s / "target", s) for s in ("ou", "ours"))
+    ou, ours = (summary(args.out / s / "target") for s in ("ou", "ours"))
     shared = sorted(ou.keys() & ours.keys())
     rows = [(k, ou[k], ours[k]) for k in shared]
     total = {s: sum(seconds[s].values()) for s in seconds}

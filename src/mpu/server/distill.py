@@ -28,7 +28,6 @@ import torch
 from mpu.errors import CheckpointError, ConfigError
 from mpu.io.checkpoint import (
     Checkpoint,
-    TensorSpec,
     atomic_write_bytes,
     atomic_write_json,
     file_chunks,
@@ -209,12 +208,7 @@ def write_base_middle(base: Path, theta: Checkpoint, emulator: Emulator, layout,
     started = time.perf_counter()
     middle = {emulator.kept[i] for i in emulator.middle}
     names = [n for n in theta.names() if layout.block_of(n) in middle]
-    source = Checkpoint(base)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    writer = SafetensorsWriter(out, [theta.spec(n) for n in names])
-    for name in names:
-        writer.add(name, source.read(name).to(theta.spec(name).dtype).contiguous())
-    writer.commit()
+    _write_as_theta(out, theta, names, Checkpoint(base).read)
     record = {"event": "distill", "source": "base", "sha256": sha256_file(out), "steps": 0,
               "seconds": round(time.perf_counter() - started, 1), "theta": theta_commitment,
               "left_out": emulator.left_out, "middle_blocks": sorted(middle)}  # fmt: skip
@@ -231,12 +225,17 @@ def _write_blocks(out: Path, theta: Checkpoint, blocks: dict[int, torch.nn.Modul
         for local, t in block.state_dict().items():
             name = f"{prefix}.{layer}.{local}"
             if name in theta.file_of:
-                tensors[name] = t.detach().to(theta.spec(name).dtype).contiguous()
+                tensors[name] = t.detach()
+    _write_as_theta(out, theta, list(tensors), tensors.__getitem__)
+
+
+def _write_as_theta(out: Path, theta: Checkpoint, names: list[str], read) -> None:
+    """Write `read(name)` for each of θ's tensors `names` to `out` with θ's specs (its dtypes
+    and shapes), one tensor in memory at a time; the writer commits atomically."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    specs = [TensorSpec(n, t.dtype, tuple(t.shape)) for n, t in tensors.items()]
-    writer = SafetensorsWriter(out, specs)
-    for name, t in tensors.items():
-        writer.add(name, t)
+    writer = SafetensorsWriter(out, [theta.spec(n) for n in names])
+    for name in names:
+        writer.add(name, read(name).to(theta.spec(name).dtype).contiguous())
     writer.commit()
 
 
